@@ -1,0 +1,1 @@
+"""Transfer attacks (robust_ens.attacks)."""

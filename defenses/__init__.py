@@ -1,0 +1,1 @@
+"""Ensemble defenses (robust_ens.defenses)."""

@@ -1,0 +1,333 @@
+"""Datasets as tensors: ``load(name, split, n, seed)`` -> float images in [0, 1] and int64 labels.
+
+Sources:
+    * ``"cifar10"``: an ImageFolder tree ``<root>/{train,test}/<class>/*.jpg`` (for example
+      ``$ROBUST_ENS_DATA/cifar10-jpeg``) or torchvision's ``cifar-10-batches-py`` folder;
+      downloaded through torchvision only when ``download=True``.
+    * ``"digits"``: scikit-learn's bundled 8x8 digits (1 channel), the embedded default that needs
+      no files. Split: a fixed shuffle, 1,297 train / 500 test images.
+    * ``"imagefolder:<path>"``: any ImageNet-style tree (``<path>/<split>/<class>/*`` or
+      ``<path>/<class>/*``), resized (shorter side to ``size / 0.875``) and center-cropped to ``size``.
+
+Decoded images are cached once as uint8 arrays (``$ROBUST_ENS_CACHE``, default
+``~/.cache/robust_ens``), keyed by the source's path and a fingerprint of its files, so the 60,000
+CIFAR JPEGs are decoded on the first run only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robust_ens.errors import DatasetNotFoundError, RobustEnsError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+DIGITS_TEST = 500
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What models and training need to know about a dataset."""
+
+    name: str
+    num_classes: int
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+_INFO = {
+    "cifar10": DatasetInfo("cifar10", 10, 3, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "digits": DatasetInfo("digits", 10, 1, (0.3,), (0.38,)),
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def cache_dir() -> Path:
+    """Where decoded datasets are cached (``$ROBUST_ENS_CACHE`` or ``~/.cache/robust_ens``)."""
+    return Path(os.environ.get("ROBUST_ENS_CACHE") or Path.home() / ".cache" / "robust_ens")
+
+
+def _data_roots(root: str | Path | None) -> list[Path]:
+    roots = []
+    if root is not None:
+        roots.append(Path(root))
+    if os.environ.get("ROBUST_ENS_DATA"):
+        roots.append(Path(os.environ["ROBUST_ENS_DATA"]))
+    roots.append(cache_dir() / "data")
+    return roots
+
+
+def info(name: str, root: str | Path | None = None) -> DatasetInfo:
+    """Number of classes, channels and normalization statistics of a dataset."""
+    if name in _INFO:
+        return _INFO[name]
+    if name.startswith("imagefolder:"):
+        path = Path(name.split(":", 1)[1])
+        base = path / "train" if (path / "train").is_dir() else path
+        classes = _classes(base) if base.is_dir() else []
+        return DatasetInfo(name, len(classes), 3, IMAGENET_MEAN, IMAGENET_STD)
+    raise RobustEnsError(f"unknown dataset {name!r}; use 'cifar10', 'digits' or 'imagefolder:<path>'")
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _classes(folder: Path) -> list[str]:
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _list_imagefolder(folder: Path) -> tuple[list[Path], list[int], list[str]]:
+    classes = _classes(folder)
+    files: list[Path] = []
+    labels: list[int] = []
+    for idx, cls in enumerate(classes):
+        for f in sorted((folder / cls).iterdir()):
+            if f.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(f)
+                labels.append(idx)
+    return files, labels, classes
+
+
+def _fingerprint(folder: Path, files: Sequence[Path], extra: str = "") -> str:
+    h = hashlib.sha256(f"{folder.resolve()}|{len(files)}|{extra}".encode())
+    for f in files[:: max(1, len(files) // 256)]:  # a sample of names and sizes, cheap to compute
+        h.update(f"{f.relative_to(folder)}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def _decode(path: Path, size: int | None) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if size is not None:
+            w, h = im.size
+            scale = round(size / 0.875) / min(w, h)
+            if scale != 1:
+                im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+            w, h = im.size
+            left, top = (w - size) // 2, (h - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+        arr = np.asarray(im, dtype=np.uint8)
+    return arr.transpose(2, 0, 1)
+
+
+def _decode_all(files: Sequence[Path], size: int | None, progress: bool, desc: str) -> np.ndarray:
+    from tqdm.auto import tqdm
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+        jobs = pool.map(lambda f: _decode(f, size), files)
+        arrays = list(tqdm(jobs, total=len(files), desc=desc, disable=not progress, unit="img"))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise RobustEnsError(
+            f"images in {desc} have different sizes {sorted(shapes)[:4]}...; pass size= to resize them"
+        )
+    return np.stack(arrays)
+
+
+def _cached(key: str, build: callable) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[valid-type]
+    path = cache_dir() / f"{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return z["x"], z["y"]
+        except (OSError, ValueError, KeyError) as err:
+            log.warning("ignoring unreadable cache %s (%s); rebuilding it", path, err)
+    x, y = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, x=x, y=y)
+    tmp.replace(path)
+    return x, y
+
+
+def _imagefolder_arrays(folder: Path, size: int | None, progress: bool, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    files, labels, _ = _list_imagefolder(folder)
+    if not files:
+        raise DatasetNotFoundError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}) in class folders")
+    key = f"{tag}-{_fingerprint(folder, files, str(size))}"
+
+    def build() -> tuple[np.ndarray, np.ndarray]:
+        log.info("decoding %d images from %s (once; cached in %s)", len(files), folder, cache_dir())
+        return _decode_all(files, size, progress, f"decode {folder.name}"), np.asarray(labels, dtype=np.int64)
+
+    return _cached(key, build)
+
+
+def _torchvision_cifar(folder: Path, split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    from torchvision.datasets import CIFAR10
+
+    ds = CIFAR10(str(folder), train=split == "train", download=download)
+    return np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)), np.asarray(ds.targets, dtype=np.int64)
+
+
+def find_cifar10(root: str | Path | None = None, split: str = "test") -> tuple[str, Path] | tuple[None, list[Path]]:
+    """Locate CIFAR-10: ``("imagefolder" | "torchvision", path)`` or ``(None, places searched)``."""
+    searched: list[Path] = []
+    for base in _data_roots(root):
+        for cand in (base, base / "cifar10-jpeg", base / "cifar10"):
+            searched.append(cand / split)
+            if (cand / split).is_dir() and set(CIFAR10_CLASSES) <= set(_classes(cand / split)):
+                return "imagefolder", cand / split
+        for cand in (base, base / "cifar10", base / "cifar-10"):
+            searched.append(cand / "cifar-10-batches-py")
+            if (cand / "cifar-10-batches-py").is_dir():
+                return "torchvision", cand
+    return None, searched
+
+
+def _cifar10_arrays(split: str, root: str | Path | None, download: bool, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    kind, where = find_cifar10(root, split)
+    if kind == "imagefolder":
+        assert isinstance(where, Path)
+        files_classes = _classes(where)
+        if files_classes != sorted(CIFAR10_CLASSES):
+            raise RobustEnsError(f"{where} has class folders {files_classes}, expected CIFAR-10's {CIFAR10_CLASSES}")
+        return _imagefolder_arrays(where, None, progress, f"cifar10-{split}")
+    if kind == "torchvision":
+        assert isinstance(where, Path)
+        return _torchvision_cifar(where, split, download=False)
+    if download:
+        target = cache_dir() / "data"
+        target.mkdir(parents=True, exist_ok=True)
+        return _torchvision_cifar(target, split, download=True)
+    places = "\n  ".join(str(p) for p in where)  # type: ignore[union-attr]
+    raise DatasetNotFoundError(
+        f"CIFAR-10 ({split}) not found. Looked in:\n  {places}\n"
+        "Provide it by one of: set ROBUST_ENS_DATA to a folder holding cifar10-jpeg/{train,test}/<class>/* "
+        "or torchvision's cifar-10-batches-py; pass root=...; or call load(..., download=True) "
+        "(robust-ens data cifar10 --download) on a machine with internet access."
+    )
+
+
+def _digits_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # 1797 x 1 x 8 x 8
+    y = d.target.astype(np.int64)
+    perm = np.random.default_rng(0).permutation(len(y))  # fixed split, independent of the subset seed
+    idx = perm[:DIGITS_TEST] if split == "test" else perm[DIGITS_TEST:]
+    return x[idx], y[idx]
+
+
+def _imagefolder_split(path: Path, split: str) -> Path:
+    if not path.is_dir():
+        raise DatasetNotFoundError(f"image folder {path} does not exist")
+    for name in (split, *(("val", "validation") if split == "test" else ())):
+        if (path / name).is_dir():
+            return path / name
+    return path
+
+
+def load_uint8(
+    name: str,
+    split: str = "test",
+    *,
+    root: str | Path | None = None,
+    download: bool = False,
+    size: int | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole split as uint8 NCHW images and int64 labels (CPU), decoded once and cached."""
+    if split not in ("train", "test", "val"):
+        raise RobustEnsError(f"split must be 'train', 'test' or 'val', got {split!r}")
+    if name == "cifar10":
+        x, y = _cifar10_arrays(split, root, download, progress)
+    elif name == "digits":
+        x, y = _digits_arrays(split)
+    elif name.startswith("imagefolder:"):
+        folder = _imagefolder_split(Path(name.split(":", 1)[1]).expanduser(), split)
+        x, y = _imagefolder_arrays(folder, size or 224, progress, f"imagefolder-{split}")
+    else:
+        raise RobustEnsError(f"unknown dataset {name!r}; use 'cifar10', 'digits' or 'imagefolder:<path>'")
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y, dtype=np.int64))
+
+
+def subset_indices(labels: torch.Tensor, n: int | None, seed: int = 0, balanced: bool = False) -> torch.Tensor:
+    """Deterministic subset: the same ``(n, seed)`` always gives the same indices.
+
+    ``balanced=True`` takes ``n // classes`` examples of each class (``n`` must divide evenly).
+    Indices come back sorted, so a larger ``n`` with the same seed is not required to contain a
+    smaller one, but the same call is bit-for-bit repeatable.
+    """
+    total = len(labels)
+    if n is None:
+        return torch.arange(total)
+    if not isinstance(n, int) or n < 1:
+        raise RobustEnsError(f"n must be a positive integer or None, got {n!r}")
+    if n > total:
+        raise RobustEnsError(f"n={n} exceeds the {total} examples in this split")
+    g = torch.Generator().manual_seed(int(seed))
+    if not balanced:
+        return torch.randperm(total, generator=g)[:n].sort().values
+    classes = torch.unique(labels)
+    if n % len(classes):
+        raise RobustEnsError(f"balanced=True needs n divisible by the {len(classes)} classes, got n={n}")
+    per = n // len(classes)
+    chosen = []
+    for c in classes.tolist():
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) < per:
+            raise RobustEnsError(f"class {c} has only {len(idx)} examples, fewer than the {per} balanced=True needs")
+        chosen.append(idx[torch.randperm(len(idx), generator=g)[:per]])
+    return torch.cat(chosen).sort().values
+
+
+def load(
+    name: str,
+    split: str = "test",
+    n: int | None = None,
+    seed: int = 0,
+    root: str | Path | None = None,
+    device: str | torch.device | None = None,
+    balanced: bool = False,
+    *,
+    download: bool = False,
+    size: int | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load a dataset split as float images in [0, 1] (NCHW) and int64 labels.
+
+    Args:
+        name: ``"cifar10"``, ``"digits"`` or ``"imagefolder:<path>"``.
+        split: ``"train"`` or ``"test"`` (``"val"`` for image folders).
+        n: Number of examples (``None``: all). The same ``(n, seed)`` gives the same examples.
+        seed: Seed of the subset choice.
+        root: Extra folder to search first (before ``$ROBUST_ENS_DATA``).
+        device: Where to put the tensors.
+        balanced: Take ``n / classes`` examples per class.
+        download: Allow torchvision to download CIFAR-10 when no local copy is found.
+        size: Image size for ``imagefolder:`` sources (default 224).
+        progress: Show a progress bar while decoding for the first time.
+
+    Returns:
+        ``(x, y)``: ``x`` float32 ``[N, C, H, W]`` in [0, 1], ``y`` int64 ``[N]``.
+
+    Raises:
+        DatasetNotFoundError: listing every place searched and how to provide the data.
+
+    Example:
+        >>> from robust_ens import data
+        >>> x, y = data.load("digits", n=10, seed=0)
+        >>> x.shape, x.dtype, y.dtype
+        (torch.Size([10, 1, 8, 8]), torch.float32, torch.int64)
+    """
+    xu, y = load_uint8(name, split, root=root, download=download, size=size, progress=progress)
+    idx = subset_indices(y, n, seed, balanced)
+    x = xu[idx].to(device or "cpu").float().div_(255.0)
+    return x, y[idx].to(device or "cpu")

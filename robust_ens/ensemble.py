@@ -1,0 +1,176 @@
+"""The ensemble runtime: ``Ensemble(members, combine=..., precision=...)``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robust_ens import precision as _precision
+from robust_ens.errors import RobustEnsError
+
+Combine = Literal["logits", "probs", "vote"]
+COMBINES = ("logits", "probs", "vote")
+
+
+def check_images(x: torch.Tensor, what: str = "x") -> None:
+    """Refuse anything that is not a float NCHW batch of images in [0, 1].
+
+    Raises:
+        RobustEnsError: naming the argument and what to do.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise RobustEnsError(f"{what} must be a torch.Tensor of images, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise RobustEnsError(
+            f"{what} must be a batch of images shaped [N, C, H, W], got shape {tuple(x.shape)}; "
+            "add a batch dimension with x.unsqueeze(0) for a single image"
+        )
+    if not x.is_floating_point():
+        raise RobustEnsError(
+            f"{what} must be a floating-point tensor in [0, 1], got dtype {x.dtype}; "
+            "convert uint8 images with x.float() / 255"
+        )
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise RobustEnsError(
+            f"{what} must hold images in [0, 1] (got min {x.min().item():.4g}, max {x.max().item():.4g}); "
+            "models normalize inputs themselves, so pass un-normalized images"
+        )
+
+
+def _num_classes(m: nn.Module) -> int | None:
+    n = getattr(m, "num_classes", None)
+    return int(n) if n is not None else None
+
+
+class Ensemble(nn.Module):
+    """A set of classifiers evaluated together.
+
+    Args:
+        members: Models taking [0, 1] images (``nn.Module`` s returning logits ``[N, K]``).
+        combine: How ``forward`` combines members: ``"logits"`` (mean of logits), ``"probs"``
+            (log of the mean softmax, so ``softmax(forward(x))`` is the mean probability), or
+            ``"vote"`` (log of the vote share; ties broken by the mean probability; not
+            differentiable).
+        precision: ``"auto"`` (bf16 autocast + channels_last on CUDA and on CPUs with native
+            bf16, fp32 elsewhere), ``"fp32"`` or ``"bf16"``.
+        weights: Optional non-negative member weights (normalized to sum 1) for logits/probs.
+        compile: Wrap each member in ``torch.compile`` (first call is slow; later calls faster).
+        check_inputs: Validate that inputs are float NCHW in [0, 1] on every call.
+
+    Example:
+        >>> import torch
+        >>> from robust_ens import Ensemble, models
+        >>> ens = Ensemble([models.create("small_cnn", in_chans=1) for _ in range(3)]).eval()
+        >>> ens.member_logits(torch.rand(4, 1, 8, 8)).shape
+        torch.Size([3, 4, 10])
+    """
+
+    def __init__(
+        self,
+        members: Sequence[nn.Module],
+        combine: Combine | str = "logits",
+        precision: _precision.Precision | str = "auto",
+        *,
+        weights: Sequence[float] | None = None,
+        compile: bool = False,
+        check_inputs: bool = True,
+    ) -> None:
+        super().__init__()
+        members = list(members)
+        if not members:
+            raise RobustEnsError("an Ensemble needs at least one member")
+        for i, m in enumerate(members):
+            if not isinstance(m, nn.Module):
+                raise RobustEnsError(f"ensemble member {i} must be an nn.Module, got {type(m).__name__}")
+        if combine not in COMBINES:
+            raise RobustEnsError(f"combine must be one of {COMBINES}, got {combine!r}")
+        if precision not in _precision.PRECISIONS:
+            raise RobustEnsError(f"precision must be one of {_precision.PRECISIONS}, got {precision!r}")
+        classes = {i: _num_classes(m) for i, m in enumerate(members)}
+        known = {n for n in classes.values() if n is not None}
+        if len(known) > 1:
+            detail = ", ".join(f"member {i}: {n}" for i, n in classes.items())
+            raise RobustEnsError(f"ensemble members disagree on the number of classes ({detail})")
+        self.members = nn.ModuleList(members)
+        self.num_classes: int | None = known.pop() if known else None
+        self.combine: str = combine
+        self.precision: str = precision
+        self.check_inputs = check_inputs
+        w = torch.ones(len(members)) if weights is None else torch.as_tensor(list(weights), dtype=torch.float32)
+        if w.shape != (len(members),) or (w < 0).any() or w.sum() <= 0:
+            raise RobustEnsError(
+                f"weights must be {len(members)} non-negative numbers with a positive sum, got {weights!r}"
+            )
+        self.register_buffer("weights", w / w.sum(), persistent=False)
+        self._compiled: list[nn.Module] | None = None
+        if compile:
+            self._compiled = [torch.compile(m) for m in members]  # type: ignore[misc]
+        self._layout_device: torch.device | None = None
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def resolved_precision(self, device: torch.device | str) -> str:
+        """``"fp32"`` or ``"bf16"``: what ``precision`` means on ``device``."""
+        return _precision.resolve(self.precision, device)
+
+    def _runners(self) -> list[nn.Module]:
+        return self._compiled if self._compiled is not None else list(self.members)
+
+    def _prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        bf16 = self.resolved_precision(x.device) == "bf16"
+        if bf16:
+            if self._layout_device != x.device:
+                # channels_last is what oneDNN/cuDNN bf16 kernels want; converting once is enough.
+                self.members.to(memory_format=torch.channels_last)
+                self._layout_device = x.device
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, bf16
+
+    def member_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every member, stacked: ``[M, N, K]`` in float32."""
+        if self.check_inputs:
+            check_images(x)
+        x, bf16 = self._prepare(x)
+        outs = []
+        for m in self._runners():
+            if bf16:
+                with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                    out = m(x)
+            else:
+                out = m(x)
+            outs.append(out.float())
+        shapes = {tuple(o.shape) for o in outs}
+        if len(shapes) != 1:
+            raise RobustEnsError(f"ensemble members returned different output shapes: {sorted(shapes)}")
+        return torch.stack(outs)
+
+    def combine_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Combine member logits ``[M, N, K]`` into ensemble scores ``[N, K]`` per ``combine``."""
+        w = self.weights.to(logits.device).view(-1, 1, 1)
+        if self.combine == "logits":
+            return (w * logits).sum(0)
+        probs = (w * F.softmax(logits, dim=-1)).sum(0)
+        if self.combine == "probs":
+            return probs.clamp_min(1e-12).log()
+        k = logits.shape[-1]
+        votes = F.one_hot(logits.argmax(-1), k).float().mean(0)
+        # probs < 1 < M * (1/M), so the tie-break never reorders different vote counts.
+        share = votes + probs / (len(self) + 1)
+        return share.clamp_min(1e-12).log()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Ensemble scores ``[N, K]`` (logits-like: ``argmax`` is the ensemble's prediction)."""
+        return self.combine_logits(self.member_logits(x))
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Predicted labels ``[N]`` in batches, without gradients."""
+        return torch.cat([self(x[i : i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
+
+    def extra_repr(self) -> str:
+        return f"n_members={len(self)}, combine={self.combine!r}, precision={self.precision!r}"

@@ -1,0 +1,27 @@
+"""Model registry, architectures, the normalization wrapper and safe checkpoints.
+
+Example:
+    >>> from robust_ens import models
+    >>> models.list_models("resnet*")
+    ['resnet20', 'resnet32']
+"""
+
+from robust_ens.models import architectures as _architectures  # noqa: F401  (registers models)
+from robust_ens.models.checkpoint import load_checkpoint, read_sidecar, save_checkpoint, sha256_file
+from robust_ens.models.registry import MODELS, create, list_models, register_model
+from robust_ens.models.wrapper import Normalized
+from robust_ens.models.zoo import list_zoo, load
+
+__all__ = [
+    "MODELS",
+    "Normalized",
+    "create",
+    "list_models",
+    "list_zoo",
+    "load",
+    "load_checkpoint",
+    "read_sidecar",
+    "register_model",
+    "save_checkpoint",
+    "sha256_file",
+]

@@ -1,0 +1,101 @@
+"""Model registry: ``register_model``, ``create``, ``list_models`` (timm-style)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from robust_ens.errors import RobustEnsError
+from robust_ens.models.wrapper import Normalized
+from robust_ens.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+TIMM_PREFIX = "timm:"
+
+
+def register_model(name: str | None = None, **meta: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a model factory ``f(num_classes=..., in_chans=..., **kw) -> nn.Module``.
+
+    Example:
+        >>> from torch import nn
+        >>> from robust_ens.models import register_model, create
+        >>> @register_model("tiny_linear_doc")
+        ... def tiny_linear_doc(num_classes=10, in_chans=1):
+        ...     return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+        >>> create("tiny_linear_doc", num_classes=3, in_chans=1).num_classes
+        3
+    """
+    return MODELS.register(name, **meta)
+
+
+def list_models(pattern: str | Sequence[str] = "*", exclude: str | Sequence[str] = ()) -> list[str]:
+    """Registered architecture names matching ``pattern`` (fnmatch), e.g. ``list_models("resnet*")``.
+
+    ``timm:<name>`` architectures are not listed; any timm model name works through ``create``.
+    """
+    return MODELS.list(pattern, exclude)
+
+
+def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool, **kwargs: Any) -> nn.Module:
+    try:
+        import timm
+    except ImportError as err:  # pragma: no cover - timm is a dependency
+        raise RobustEnsError("timm models need the 'timm' package: pip install timm") from err
+    if name not in timm.list_models() and not pretrained:
+        close = timm.list_models(f"*{name.split('.')[0]}*")[:5]
+        raise RobustEnsError(f"timm has no model {name!r}; close names: {close or 'none'}")
+    weights = kwargs.pop("weights_file", None)
+    if weights is not None:
+        # Local weights a user has on disk; loaded without unpickling code.
+        kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
+        pretrained = True
+    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def create(
+    name: str,
+    *,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    pretrained: bool = False,
+    **kwargs: Any,
+) -> Normalized:
+    """Build a registered architecture (or ``"timm:<name>"``) wrapped to take [0, 1] images.
+
+    Args:
+        name: A name from :func:`list_models`, or ``"timm:<timm name>"``.
+        num_classes: Number of classes.
+        in_chans: Input channels.
+        mean: Per-channel normalization mean applied inside the model (default: none).
+        std: Per-channel normalization std (default: none).
+        pretrained: For timm models only: download/load pretrained weights. Never implied.
+        **kwargs: Architecture keyword arguments (e.g. ``img_size=32, patch_size=4`` for timm ViTs).
+
+    Returns:
+        A :class:`Normalized` module with ``arch``, ``arch_kwargs`` and ``num_classes`` recorded.
+
+    Example:
+        >>> import torch
+        >>> from robust_ens import models
+        >>> m = models.create("resnet20", num_classes=10)
+        >>> m(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise RobustEnsError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if name.startswith(TIMM_PREFIX):
+        net = _create_timm(name[len(TIMM_PREFIX) :], num_classes, in_chans, pretrained, **kwargs)
+    else:
+        if pretrained:
+            raise RobustEnsError(
+                f"{name!r} has no downloadable weights; load a checkpoint with models.load(path or 'zoo:NAME')"
+            )
+        net = MODELS.create(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    return Normalized(
+        net, mean, std, arch=name, arch_kwargs=dict(kwargs), num_classes=num_classes, in_chans=in_chans
+    )
