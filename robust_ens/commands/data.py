@@ -1,0 +1,25 @@
+"""``robust-ens data``: locate, decode and cache a dataset once."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("data", help="find a dataset, decode it once into the uint8 cache, print a summary")
+    p.add_argument("name", help="cifar10, digits or imagefolder:<path>")
+    p.add_argument("--root", default=None, help="folder to search first")
+    p.add_argument("--download", action="store_true", help="allow torchvision to download CIFAR-10")
+    p.add_argument("--size", type=int, default=None, help="image size for imagefolder sources")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from robust_ens import data
+    from robust_ens.commands.common import progress_enabled
+
+    for split in ("train", "test"):
+        x, y = data.load_uint8(args.name, split, root=args.root, download=args.download, size=args.size,
+                               progress=progress_enabled())
+        print(f"{args.name} {split}: {tuple(x.shape)} uint8, {int(y.max()) + 1} classes; cache: {data.cache_dir()}")
+    return 0

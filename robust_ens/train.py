@@ -1,0 +1,500 @@
+"""The one training loop: data resident on the device as uint8, batched on-device augmentation,
+SGD/Adam with cosine or multistep schedules, bf16 where available, progress, deterministic seeding,
+per-epoch resumable state and a safetensors checkpoint per member.
+
+Two levels:
+
+* :func:`fit` runs any ``step_fn(x, y, ctx) -> loss`` over a set of modules. Defenses
+  (``robust_ens.defenses``) plug their joint losses in here.
+* :func:`train_classifier` / :func:`train_ensemble` train ordinary members with cross-entropy.
+
+Determinism: the batch order, crop offsets and flips of epoch ``e`` come from a generator seeded
+by ``(seed, e)``, and the global torch RNG is reseeded the same way at the start of every epoch, so
+a run resumed after an interruption retraces the uninterrupted run exactly (on the same device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robust_ens import precision as _precision
+from robust_ens.errors import RobustEnsError
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "train_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one training run (recorded in checkpoints).
+
+    Attributes:
+        epochs: Number of epochs.
+        batch_size: Mini-batch size.
+        optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"``.
+        lr: Peak learning rate.
+        momentum: SGD momentum.
+        nesterov: Nesterov momentum for SGD.
+        weight_decay: L2 weight decay (decoupled for AdamW).
+        schedule: ``"cosine"`` (per iteration, to 0), ``"multistep"`` or ``"constant"``.
+        milestones: Epochs at which ``multistep`` multiplies the rate by ``gamma``.
+        gamma: Multistep decay factor.
+        warmup_epochs: Linear warm-up length in epochs (fractions allowed).
+        label_smoothing: Cross-entropy label smoothing.
+        crop_padding: Random-crop padding in pixels (0 disables cropping).
+        flip: Random horizontal flips.
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (see :mod:`robust_ens.precision`).
+        seed: Seed of initialization, batch order and augmentation.
+        grad_clip: Clip the global gradient norm to this value (``None``: off).
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "multistep", "constant"] = "cosine"
+    milestones: tuple[int, ...] = (100, 150)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    crop_padding: int = 4
+    flip: bool = True
+    precision: str = "auto"
+    seed: int = 0
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise RobustEnsError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise RobustEnsError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.optimizer not in ("sgd", "adam", "adamw"):
+            raise RobustEnsError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "multistep", "constant"):
+            raise RobustEnsError(f"schedule must be 'cosine', 'multistep' or 'constant', got {self.schedule!r}")
+        if self.lr <= 0:
+            raise RobustEnsError(f"lr must be positive, got {self.lr}")
+        if self.precision not in _precision.PRECISIONS:
+            raise RobustEnsError(f"precision must be one of {_precision.PRECISIONS}, got {self.precision!r}")
+        self.milestones = tuple(int(m) for m in self.milestones)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (unknown names are an error)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise RobustEnsError(
+                f"unknown training option(s) {sorted(unknown)}; known: {[f.name for f in dataclasses.fields(self)]}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def lr_factor(self, progress: float) -> float:
+        """Learning-rate multiplier at ``progress`` epochs (fractional)."""
+        if self.warmup_epochs and progress < self.warmup_epochs:
+            return (progress + 1e-3) / self.warmup_epochs
+        if self.schedule == "cosine":
+            span = max(self.epochs - self.warmup_epochs, 1e-8)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - self.warmup_epochs) / span)))
+        if self.schedule == "multistep":
+            return float(self.gamma ** sum(progress >= m for m in self.milestones))
+        return 1.0
+
+
+# Recipes for plain members; defenses keep their own in recipe files.
+RECIPES: dict[str, TrainConfig] = {
+    "digits": TrainConfig(
+        epochs=12, batch_size=64, optimizer="adam", lr=3e-3, weight_decay=1e-4, crop_padding=1, flip=False
+    ),
+    "cifar10": TrainConfig(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, nesterov=True),
+    "cifar10-full": TrainConfig(
+        epochs=200, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
+        schedule="multistep", milestones=(100, 150),
+    ),
+}
+
+
+def default_recipe(dataset: str) -> TrainConfig:
+    """The plain-member recipe for a dataset (``"digits"``, ``"cifar10"``; others use cifar10's)."""
+    return RECIPES.get(dataset, RECIPES["cifar10"])
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def augment_batch(
+    x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, for a whole batch on its device.
+
+    Offsets and flips are drawn on the CPU from ``generator`` so the result does not depend on
+    the device.
+    """
+    n, c, h, w = x.shape
+    if padding > 0:
+        oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+        ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+        xp = F.pad(x, (padding, padding, padding, padding))
+        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        b = torch.arange(n, device=x.device)[:, None, None, None]
+        ch = torch.arange(c, device=x.device)[None, :, None, None]
+        x = xp[b, ch, rows, cols]
+    if flip:
+        mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class StepContext:
+    """What a step function may use besides the batch.
+
+    Attributes:
+        epoch: Current epoch (0-based).
+        step: Global iteration count.
+        generator: CPU generator seeded by (seed, epoch); draw per-step randomness from it.
+        device: Training device.
+        state: A dict a step function may fill per epoch (e.g. DVERGE's layer choice).
+    """
+
+    epoch: int
+    step: int
+    generator: torch.Generator
+    device: torch.device
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+StepFn = Callable[
+    [torch.Tensor, torch.Tensor, StepContext], "torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor | float]]"
+]
+
+
+@dataclass
+class TrainResult:
+    """History of a :func:`fit` run (one row per epoch) and whether it resumed."""
+
+    history: list[dict[str, float]]
+    resumed_from: int | None
+    seconds: float
+    images_per_second: float
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch) * 7919 + 17)
+
+
+def _quiet() -> bool:
+    return os.environ.get("ROBUST_ENS_QUIET", "") not in ("", "0")
+
+
+def _make_optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _save_state(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def fit(
+    modules: Mapping[str, nn.Module],
+    step_fn: StepFn,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    config: TrainConfig,
+    *,
+    device: str | torch.device | None = None,
+    state_dir: str | Path | None = None,
+    progress: bool = True,
+    eval_fn: Callable[[], dict[str, float]] | None = None,
+    stop_after_epoch: int | None = None,
+    desc: str = "train",
+    params: Sequence[nn.Parameter] | None = None,
+) -> TrainResult:
+    """Train ``modules`` jointly by minimizing ``step_fn``'s loss; resumable.
+
+    Args:
+        modules: Named modules to train (their parameters form one optimizer unless ``params``
+            is given). They are moved to ``device`` and set to train mode.
+        step_fn: ``step_fn(x, y, ctx)`` returns a scalar loss, or ``(loss, metrics)``. ``x`` is a
+            float batch in [0, 1] after augmentation; ``ctx`` is a :class:`StepContext`.
+        x_train: Training images as uint8 ``[N, C, H, W]`` (kept resident on ``device``).
+        y_train: int64 labels ``[N]``.
+        config: Hyperparameters.
+        device: Training device (default: CUDA if available, else CPU).
+        state_dir: Folder for the per-epoch resumable state; ``None`` disables resuming.
+        progress: Show a tqdm bar (also off when ``ROBUST_ENS_QUIET`` is set).
+        eval_fn: Called after each epoch; its metrics join the history.
+        stop_after_epoch: Stop after this many epochs in total (simulates an interruption).
+        desc: Progress-bar label.
+        params: Parameters to optimize (default: all parameters of ``modules``).
+
+    Returns:
+        A :class:`TrainResult`.
+    """
+    from tqdm.auto import tqdm
+
+    if x_train.dtype != torch.uint8:
+        raise RobustEnsError(f"x_train must be uint8 images (data resident as uint8), got {x_train.dtype}")
+    if len(x_train) != len(y_train):
+        raise RobustEnsError(f"x_train has {len(x_train)} images but y_train has {len(y_train)} labels")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    bf16 = _precision.resolve(config.precision, dev) == "bf16"
+    fmt = torch.channels_last if bf16 and x_train.dim() == 4 else torch.contiguous_format
+    torch.manual_seed(config.seed)
+    for m in modules.values():
+        m.to(dev, memory_format=fmt).train()
+    plist = list(params) if params is not None else [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+    if not plist:
+        raise RobustEnsError("nothing to train: the modules have no trainable parameters")
+    opt = _make_optimizer(plist, config)
+    x_dev, y_dev = x_train.to(dev), y_train.to(dev)
+    n = len(x_dev)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+
+    history: list[dict[str, float]] = []
+    start_epoch, resumed = 0, None
+    state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
+    if state_path is not None and state_path.is_file():
+        payload = torch.load(state_path, map_location=dev, weights_only=True)
+        if payload.get("config_digest") != config.digest():
+            raise RobustEnsError(
+                f"{state_path} was written by a run with different settings; delete it or pick another "
+                "output folder to start afresh"
+            )
+        for name, m in modules.items():
+            m.load_state_dict(payload["modules"][name])
+        opt.load_state_dict(payload["optimizer"])
+        start_epoch = resumed = int(payload["epoch"]) + 1
+        history = json.loads(payload["history"])
+        log.info("resuming %s from epoch %d (%s)", desc, start_epoch, state_path)
+    last_epoch = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
+
+    bar = tqdm(
+        total=(last_epoch - start_epoch) * steps_per_epoch, desc=desc, disable=not progress or _quiet(),
+        unit="batch", leave=False,
+    )
+    t0, seen = time.perf_counter(), 0
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, last_epoch):
+        gen = _epoch_generator(config.seed, epoch)
+        torch.manual_seed(config.seed * 1_000_003 + epoch)
+        ctx = StepContext(epoch=epoch, step=step, generator=gen, device=dev)
+        for m in modules.values():
+            m.train()
+        perm = torch.randperm(n, generator=gen).to(dev)
+        sums: dict[str, float] = {}
+        count = 0
+        for b in range(steps_per_epoch):
+            idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
+            xb = x_dev[idx].float().div_(255.0)
+            xb = augment_batch(xb, config.crop_padding, config.flip, gen)
+            if bf16:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            for g in opt.param_groups:
+                g["lr"] = config.lr * config.lr_factor(epoch + b / steps_per_epoch)
+            ctx.step = step
+            with _precision.autocast(config.precision, dev):
+                out = step_fn(xb, y_dev[idx], ctx)
+            loss, metrics = out if isinstance(out, tuple) else (out, {})
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(plist, config.grad_clip)
+            opt.step()
+            step += 1
+            count += len(idx)
+            seen += len(idx)
+            # Sums stay on the device (no per-step synchronization); read once per epoch.
+            for k, v in {"loss": loss.detach(), **metrics}.items():
+                sums[k] = sums.get(k, 0.0) + (v.detach().float() if isinstance(v, torch.Tensor) else float(v)) * len(idx)
+            bar.update(1)
+            if b % 25 == 0:
+                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+        row = {"epoch": float(epoch), "lr": opt.param_groups[0]["lr"], **{k: float(v) / count for k, v in sums.items()}}
+        if not math.isfinite(row["loss"]):
+            raise RobustEnsError(
+                f"training diverged in epoch {epoch}: mean loss is {row['loss']}; lower the learning rate"
+            )
+        if eval_fn is not None:
+            for m in modules.values():
+                m.eval()
+            row.update(eval_fn())
+        history.append(row)
+        log.debug("%s epoch %d: %s", desc, epoch, {k: round(v, 4) for k, v in row.items()})
+        if state_path is not None:
+            state_path.parent.mkdir(parents=True, exist_ok=True)
+            _save_state(
+                state_path,
+                {
+                    "epoch": epoch,
+                    "config_digest": config.digest(),
+                    "modules": {k: m.state_dict() for k, m in modules.items()},
+                    "optimizer": opt.state_dict(),
+                    "history": json.dumps(history),
+                },
+            )
+    bar.close()
+    for m in modules.values():
+        m.eval()
+    secs = time.perf_counter() - t0
+    return TrainResult(history, resumed, secs, seen / secs if secs > 0 else 0.0)
+
+
+# --------------------------------------------------------------------------- plain members
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy of ``model`` on float images ``x`` (or uint8, converted per batch)."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size].to(dev)
+        xb = xb.float().div(255.0) if xb.dtype == torch.uint8 else xb
+        correct += int((model(xb).argmax(-1) == y[i : i + batch_size].to(dev)).sum())
+    model.train(was_training)
+    return correct / max(1, len(x))
+
+
+def cross_entropy_step(model: nn.Module, label_smoothing: float = 0.0) -> StepFn:
+    """The step function of ordinary training: cross-entropy of one model."""
+
+    def step(x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        return loss, {"train_acc": (logits.argmax(-1) == y).float().mean()}
+
+    return step
+
+
+def train_classifier(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    config: TrainConfig,
+    *,
+    device: str | torch.device | None = None,
+    state_dir: str | Path | None = None,
+    x_test: torch.Tensor | None = None,
+    y_test: torch.Tensor | None = None,
+    progress: bool = True,
+    stop_after_epoch: int | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train one classifier with cross-entropy (uint8 ``x_train``); evaluate on ``x_test`` per epoch."""
+    eval_fn = None
+    if x_test is not None and y_test is not None:
+        xt, yt = x_test, y_test
+
+        def eval_fn() -> dict[str, float]:
+            return {"test_acc": accuracy(model, xt, yt)}
+
+    return fit(
+        {"model": model}, cross_entropy_step(model, config.label_smoothing), x_train, y_train, config,
+        device=device, state_dir=state_dir, progress=progress, eval_fn=eval_fn,
+        stop_after_epoch=stop_after_epoch, desc=desc,
+    )
+
+
+def train_ensemble(
+    arch: str = "resnet20",
+    n_members: int = 3,
+    dataset: str = "cifar10",
+    *,
+    epochs: int | None = None,
+    train_n: int | None = None,
+    recipe: TrainConfig | None = None,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    data_root: str | Path | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[list[nn.Module], list[dict[str, Any]]]:
+    """Train ``n_members`` independent members (seeds ``seed, seed+1, ...``) and checkpoint each.
+
+    A member whose final checkpoint exists in ``out_dir`` is loaded instead of retrained; a member
+    interrupted mid-training resumes from its last finished epoch.
+
+    Returns:
+        ``(members, records)``: trained models in eval mode and, per member, its metrics.
+    """
+    from robust_ens import data, models
+
+    if n_members < 1:
+        raise RobustEnsError(f"n_members must be >= 1, got {n_members}")
+    cfg = recipe or default_recipe(dataset)
+    if epochs is not None:
+        cfg = cfg.replace(epochs=epochs)
+    ds = data.info(dataset, data_root)
+    xtr, ytr = data.load_uint8(dataset, "train", root=data_root, progress=progress)
+    idx = data.subset_indices(ytr, train_n, seed=seed)
+    xtr, ytr = xtr[idx], ytr[idx]
+    xte, yte = data.load_uint8(dataset, "test", root=data_root)
+    members, records = [], []
+    for i in range(n_members):
+        stem = Path(out_dir) / f"member{i}" if out_dir is not None else None
+        if stem is not None and stem.with_suffix(".json").is_file():
+            m = models.load_checkpoint(stem, device=device)
+            if m.checkpoint.get("recipe") == cfg.replace(seed=seed + i).to_dict():  # type: ignore[union-attr]
+                log.info("member %d already trained: %s", i, stem)
+                members.append(m)
+                records.append(m.checkpoint.get("metrics", {}))  # type: ignore[union-attr]
+                continue
+        member_cfg = cfg.replace(seed=seed + i)
+        torch.manual_seed(member_cfg.seed)
+        m = models.create(
+            arch, num_classes=ds.num_classes, in_chans=ds.in_chans, mean=ds.mean, std=ds.std, **dict(arch_kwargs or {})
+        )
+        res = train_classifier(
+            m, xtr, ytr, member_cfg, device=device,
+            state_dir=(Path(out_dir) / f"member{i}.state") if out_dir is not None else None,
+            x_test=None, y_test=None, progress=progress, desc=f"{arch}[{i}]",
+        )
+        acc = accuracy(m, xte, yte)
+        metrics = {"test_acc": acc, "train_seconds": res.seconds, "images_per_second": res.images_per_second,
+                   "train_n": len(xtr), "final_train_loss": res.history[-1]["loss"]}
+        if stem is not None:
+            models.save_checkpoint(m, stem, dataset=dataset, recipe=member_cfg.to_dict(), metrics=metrics)
+        members.append(m.eval())
+        records.append(metrics)
+    return members, records
