@@ -49,3 +49,36 @@ def load(spec: str, *, device: str | torch.device | None = None) -> Normalized:
             raise CheckpointError(f"zoo entry {name!r} records no sha256; refusing to load it unchecked")
         return load_checkpoint(ZOO_DIR / entry["file"], device=device, sha256=entry["sha256"])
     return load_checkpoint(spec, device=device)
+
+
+def rebuild_digits_zoo(seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, dict[str, Any]]:
+    """Retrain the committed digits reference checkpoints (``small_cnn``, one per seed).
+
+    Run as ``python -m robust_ens.models.zoo``; writes ``robust_ens/zoo/`` and its index.
+    """
+    from robust_ens import data
+    from robust_ens.models.checkpoint import save_checkpoint, sha256_file
+    from robust_ens.models.registry import create
+    from robust_ens.train import accuracy, default_recipe, train_classifier
+
+    info = data.info("digits")
+    xtr, ytr = data.load_uint8("digits", "train")
+    xte, yte = data.load_uint8("digits", "test")
+    index = _index()
+    for seed in seeds:
+        name = f"digits_small_cnn_s{seed}"
+        cfg = default_recipe("digits").replace(seed=seed, precision="fp32")
+        torch.manual_seed(seed)
+        model = create("small_cnn", num_classes=10, in_chans=1, mean=info.mean, std=info.std)
+        train_classifier(model, xtr, ytr, cfg, device="cpu", progress=False)
+        path = save_checkpoint(
+            model, ZOO_DIR / name, dataset="digits", recipe=cfg.to_dict(),
+            metrics={"test_acc": accuracy(model, xte, yte)},
+        )
+        index[name] = {"file": path.name, "sha256": sha256_file(path), "arch": "small_cnn", "dataset": "digits"}
+    (ZOO_DIR / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return index
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(json.dumps(rebuild_digits_zoo(), indent=2))

@@ -1,0 +1,34 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Both create .venv if it is missing and install the project into it.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-robust-ens
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench lint typecheck clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/robust-ens quickstart
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 $(PYTEST_ARGS) tests suites
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest suites --benchmark -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check robust_ens attacks defenses tests suites
+
+typecheck: $(STAMP)
+	$(BIN)/mypy robust_ens
+
+clean-venv:
+	rm -rf $(VENV)

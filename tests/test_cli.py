@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from robust_ens import models
+from robust_ens.cli import main
+
+
+def test_quickstart_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "qs"
+    assert main(["--quiet", "quickstart", "--out", str(out), "--epochs", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "surrogate" in printed and "target" in printed and "clean acc" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["members"]) == 6 and {r["role"] for r in results["ensembles"]} == {"surrogate", "target"}
+    assert all(r["clean_acc"] > 0.8 for r in results["ensembles"])
+    seeds = {r["seed"] for r in results["members"]}
+    assert len(seeds) == 6  # surrogate and target members all have their own seed
+
+
+def test_train_command_end_to_end(tmp_path, capsys):
+    out = tmp_path / "ens"
+    rc = main(["--quiet", "train", "--arch", "small_cnn", "--members", "2", "--data", "digits",
+               "--epochs", "2", "--train-n", "300", "--out", str(out), "--set", "precision=fp32"])
+    assert rc == 0
+    assert "test acc" in capsys.readouterr().out
+    m = models.load_checkpoint(out / "member1")
+    assert m.checkpoint["recipe"]["epochs"] == 2 and m.checkpoint["metrics"]["train_n"] == 300
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["train", "--arch", "nope", "--data", "digits", "--out", "X"], "unknown model 'nope'"),
+        (["train", "--data", "digits", "--members", "0", "--out", "X"], "--members must be >= 1"),
+        (["train", "--data", "digits", "--set", "lr", "--out", "X"], "key=value"),
+        (["train", "--data", "digits", "--set", "learnrate=1", "--out", "X"], "unknown training option"),
+    ],
+)
+def test_bad_input_gives_one_line_error_not_a_traceback(argv, needle, capsys, tmp_path):
+    argv = [a if a != "X" else str(tmp_path / "o") for a in argv]
+    assert main(["--quiet", *argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
