@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,13 +111,14 @@ def _fingerprint(folder: Path, files: Sequence[Path], extra: str = "") -> str:
 def _decode(path: Path, size: int | None) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
+    with Image.open(path) as src:
+        im = src.convert("RGB")
         if size is not None:
             w, h = im.size
             scale = round(size / 0.875) / min(w, h)
             if scale != 1:
-                im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+                new_size = (max(size, round(w * scale)), max(size, round(h * scale)))
+                im = im.resize(new_size, Image.Resampling.BILINEAR)
             w, h = im.size
             left, top = (w - size) // 2, (h - size) // 2
             im = im.crop((left, top, left + size, top + size))
@@ -139,7 +140,7 @@ def _decode_all(files: Sequence[Path], size: int | None, progress: bool, desc: s
     return np.stack(arrays)
 
 
-def _cached(key: str, build: callable) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[valid-type]
+def _cached(key: str, build: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     path = cache_dir() / f"{key}.npz"
     if path.is_file():
         try:

@@ -69,6 +69,8 @@ class Ensemble(nn.Module):
         torch.Size([3, 4, 10])
     """
 
+    weights: torch.Tensor
+
     def __init__(
         self,
         members: Sequence[nn.Module],

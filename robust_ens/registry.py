@@ -53,7 +53,7 @@ class Registry(Generic[T]):
         """Decorator form of :meth:`add`; the name defaults to the object's ``__name__``."""
 
         def decorator(obj: T) -> T:
-            self.add(name or getattr(obj, "__name__"), obj, **meta)
+            self.add(name or str(getattr(obj, "__name__", "")), obj, **meta)
             return obj
 
         return decorator

@@ -193,7 +193,7 @@ class StepContext:
 
 
 StepFn = Callable[
-    [torch.Tensor, torch.Tensor, StepContext], "torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor | float]]"
+    [torch.Tensor, torch.Tensor, StepContext], "torch.Tensor | tuple[torch.Tensor, Mapping[str, Any]]"
 ]
 
 
@@ -279,7 +279,7 @@ def fit(
     fmt = torch.channels_last if bf16 and x_train.dim() == 4 else torch.contiguous_format
     torch.manual_seed(config.seed)
     for m in modules.values():
-        m.to(dev, memory_format=fmt).train()
+        m.to(dev).to(memory_format=fmt).train()
     plist = list(params) if params is not None else [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     if not plist:
         raise RobustEnsError("nothing to train: the modules have no trainable parameters")
@@ -319,7 +319,7 @@ def fit(
         for m in modules.values():
             m.train()
         perm = torch.randperm(n, generator=gen).to(dev)
-        sums: dict[str, float] = {}
+        sums: dict[str, Any] = {}
         count = 0
         for b in range(steps_per_epoch):
             idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
@@ -470,15 +470,17 @@ def train_ensemble(
     idx = data.subset_indices(ytr, train_n, seed=seed)
     xtr, ytr = xtr[idx], ytr[idx]
     xte, yte = data.load_uint8(dataset, "test", root=data_root)
-    members, records = [], []
+    members: list[nn.Module] = []
+    records: list[dict[str, Any]] = []
     for i in range(n_members):
         stem = Path(out_dir) / f"member{i}" if out_dir is not None else None
         if stem is not None and stem.with_suffix(".json").is_file():
-            m = models.load_checkpoint(stem, device=device)
-            if m.checkpoint.get("recipe") == cfg.replace(seed=seed + i).to_dict():  # type: ignore[union-attr]
+            done = models.load_checkpoint(stem, device=device)
+            record = done.checkpoint or {}
+            if record.get("recipe") == cfg.replace(seed=seed + i).to_dict():
                 log.info("member %d already trained: %s", i, stem)
-                members.append(m)
-                records.append(m.checkpoint.get("metrics", {}))  # type: ignore[union-attr]
+                members.append(done)
+                records.append(record.get("metrics", {}))
                 continue
         member_cfg = cfg.replace(seed=seed + i)
         torch.manual_seed(member_cfg.seed)

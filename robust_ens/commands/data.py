@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="find a dataset, decode it once into the uint8 cache, print a summary")
     p.add_argument("name", help="cifar10, digits or imagefolder:<path>")
     p.add_argument("--root", default=None, help="folder to search first")

@@ -8,7 +8,7 @@ from pathlib import Path
 from robust_ens.commands.common import progress_enabled
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="train surrogate and target ensembles on digits and report (about a minute)")
     p.add_argument("--out", default="runs/quickstart", help="folder for checkpoints and results.json")
     p.add_argument("--members", type=int, default=3, help="members per ensemble (default 3)")

@@ -10,7 +10,7 @@ from robust_ens.commands.common import parse_number, parse_params, progress_enab
 from robust_ens.errors import RobustEnsError
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train ensemble members (resumable) and save safetensors checkpoints")
     p.add_argument("--arch", default="resnet20", help="registered architecture or timm:<name> (default resnet20)")
     p.add_argument("--members", type=int, default=3, help="number of members (default 3)")
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_params(args.overrides)
     arch_kwargs = parse_params(args.arch_param)
     if args.defense and args.defense != "baseline" or args.tier:
-        from robust_ens.defenses import train_defense  # type: ignore[attr-defined]
+        from robust_ens.defenses import train_defense
 
         ens = train_defense(
             args.defense or "baseline", arch=args.arch, n_members=args.members, dataset=args.data,

@@ -190,5 +190,5 @@ def load_checkpoint(
         model.load_state_dict(state)
     except RuntimeError as err:
         raise CheckpointError(f"weights in {weights} do not fit architecture {record['arch']!r}: {err}") from err
-    model.checkpoint = record  # type: ignore[assignment]
+    model.checkpoint = record
     return model.to(device or "cpu").eval()

@@ -28,6 +28,9 @@ class Normalized(nn.Module):
         net: The wrapped network; layer names for hooks are ``net.<name>``.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self,
         net: nn.Module,
@@ -45,6 +48,7 @@ class Normalized(nn.Module):
         self.arch_kwargs = dict(arch_kwargs or {})
         self.num_classes = num_classes if num_classes is not None else getattr(net, "num_classes", None)
         self.in_chans = in_chans
+        self.checkpoint: dict[str, Any] | None = None  # the sidecar record, when loaded from one
         c = in_chans or (len(mean) if mean is not None else 1)
         m = torch.tensor(list(mean) if mean is not None else [0.0] * c, dtype=torch.float32)
         s = torch.tensor(list(std) if std is not None else [1.0] * c, dtype=torch.float32)
