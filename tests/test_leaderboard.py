@@ -1,0 +1,57 @@
+import json
+
+import pytest
+
+from robust_ens import leaderboard as lb
+from robust_ens.cli import main
+from robust_ens.errors import RobustEnsError
+
+
+def sample(**results):
+    return {
+        "name": "r20x3-baseline",
+        "model": {"name": "r20x3", "architecture": "resnet20", "n_members": 3},
+        "protocol": {"suite": "transfer", "suite_version": "1", "dataset": "cifar10-jpeg", "n_examples": 500,
+                     "seed": 0, "eps": [0.01, 0.02], "attacks": ["mifgsm", "pgd"]},
+        "results": {"clean_accuracy": 0.9, **results},
+    }
+
+
+def test_worst_case_is_min_over_attacks():
+    e = lb.validate(sample(robust_accuracy={"mifgsm": {"0.01": 0.5, "0.02": 0.3}, "pgd": {"0.01": 0.4, "0.02": 0.35}}))
+    assert e.with_worst_case().results.worst_case == {"0.01": 0.4, "0.02": 0.3}
+
+
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"results": {"clean_accuracy": "0.9"}}, "clean_accuracy"),  # numbers are numbers, not strings
+        ({"results": {"clean_accuracy": 1.5}}, "clean_accuracy"),
+        ({"name": "bad name/with slash"}, "name"),
+        ({"unexpected": 1}, "unexpected"),
+    ],
+)
+def test_invalid_entries_are_refused_with_the_field_named(change, needle):
+    with pytest.raises(RobustEnsError, match=needle):
+        lb.validate({**sample(), **change})
+
+
+def test_write_render_and_cli_validate(tmp_path, capsys):
+    e = lb.validate(sample(robust_accuracy={"pgd": {"0.01": 0.4}})).with_worst_case()
+    path = lb.write(e, tmp_path)
+    assert path == tmp_path / "cifar10-jpeg" / "transfer" / "r20x3-baseline.json"
+    written = lb.render_all(tmp_path)
+    md = (tmp_path / "cifar10-jpeg" / "transfer" / "README.md").read_text()
+    assert "r20x3-baseline" in md and "40.00" in md and len(written) == 2
+    assert main(["leaderboard", "validate", str(tmp_path)]) == 0
+    assert "1 entries valid" in capsys.readouterr().out
+    path.write_text(json.dumps({**json.loads(path.read_text()), "results": {"clean_accuracy": "high"}}))
+    assert main(["leaderboard", "validate", str(path)]) == 2
+    assert "clean_accuracy" in capsys.readouterr().err
+
+
+def test_committed_schema_is_current_and_entries_validate():
+    committed = json.loads((lb.LEADERBOARD_DIR / "schema.json").read_text())
+    assert committed == lb.json_schema(), "run: robust-ens leaderboard schema --out leaderboards/schema.json"
+    for entry in lb.load_entries():
+        assert entry.results.clean_accuracy >= 0
