@@ -118,7 +118,7 @@ class Entry(BaseModel):
     model: ModelInfo
     protocol: Protocol
     results: Results
-    cost: Cost = Field(default_factory=lambda: Cost())
+    cost: Cost | None = None
     provenance: Provenance | None = None
 
     def with_worst_case(self) -> Entry:
