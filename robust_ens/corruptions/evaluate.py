@@ -1,0 +1,217 @@
+"""Classification under corruptions (the ``cifar10-corruptions`` suite's evaluation).
+
+:func:`corrupted_set` generates a corrupted copy of a uint8 dataset on the fly, in batches, and
+caches it as uint8 (``<cache>/corruptions/<preset>/<data fingerprint>/<name>-s<severity>-seed<seed>.npy``),
+so later evaluations of other models cost forward passes only. :func:`evaluate_corruptions`
+returns accuracy per corruption and severity, the mean corruption accuracy (RobustBench's
+definition: the mean over the 15 common corruptions x 5 severities) and, given a baseline result,
+Hendrycks & Dietterich's mCE and relative mCE.
+
+Example:
+    >>> import torch
+    >>> from robust_ens.corruptions.evaluate import evaluate_corruptions
+    >>> x = (torch.rand(8, 3, 32, 32) * 255).byte(); y = torch.zeros(8, dtype=torch.long)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    >>> r = evaluate_corruptions(model, x, y, corruptions=["contrast"], severities=[1], cache=False)
+    >>> sorted(r["accuracy"]["contrast"])
+    [1]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robust_ens.corruptions import corrupt, list_corruptions
+from robust_ens.errors import RobustEnsError
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+
+
+def data_fingerprint(x_u8: torch.Tensor) -> str:
+    """A short sha256 of a uint8 dataset's bytes and shape (the cache key of its corrupted copies)."""
+    h = hashlib.sha256(str(tuple(x_u8.shape)).encode())
+    h.update(x_u8.contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _cache_path(key: str, preset: str, name: str, severity: int, seed: int) -> Path:
+    from robust_ens.data import cache_dir
+
+    return cache_dir() / "corruptions" / preset / key / f"{name}-s{severity}-seed{seed}.npy"
+
+
+def corrupted_set(
+    x_u8: torch.Tensor,
+    name: str,
+    severity: int,
+    *,
+    preset: str = "cifar10c",
+    seed: int = 0,
+    batch_size: int = 1000,
+    device: str | torch.device | None = None,
+    cache: bool = True,
+    fingerprint: str | None = None,
+) -> torch.Tensor:
+    """The corrupted copy (uint8, CPU, same shape) of a uint8 ``[N, C, H, W]`` dataset.
+
+    Example ``i`` uses index ``i`` of the dataset for its random numbers, so the result does not
+    depend on ``batch_size``. With ``cache=True`` the copy is read from / written to the cache.
+    """
+    if x_u8.dtype != torch.uint8 or x_u8.dim() != 4:
+        raise RobustEnsError(f"x_u8 must be a uint8 tensor [N, C, H, W], got {x_u8.dtype} {tuple(x_u8.shape)}")
+    path = None
+    if cache:
+        path = _cache_path(fingerprint or data_fingerprint(x_u8), preset, name, severity, seed)
+        if path.is_file():
+            try:
+                arr = np.load(path, allow_pickle=False)
+                if arr.shape == tuple(x_u8.shape) and arr.dtype == np.uint8:
+                    return torch.from_numpy(arr)
+                log.warning("ignoring cache %s with shape %s", path, arr.shape)
+            except (OSError, ValueError) as err:
+                log.warning("ignoring unreadable cache %s (%s)", path, err)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    out = torch.empty_like(x_u8, device="cpu")
+    for s in range(0, x_u8.shape[0], batch_size):
+        xb = x_u8[s : s + batch_size].to(dev).float().div_(255.0)
+        idx = torch.arange(s, s + xb.shape[0])
+        yb = corrupt(xb, name, severity, preset=preset, seed=seed, index=idx)
+        out[s : s + xb.shape[0]] = yb.mul_(255.0).add_(0.5).clamp_(0, 255).byte().cpu()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, out.numpy())
+        tmp.replace(path)
+    return out
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, x_u8: torch.Tensor, y: torch.Tensor, *, batch_size: int = 500,
+             device: str | torch.device | None = None) -> float:
+    """Top-1 accuracy of ``model`` (float images in [0, 1] -> logits) on a uint8 set."""
+    dev = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
+    was = model.training
+    model.eval()
+    correct = 0
+    try:
+        for s in range(0, x_u8.shape[0], batch_size):
+            xb = x_u8[s : s + batch_size].to(dev).float().div_(255.0)
+            correct += int((model(xb).argmax(1).cpu() == y[s : s + batch_size].cpu()).sum())
+    finally:
+        model.train(was)
+    return correct / max(1, x_u8.shape[0])
+
+
+def corruption_errors(result: Mapping[str, Any], baseline: Mapping[str, Any], corruptions: Sequence[str]) -> dict[str, Any]:
+    """Hendrycks & Dietterich's CE / relative CE per corruption and their means (in %).
+
+    ``CE_c = sum_s E(c, s) / sum_s E_base(c, s)``; relative
+    ``CE_c = sum_s (E(c, s) - E_clean) / sum_s (E_base(c, s) - E_base_clean)``; errors are
+    ``1 - accuracy``.
+    """
+    ce, rce = {}, {}
+    e0, b0 = 1 - result["clean_accuracy"], 1 - baseline["clean_accuracy"]
+    for c in corruptions:
+        if c not in baseline["accuracy"]:
+            raise RobustEnsError(f"the baseline has no accuracy for {c!r}; evaluate it on the same corruptions")
+        sev = sorted(result["accuracy"][c], key=int)
+        bacc = {int(k): v for k, v in baseline["accuracy"][c].items()}
+        e = [1 - result["accuracy"][c][s] for s in sev]
+        b = [1 - bacc[int(s)] for s in sev]
+        ce[c] = sum(e) / sum(b) if sum(b) > 0 else float("nan")
+        denom = sum(bi - b0 for bi in b)
+        rce[c] = sum(ei - e0 for ei in e) / denom if denom != 0 else float("nan")
+    return {
+        "CE": ce,
+        "relative_CE": rce,
+        "mCE": 100.0 * float(np.nanmean(list(ce.values()))) if ce else float("nan"),
+        "relative_mCE": 100.0 * float(np.nanmean(list(rce.values()))) if rce else float("nan"),
+    }
+
+
+def evaluate_corruptions(
+    model: torch.nn.Module,
+    x_u8: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    preset: str = "cifar10c",
+    corruptions: Sequence[str] | None = None,
+    severities: Sequence[int] = (1, 2, 3, 4, 5),
+    seed: int = 0,
+    batch_size: int = 500,
+    device: str | torch.device | None = None,
+    cache: bool = True,
+    baseline: Mapping[str, Any] | None = None,
+    baseline_name: str | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Accuracy per corruption and severity, mean corruption accuracy and (relative) mCE.
+
+    Args:
+        model: Classifier on float images in [0, 1] (normalisation inside, as everywhere here).
+        x_u8: uint8 test images ``[N, C, H, W]`` (e.g. ``data.load_uint8("cifar10")``).
+        y: int64 labels ``[N]``.
+        preset: Corruption parameters (``cifar10c`` for 32 px data).
+        corruptions: Names (default: the preset's 15 common corruptions).
+        severities: Severities evaluated (default 1..5).
+        seed: Corruption seed.
+        batch_size: Images per corruption/forward batch.
+        device: Where corruptions and the model run (default: the model's device).
+        cache: Reuse / store corrupted sets as uint8 in the data cache.
+        baseline: A previous result of this function (e.g. of a standard model); adds CE,
+            relative CE, mCE and relative mCE against it.
+        baseline_name: Name recorded for the baseline.
+        progress: Show a progress bar (default: unless ``ROBUST_ENS_QUIET`` is set).
+
+    Returns:
+        A plain dict: ``protocol`` (preset, seed, n, corruptions, severities), ``clean_accuracy``,
+        ``accuracy`` ``{corruption: {severity: acc}}``, ``mean_accuracy_per_corruption``,
+        ``mean_corruption_accuracy`` (mean over every corruption x severity evaluated),
+        ``seconds``, and with a baseline ``CE``, ``relative_CE``, ``mCE``, ``relative_mCE``.
+    """
+    if y.shape[0] != x_u8.shape[0]:
+        raise RobustEnsError(f"{x_u8.shape[0]} images but {y.shape[0]} labels")
+    names = list(corruptions) if corruptions is not None else list_corruptions(preset, subset="common")
+    t0 = time.perf_counter()
+    dev = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
+    fp = data_fingerprint(x_u8) if cache else None
+    res: dict[str, Any] = {
+        "protocol": {"version": PROTOCOL_VERSION, "preset": preset, "seed": seed, "n_examples": int(x_u8.shape[0]),
+                     "corruptions": names, "severities": [int(s) for s in severities]},
+        "clean_accuracy": accuracy(model, x_u8, y, batch_size=batch_size, device=dev),
+        "accuracy": {},
+    }
+    from tqdm.auto import tqdm
+
+    if progress is None:
+        progress = os.environ.get("ROBUST_ENS_QUIET", "") in ("", "0")
+    bar = tqdm(total=len(names) * len(severities), desc="corruptions", unit="set", disable=not progress)
+    for c in names:
+        res["accuracy"][c] = {}
+        for s in severities:
+            bar.set_postfix_str(f"{c} s{s}")
+            xc = corrupted_set(x_u8, c, int(s), preset=preset, seed=seed, batch_size=batch_size, device=dev,
+                               cache=cache, fingerprint=fp)
+            res["accuracy"][c][int(s)] = accuracy(model, xc, y, batch_size=batch_size, device=dev)
+            log.info("%s s%d: accuracy %.4f", c, s, res["accuracy"][c][int(s)])
+            bar.update(1)
+    bar.close()
+    res["mean_accuracy_per_corruption"] = {c: float(np.mean(list(v.values()))) for c, v in res["accuracy"].items()}
+    allacc = [a for v in res["accuracy"].values() for a in v.values()]
+    res["mean_corruption_accuracy"] = float(np.mean(allacc)) if allacc else float("nan")
+    if baseline is not None:
+        res.update(corruption_errors(res, baseline, names))
+        res["baseline"] = baseline_name or str(baseline.get("name", "baseline"))
+    res["seconds"] = time.perf_counter() - t0
+    return res

@@ -1,0 +1,184 @@
+"""Corruption generation speed against the reference implementation, measured in the same run.
+
+* KITTI-C: all 18 corruptions at severity 3 on 16 images of 192x640 (smoke: 2 images of 96x320),
+  ours (batched torch) vs the reference (imagecorruptions, the maintained fork on PyPI, one image
+  at a time; RoboDepth's dark / color_quant / iso_noise written out in numpy from their
+  description). Glass blur is also timed against imagecorruptions 1.1.2's pure-Python pixel loop
+  (the fork compiles that loop with numba).
+* CIFAR-10-C: generation of 10,000 32x32 images per severity for the 19 corruptions (smoke: 200).
+* On CUDA: the whole KITTI-C (697 x 18 x 5) at 192x640.
+
+Run ``pytest suites/bench_corruptions.py --benchmark -s`` for the full sizes; numbers are printed
+and stored in pytest-benchmark's ``extra_info``. CPU timings use one torch thread by default
+(``ROBUST_ENS_BENCH_THREADS``), a per-core comparison with the single-threaded reference that is
+also robust on a shared machine (an oversubscribed OpenMP pool makes every small op wait).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from robust_ens.corruptions import corrupt, list_corruptions
+
+KITTIC_SEVERITY = 3
+
+
+@pytest.fixture(autouse=True)
+def _bench_threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("ROBUST_ENS_BENCH_THREADS", "1")))
+    yield
+    torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------- reference (numpy, per image)
+
+
+def _ref_dark(img: np.ndarray, s: int) -> np.ndarray:
+    c = [0.60, 0.50, 0.40, 0.30, 0.20][s - 1]
+    p = [600, 250, 120, 50, 30][s - 1]
+    sig = [0.008, 0.012, 0.018, 0.026, 0.038][s - 1]
+    x = img / 255.0
+    lo, hi = x.min(), x.max()
+    y = ((x - lo) / (hi - lo)) ** 2 * c
+    y = np.clip(np.random.poisson(y * p) / p, 0, 1)
+    y = np.clip(y + np.random.normal(0, sig, y.shape), 0, 1)
+    return np.uint8(y * 255)
+
+
+def _ref_color_quant(img: np.ndarray, s: int) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    return np.asarray(ImageOps.posterize(Image.fromarray(img), 6 - s))
+
+
+def _ref_iso(img: np.ndarray, s: int) -> np.ndarray:
+    sig = 0.7 * [0.08, 0.12, 0.18, 0.26, 0.38][s - 1]
+    x = np.clip(np.random.poisson(img / 255.0 * 25) / 25.0, 0, 1)
+    return np.uint8(np.clip(x + np.random.normal(0, sig, x.shape), 0, 1) * 255)
+
+
+def reference(img: np.ndarray, name: str, s: int) -> np.ndarray:
+    """One HxWx3 uint8 image through the reference implementation."""
+    custom = {"dark": _ref_dark, "color_quant": _ref_color_quant, "iso_noise": _ref_iso}
+    if name in custom:
+        return custom[name](img, s)
+    import imagecorruptions
+
+    return imagecorruptions.corrupt(img, severity=s, corruption_name=name)
+
+
+def _natural_batch(n: int, h: int, w: int) -> torch.Tensor:
+    import torch.nn.functional as F
+    from skimage import data as skd
+
+    base = [skd.astronaut(), skd.chelsea(), skd.coffee(), skd.rocket()]
+    out = []
+    for i in range(n):
+        img = torch.from_numpy(base[i % 4]).permute(2, 0, 1)[None].float() / 255
+        out.append(F.interpolate(img, size=(h, w), mode="area"))
+    return (torch.cat(out) * 255).round() / 255
+
+
+def _time(fn, repeat: int = 1) -> float:  # noqa: ANN001
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def test_kittic_speed_vs_reference(benchmark, full_benchmark: bool) -> None:  # noqa: ANN001
+    pytest.importorskip("imagecorruptions")
+    pytest.importorskip("skimage")
+    n, h, w = (16, 192, 640) if full_benchmark else (2, 96, 320)
+    x = _natural_batch(n, h, w)
+    imgs = [(t.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for t in x]
+    names = list_corruptions("kittic")
+    s = KITTIC_SEVERITY
+    for name in names:  # warm-up: caches, numba compilation of the reference's glass loop
+        corrupt(x[:1], name, s, preset="kittic")
+        reference(imgs[0], name, s)
+    ours, ref = {}, {}
+    np.random.seed(0)
+    for name in names:
+        ours[name] = _time(lambda name=name: corrupt(x, name, s, preset="kittic"), repeat=2)
+        ref[name] = _time(lambda name=name: [reference(im, name, s) for im in imgs])
+    # imagecorruptions 1.1.2's glass blur: the same pixel loop run by the Python interpreter
+    from imagecorruptions import corruptions as icc
+
+    loop = icc._shuffle_pixels_njit_glass_blur.py_func
+    k = 2 if full_benchmark else 1
+    t_loop = _time(lambda: [loop(h, w, im.copy(), (1, 2, 3), 0) for im in imgs[:k]]) * n / k
+    ref_glass_112 = ref["glass_blur"] + t_loop
+    total_ours, total_ref = sum(ours.values()), sum(ref.values())
+    total_ref_112 = total_ref - ref["glass_blur"] + ref_glass_112
+    lines = [f"KITTI-C severity {s}, {n} images {h}x{w}, torch threads {torch.get_num_threads()}",
+             f"{'corruption':20s} {'ours ms':>9s} {'ref ms':>9s} {'speed-up':>9s}"]
+    for name in names:
+        lines.append(f"{name:20s} {ours[name] * 1e3:9.1f} {ref[name] * 1e3:9.1f} {ref[name] / ours[name]:9.2f}")
+    lines.append(f"{'total':20s} {total_ours * 1e3:9.1f} {total_ref * 1e3:9.1f} {total_ref / total_ours:9.2f}")
+    lines.append(f"glass_blur vs 1.1.2's Python loop: {ref_glass_112 / ours['glass_blur']:.1f}x; "
+                 f"total with it: {total_ref_112 / total_ours:.1f}x")
+    print("\n" + "\n".join(lines))
+    benchmark.extra_info.update({
+        "ours_s": ours, "reference_s": ref, "speedup_total": total_ref / total_ours,
+        "speedup_glass_blur": ref["glass_blur"] / ours["glass_blur"],
+        "speedup_glass_blur_vs_1.1.2_loop": ref_glass_112 / ours["glass_blur"],
+        "speedup_total_vs_1.1.2": total_ref_112 / total_ours, "images": n, "size": [h, w],
+    })
+    benchmark.pedantic(lambda: [corrupt(x, nm, s, preset="kittic") for nm in names], rounds=1, iterations=1)
+
+
+def test_cifar10c_generation(benchmark, full_benchmark: bool) -> None:  # noqa: ANN001
+    from robust_ens import data
+
+    n = 10_000 if full_benchmark else 200
+    kind, _ = data.find_cifar10(split="test")
+    if kind is not None:
+        xu, _ = data.load_uint8("cifar10", "test")
+        xu = xu[:n]
+    else:  # no CIFAR-10 here: random 32x32 images cost the same
+        xu = (torch.rand(n, 3, 32, 32) * 255).byte()
+    x = xu.float() / 255
+    names = list_corruptions("cifar10c")
+    chunk = 2000
+    per = {}
+    for name in names:
+        def gen(name: str = name) -> None:
+            for i in range(0, n, chunk):
+                corrupt(x[i : i + chunk], name, 3, preset="cifar10c", index=torch.arange(i, min(i + chunk, n)))
+        per[name] = _time(gen)
+    total = sum(per.values())
+    print(f"\nCIFAR-10-C generation, severity 3, {n} images: {total:.1f} s for {len(names)} corruptions "
+          f"({total / len(names):.2f} s per corruption); slowest: "
+          + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:5]))
+    benchmark.extra_info.update({"images": n, "seconds_per_corruption": per, "seconds_per_severity": total})
+    benchmark.pedantic(lambda: corrupt(x[:chunk], "gaussian_noise", 3), rounds=1, iterations=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_kittic_full_generation_on_gpu(benchmark, full_benchmark: bool) -> None:  # noqa: ANN001
+    n = 697 if full_benchmark else 32
+    x = _natural_batch(n, 192, 640).cuda()
+    names = list_corruptions("kittic")
+
+    def run() -> None:
+        for i in range(0, n, 64):
+            xb, idx = x[i : i + 64], torch.arange(i, min(i + 64, n))
+            for name in names:
+                for s in range(1, 6):
+                    corrupt(xb, name, s, preset="kittic", index=idx).to(torch.uint8 if False else xb.dtype)
+        torch.cuda.synchronize()
+
+    t = _time(run)
+    print(f"\nKITTI-C on {torch.cuda.get_device_name()}: {n} x 18 x 5 in {t:.1f} s")
+    benchmark.extra_info.update({"images": n, "seconds": t, "device": torch.cuda.get_device_name()})
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
