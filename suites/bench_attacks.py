@@ -1,0 +1,159 @@
+"""Benchmark: PGD-10 against a logit-averaged ensemble, robust-ens vs torchattacks.
+
+The peer is ``torchattacks.PGD`` on an ``nn.Module`` that loops over the same members and
+averages their logits (how a torchattacks user attacks an ensemble), in fp32. robust-ens runs the
+same attack on an :class:`~robust_ens.Ensemble` in fp32, in bf16 autocast + channels_last and (on
+CUDA) bf16 + ``torch.compile``.
+
+Full size (``pytest suites/bench_attacks.py --benchmark``), 10 steps, eps 8/255, alpha 2/255:
+
+* CPU: 4 x ResNet-20 (CIFAR, 3x32x32) at batch 128. Targets on a CPU with native bf16:
+  bf16 + channels_last at least 2x torchattacks, fp32 within 5%.
+* CUDA: 8 x ResNet-20 at batch 1024 (target 2.5x) and 4 x ViT-B/16 (timm, 224 px, random
+  weights) at batch 128 (target 7x).
+
+Smoke size (``make test``): 2 small members, 2 steps, plus a check that robust-ens and torchattacks
+produce the same images in fp32 without random start.
+
+Each test runs the peer and robust-ens alternately (the peer in pytest-benchmark's untimed
+setup) and records the median images/s of both and their ratio in ``benchmark.extra_info``.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+import torchattacks
+from torch import nn
+
+from robust_ens import Ensemble, models
+
+EPS, ALPHA = 8 / 255, 2 / 255
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# (device, arch) -> full size, smoke size
+SIZES: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {
+    ("cpu", "resnet20"): ({"members": 4, "batch": 128, "steps": 10, "rounds": 3, "target": 2.0},
+                          {"members": 2, "batch": 4, "steps": 2, "rounds": 1}),
+    ("cuda", "resnet20"): ({"members": 8, "batch": 1024, "steps": 10, "rounds": 5, "target": 2.5},
+                           {"members": 2, "batch": 8, "steps": 2, "rounds": 1}),
+    ("cuda", "vit_b16"): ({"members": 4, "batch": 128, "steps": 10, "rounds": 3, "target": 7.0},
+                          {"members": 2, "batch": 2, "steps": 2, "rounds": 1}),
+}
+
+
+class LoopEnsemble(nn.Module):
+    """What a torchattacks user writes: mean of the members' logits, one member after another."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
+def _member(arch: str) -> nn.Module:
+    if arch == "vit_b16":
+        import timm
+
+        return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=10)
+    return models.create(arch, num_classes=10)
+
+
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+@pytest.fixture(scope="module")
+def threads(full_benchmark: bool) -> Iterator[int]:
+    """Smoke size runs on one torch thread (tiny work; on a shared CPU OpenMP threads spin);
+    full size uses torch's default (``OMP_NUM_THREADS`` chooses)."""
+    before = torch.get_num_threads()
+    if not full_benchmark:
+        torch.set_num_threads(1)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", params=["resnet20", "vit_b16"])
+def setup(request: pytest.FixtureRequest, full_benchmark: bool, threads: int) -> dict[str, Any]:
+    arch: str = request.param
+    if (DEVICE, arch) not in SIZES:
+        pytest.skip(f"{arch} is benchmarked on CUDA only")
+    full, smoke = SIZES[(DEVICE, arch)]
+    cfg = dict(full if full_benchmark else smoke)
+    torch.manual_seed(0)
+    members = [_member(arch).eval().to(DEVICE) for _ in range(cfg["members"])]
+    side = 224 if arch == "vit_b16" else 32
+    x = torch.rand(cfg["batch"], 3, side, side, device=DEVICE)
+    y = torch.randint(0, 10, (cfg["batch"],), device=DEVICE)
+    loop = LoopEnsemble(copy.deepcopy(members)).eval()
+    ta = torchattacks.PGD(loop, eps=EPS, alpha=ALPHA, steps=cfg["steps"], random_start=True)
+    torchattacks.PGD(loop, eps=EPS, alpha=ALPHA, steps=1)(x, y)  # warm-up
+    return {"arch": arch, "cfg": cfg, "members": members, "x": x, "y": y, "ta": ta, "loop": loop,
+            "torch_threads": threads}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16+compile"])
+def test_pgd10_ensemble_vs_torchattacks(benchmark: Any, setup: dict[str, Any], full_benchmark: bool, precision: str) -> None:
+    from robust_ens.attacks import PGD
+
+    if precision.endswith("compile") and DEVICE != "cuda":
+        pytest.skip("torch.compile is benchmarked on CUDA only (compiling on a 2-core CPU takes minutes)")
+    cfg, x, y = setup["cfg"], setup["x"], setup["y"]
+    ens = Ensemble(copy.deepcopy(setup["members"]), combine="logits", precision=precision.split("+")[0],
+                   compile=precision.endswith("compile")).eval()
+    atk = PGD(eps=EPS, alpha=ALPHA, steps=cfg["steps"], random_start=True)
+    PGD(eps=EPS, alpha=ALPHA, steps=2)(ens, x, y, seed=0)  # warm-up (oneDNN/cuDNN primitives, layout, compile)
+    times: list[float] = []
+    ta_times: list[float] = []
+
+    def run_peer() -> None:  # pytest-benchmark's untimed setup: the peer runs interleaved with ours
+        _sync()
+        t0 = time.perf_counter()
+        setup["ta"](x, y)
+        _sync()
+        ta_times.append(time.perf_counter() - t0)
+
+    def attack() -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = atk(ens, x, y, seed=0).x_adv  # the attack synchronizes CUDA before returning
+        times.append(time.perf_counter() - t0)
+        return out
+
+    x_adv = benchmark.pedantic(attack, setup=run_peer, rounds=cfg["rounds"], iterations=1, warmup_rounds=0)
+    if not ta_times:  # --benchmark-disable calls the target without setup
+        run_peer()
+    assert float((x_adv.double() - x.double()).abs().max()) <= EPS
+    ours = statistics.median(times)
+    peer = statistics.median(ta_times)
+    n = cfg["batch"]
+    ratio = peer / ours
+    benchmark.extra_info.update({
+        "attack": f"PGD-{cfg['steps']}",
+        "ensemble": f"{cfg['members']}x {setup['arch']}",
+        "batch": n,
+        "precision": {"fp32": "fp32", "bf16": "bf16+channels_last"}.get(precision, "bf16+channels_last+compile"),
+        "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
+        "torch_threads": setup["torch_threads"],
+        "rounds": len(times),
+        "robust_ens_img_per_s": n / ours,
+        "torchattacks_fp32_img_per_s": n / peer,
+        "speedup_vs_torchattacks": ratio,
+        "target": f">= {cfg.get('target', 2.0)}x" if precision != "fp32" else ">= 0.95x",
+    })
+    if precision == "fp32" and not full_benchmark and setup["arch"] == "resnet20":
+        # the same images as torchattacks when the random start is off (fp32, same members)
+        ref = torchattacks.PGD(setup["loop"], eps=EPS, alpha=ALPHA, steps=cfg["steps"], random_start=False)(x, y)
+        got = PGD(eps=EPS, alpha=ALPHA, steps=cfg["steps"], random_start=False)(ens, x, y).x_adv
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
