@@ -133,19 +133,30 @@ class Ensemble(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return x, bf16
 
+    def _run(self, m: nn.Module, x: torch.Tensor, bf16: bool) -> torch.Tensor:
+        if bf16:
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                return m(x).float()
+        return m(x).float()
+
+    def member_forward(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, K]`` (float32) of member ``k`` alone, under the ensemble's precision policy.
+
+        Strategies that step through members one at a time (SVRE, CWA's inner loop) use this.
+        """
+        if not 0 <= k < len(self.members):
+            raise RobustEnsError(f"member index {k} out of range for an ensemble of {len(self.members)}")
+        if self.check_inputs:
+            check_images(x)
+        x, bf16 = self._prepare(x)
+        return self._run(self._runners()[k], x, bf16)
+
     def member_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of every member, stacked: ``[M, N, K]`` in float32."""
         if self.check_inputs:
             check_images(x)
         x, bf16 = self._prepare(x)
-        outs = []
-        for m in self._runners():
-            if bf16:
-                with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
-                    out = m(x)
-            else:
-                out = m(x)
-            outs.append(out.float())
+        outs = [self._run(m, x, bf16) for m in self._runners()]
         shapes = {tuple(o.shape) for o in outs}
         if len(shapes) != 1:
             raise RobustEnsError(f"ensemble members returned different output shapes: {sorted(shapes)}")

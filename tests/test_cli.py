@@ -8,7 +8,7 @@ from robust_ens.cli import main
 
 def test_quickstart_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "qs"
-    assert main(["--quiet", "quickstart", "--out", str(out), "--epochs", "4"]) == 0
+    assert main(["--quiet", "quickstart", "--out", str(out), "--epochs", "4", "--n-eval", "100"]) == 0
     printed = capsys.readouterr().out
     assert "surrogate" in printed and "target" in printed and "clean acc" in printed
     results = json.loads((out / "results.json").read_text())
@@ -16,6 +16,12 @@ def test_quickstart_runs_end_to_end(tmp_path, capsys):
     assert all(r["clean_acc"] > 0.8 for r in results["ensembles"])
     seeds = {r["seed"] for r in results["members"]}
     assert len(seeds) == 6  # surrogate and target members all have their own seed
+    transfer = results["transfer"]["records"]
+    assert {r["attack"] for r in transfer} == {"MIFGSM", "CWA"}
+    for r in transfer:  # an attack never raises accuracy; the largest eps must hurt the surrogate
+        assert r["surrogate"] <= results["ensembles"][0]["clean_acc"] + 1e-9
+    assert min(r["surrogate"] for r in transfer) < 0.5
+    assert "target acc (transfer)" in printed
 
 
 def test_train_command_end_to_end(tmp_path, capsys):

@@ -114,3 +114,14 @@ def test_compile_option_matches_eager():
     except Exception as err:  # a missing C compiler in the user's environment is not our bug
         pytest.skip(f"torch.compile unavailable here: {err}")
     torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_member_forward_matches_member_logits_and_checks_index():
+    torch.manual_seed(0)
+    ens = Ensemble([models.create("small_cnn", in_chans=1).eval() for _ in range(3)], precision="fp32")
+    x = torch.rand(4, 1, 8, 8)
+    stacked = ens.member_logits(x)
+    for k in range(3):
+        torch.testing.assert_close(ens.member_forward(k, x), stacked[k])
+    with pytest.raises(RobustEnsError, match="out of range"):
+        ens.member_forward(3, x)
