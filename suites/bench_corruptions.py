@@ -10,8 +10,9 @@
 
 Run ``pytest suites/bench_corruptions.py --benchmark -s`` for the full sizes; numbers are printed
 and stored in pytest-benchmark's ``extra_info``. CPU timings use one torch thread by default
-(``ROBUST_ENS_BENCH_THREADS``), a per-core comparison with the single-threaded reference that is
-also robust on a shared machine (an oversubscribed OpenMP pool makes every small op wait).
+(``ROBUST_ENS_BENCH_THREADS``), and numpy/scipy's BLAS pools are limited alike (threadpoolctl): a
+per-core comparison with the single-threaded reference that is also robust on a shared machine
+(an oversubscribed OpenMP pool makes every small op wait).
 """
 
 from __future__ import annotations
@@ -31,9 +32,18 @@ KITTIC_SEVERITY = 3
 
 @pytest.fixture(autouse=True)
 def _bench_threads() -> Iterator[None]:
+    """One torch thread, and one BLAS/OpenMP thread for numpy/scipy (the reference side): idle
+    OpenBLAS workers spinning after a reference call would otherwise steal the core torch runs on."""
     before = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("ROBUST_ENS_BENCH_THREADS", "1")))
-    yield
+    threads = int(os.environ.get("ROBUST_ENS_BENCH_THREADS", "1"))
+    torch.set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        yield
+    else:
+        with threadpool_limits(limits=threads):
+            yield
     torch.set_num_threads(before)
 
 
@@ -109,7 +119,7 @@ def test_kittic_speed_vs_reference(benchmark, full_benchmark: bool) -> None:  # 
     ours, ref = {}, {}
     np.random.seed(0)
     for name in names:
-        ours[name] = _time(lambda name=name: corrupt(x, name, s, preset="kittic"), repeat=2)
+        ours[name] = _time(lambda name=name: corrupt(x, name, s, preset="kittic"), repeat=3)
         ref[name] = _time(lambda name=name: [reference(im, name, s) for im in imgs])
     # imagecorruptions 1.1.2's glass blur: the same pixel loop run by the Python interpreter
     from imagecorruptions import corruptions as icc
@@ -159,7 +169,8 @@ def test_cifar10c_generation(benchmark, full_benchmark: bool) -> None:  # noqa: 
     total = sum(per.values())
     print(f"\nCIFAR-10-C generation, severity 3, {n} images: {total:.1f} s for {len(names)} corruptions "
           f"({total / len(names):.2f} s per corruption); slowest: "
-          + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:5]))
+          + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:5])
+          + "\n" + "\n".join(f"  {k:20s} {v:6.2f} s" for k, v in per.items()))
     benchmark.extra_info.update({"images": n, "seconds_per_corruption": per, "seconds_per_severity": total})
     benchmark.pedantic(lambda: corrupt(x[:chunk], "gaussian_noise", 3), rounds=1, iterations=1)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -246,3 +248,70 @@ def test_cuda_same_contract() -> None:
         b = torch.cat([corrupt(x[:1], name, 3, preset="kittic"),
                        corrupt(x[1:], name, 3, preset="kittic", index=torch.tensor([1, 2]))])
         assert torch.equal(y, b)
+
+
+# ----------------------------------------------------------------------------- fast exact kernels
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.05, 1.3, 12.0, 48.0, 500.0])
+def test_table_poisson_sampler_is_poisson(rate: float) -> None:
+    """The inverse-CDF table sampler (shot/iso noise, dark) against the Poisson pmf (chi-square)."""
+    from scipy import stats
+
+    from robust_ens.corruptions._rng import poisson_from_uniform
+
+    n = 400_000
+    u = torch.rand(2, n // 2, generator=torch.Generator().manual_seed(int(rate * 10)))
+    level = torch.zeros(2, n // 2, dtype=torch.int32)
+    level[1] = 1
+    rates = torch.tensor([[rate, 3.0], [7.0, rate]])  # per-example rows: example 1 uses level 1
+    k = poisson_from_uniform(u, level, rates).flatten().long().numpy()
+    vals, cnt = np.unique(k, return_counts=True)
+    if rate == 0:
+        assert vals.tolist() == [0]
+        return
+    expected = stats.poisson.pmf(vals, rate) * n
+    keep = expected > 20
+    chi2 = float(((cnt[keep] - expected[keep]) ** 2 / expected[keep]).sum())
+    assert stats.chi2.sf(chi2, max(int(keep.sum()) - 1, 1)) > 1e-4, (rate, chi2)
+    assert abs(k.mean() - rate) < 5 * math.sqrt(rate / n) + 1e-9
+
+
+def test_shot_noise_off_grid_input_uses_exact_poisson() -> None:
+    """Inputs off the uint8 grid fall back to torch.poisson (same distribution family, no table)."""
+    x = natural(2, 32, 32) * 0.9 + 0.0005  # not on the uint8 levels
+    y = corrupt(x, "shot_noise", 3)
+    assert y.shape == x.shape and float((y - x).abs().mean()) > 0
+
+
+@pytest.mark.parametrize("radius,alias", [(3, 0.1), (4, 0.5), (6, 0.5), (5.5, 0.2)])
+def test_defocus_row_runs_equal_kernel_correlation(radius: float, alias: float) -> None:
+    from robust_ens.corruptions import _ops, blur
+
+    x = natural(2, 40, 56).double()
+    ref = _ops.filter2d(x, torch.from_numpy(blur.disk_kernel(radius, alias)).double(), "reflect101")
+    assert float((blur._disk_runs(x, radius, alias) - ref).abs().max()) < 1e-6
+
+
+def test_frost_bicubic_matrices_equal_interpolate() -> None:
+    import torch.nn.functional as F
+
+    from robust_ens.corruptions.weather import _bicubic_matrix
+
+    g = torch.rand(3, 1, 30, 50, generator=torch.Generator().manual_seed(0))
+    ref = F.interpolate(g, size=(290, 490), mode="bicubic", align_corners=True)[:, :, :192, :400]
+    cpu = torch.device("cpu")
+    ours = _bicubic_matrix(30, 290, 192, torch.float32, cpu) @ (g @ _bicubic_matrix(50, 490, 400, torch.float32, cpu).t())
+    assert float((ours - ref).abs().max()) < 1e-5
+
+
+def test_cpu_chunking_is_invisible(monkeypatch: pytest.MonkeyPatch) -> None:
+    """corrupt() works in cache-sized chunks on CPU; the result equals one whole-batch call."""
+    import robust_ens.corruptions as rc
+
+    x = natural(5, 48, 96)
+    names = ["frost", "glass_blur", "shot_noise", "dark", "fog", "contrast", "elastic_transform", "jpeg_compression"]
+    whole = {nm: corrupt(x, nm, 3, preset="kittic", seed=1) for nm in names}
+    monkeypatch.setattr(rc, "_CPU_CHUNK_ELEMENTS", 2 * 3 * 48 * 96)  # chunks of 2 examples
+    for nm in names:
+        assert torch.equal(corrupt(x, nm, 3, preset="kittic", seed=1), whole[nm]), nm

@@ -22,7 +22,12 @@ Departures from the references (each corruption's ``describe(name)["departures"]
 procedural (no photographs shipped), spatter's water mode approximates Canny and the distance
 transform, JPEG is a torch codec within about one 8-bit level of Pillow, and random numbers come
 from per-example torch generators instead of numpy's global stream. Glass blur's sequential pixel
-copies are reproduced exactly in distribution (pointer doubling).
+copies are reproduced exactly in distribution (pointer doubling). Poisson noise (shot, ISO, dark)
+on uint8-grid images is drawn by inverse-CDF table lookup (exact up to float32 resolution of the
+uniforms); off-grid inputs use ``torch.poisson``.
+
+Speed: on CPU a batch is corrupted a few examples at a time (about 1M values per chunk), which
+keeps every intermediate in cache; per-example random streams make this invisible in the result.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ from robust_ens.corruptions.presets import COMMON, EXTRA, KITTIC, PRESETS
 from robust_ens.errors import RobustEnsError
 
 __all__ = ["CORRUPTIONS", "PRESETS", "corrupt", "describe", "list_corruptions", "list_presets"]
+
+#: Elements (3 x H x W per image) corrupted at once on CPU; about 4 MB of float32, cache-resident.
+_CPU_CHUNK_ELEMENTS = 1 << 20
 
 ALIASES = {"low_light": "dark", "jpeg": "jpeg_compression", "elastic": "elastic_transform", "color_quantization": "color_quant"}
 
@@ -155,11 +163,24 @@ def corrupt(
     work = x.float() if dtype in (torch.float16, torch.bfloat16) else x
     if c == 1:
         work = work.expand(n, 3, h, w)
-    ctx = Ctx(preset=preset, severity=severity, rng=ExampleRNG(seed, index, name, severity, x.device))
     params = table[name][severity - 1]
-    out = CORRUPTIONS.get(name)(work.contiguous(), params, ctx)
-    if c == 1:
-        out = (out * torch.tensor([0.299, 0.587, 0.114], dtype=out.dtype, device=out.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    if c == 1 or not CORRUPTIONS.meta(name).get("on_grid", False):
-        out = quantize_u8(out)
-    return out.to(dtype)
+    fn = CORRUPTIONS.get(name)
+    on_grid = c == 3 and CORRUPTIONS.meta(name).get("on_grid", False)
+
+    def run(start: int, stop: int) -> torch.Tensor:
+        ctx = Ctx(preset=preset, severity=severity, rng=ExampleRNG(seed, index[start:stop], name, severity, x.device))
+        out = fn(work[start:stop].contiguous(), params, ctx)
+        if c == 1:
+            out = (out * torch.tensor([0.299, 0.587, 0.114], dtype=out.dtype, device=out.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        return out if on_grid else quantize_u8(out)
+
+    # On CPU, corrupt a few examples at a time: every corruption is a chain of whole-tensor passes,
+    # and passes over cache-resident chunks are about twice as fast as over a large batch. The
+    # random numbers are per example, so the result does not depend on the chunking.
+    step = n if x.device.type != "cpu" else max(1, _CPU_CHUNK_ELEMENTS // (3 * h * w))
+    if step >= n:
+        return run(0, n).to(dtype)
+    result = torch.empty_like(x)
+    for start in range(0, n, step):
+        result[start : start + step] = run(start, min(n, start + step))
+    return result

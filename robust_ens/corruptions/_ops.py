@@ -139,7 +139,8 @@ def quantize_u8(x: torch.Tensor) -> torch.Tensor:
 
     A margin of 1e-3 of a level absorbs float32 round-off, so an exact level ``k/255`` stays ``k``.
     """
-    return x.clamp(0.0, 1.0).mul_(255.0).add_(1e-3).floor_().div_(255.0)
+    y = torch.add(x.new_tensor(1e-3), x, alpha=255.0)  # 255 x + 1e-3 in one pass
+    return y.clamp_(1e-3, 255.0 + 1e-3).floor_().div_(255.0)
 
 
 def gray(x: torch.Tensor) -> torch.Tensor:
@@ -151,8 +152,8 @@ def gray(x: torch.Tensor) -> torch.Tensor:
 def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     """skimage's ``rgb2hsv`` convention (hue in [0, 1), grey pixels have hue 0 and saturation 0)."""
     r, g, b = x.unbind(1)
-    v, _ = x.max(1)
-    mn, _ = x.min(1)
+    v = x.amax(1)
+    mn = x.amin(1)
     delta = v - mn
     s = torch.where(v > 0, delta / v.clamp_min(1e-12), torch.zeros_like(v))
     safe = delta.clamp_min(1e-12)

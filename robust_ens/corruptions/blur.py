@@ -5,6 +5,7 @@ Sources: Hendrycks & Dietterich 2019 (ImageNet-C / CIFAR-10-C scripts) and image
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -33,11 +34,50 @@ def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
 
 
 @register("defocus_blur", family="blur", random=False, source=_HC,
-          departures="Large kernels (> 11x11) are applied by FFT (exact up to float round-off).")
+          departures=("Radius 3..7: box sums over the disk's row runs plus the separable 3x3 alias blur; "
+                      "other large kernels (> 7x7) by FFT; both exact up to float round-off."))
 def defocus_blur(x: torch.Tensor, p: tuple[float, float], ctx: Ctx) -> torch.Tensor:
     """Correlate each channel with an anti-aliased disk (OpenCV ``filter2D``, reflect-101 border)."""
-    k = torch.from_numpy(disk_kernel(float(p[0]), float(p[1])))
+    radius, alias = float(p[0]), float(p[1])
+    if 3 <= radius < 7:
+        return _disk_runs(x, radius, alias).clamp_(0, 1)
+    k = torch.from_numpy(disk_kernel(radius, alias))
     return _ops.filter2d(x, k.to(x.device), "reflect101").clamp_(0, 1)
+
+
+def _disk_runs(x: torch.Tensor, radius: float, alias_blur: float) -> torch.Tensor:
+    """:func:`disk_kernel` correlation for ``radius < 7`` as box sums over the disk's row runs.
+
+    For ``radius < 7`` the blurred disk stays inside its 17x17 grid, so the reference kernel
+    is exactly the normalised binary disk convolved with OpenCV's 3x3 Gaussian. Correlating the
+    (reflect-101 padded) image with the disk is a sum over the disk's rows of horizontal box sums
+    (grown two columns at a time), and the 3x3 Gaussian is separable: about ``4 R`` passes over the
+    image instead of ``(2R + 3)^2`` taps or an FFT. Equal to the direct correlation up to float
+    round-off (summation order).
+    """
+    n, c, h, w = x.shape
+    big_r = int(math.floor(radius))
+    pad = big_r + 1
+    xp = _ops.pad(_ops.pad(x, 2, pad, pad, "reflect101"), 3, pad, pad, "reflect101")
+    ow, oh = w + 2, h + 2  # disk output on the image plus a 1-pixel ring (for the 3x3 Gaussian)
+    half = {dy: int(math.floor(math.sqrt(radius * radius - dy * dy) + 1e-9)) for dy in range(-big_r, big_r + 1)}
+    count = float(sum(2 * v + 1 for v in half.values()))
+    # horizontal box sums of every needed half-width, grown two columns at a time
+    box = xp[..., big_r : big_r + ow].clone()
+    boxes = {0: box.clone()} if 0 in half.values() else {}
+    for hw in range(1, max(half.values()) + 1):
+        box.add_(xp[..., big_r - hw : big_r - hw + ow]).add_(xp[..., big_r + hw : big_r + hw + ow])
+        if hw in half.values():
+            boxes[hw] = box if hw == max(half.values()) else box.clone()
+    out = None
+    for dy, hw in half.items():
+        rows = boxes[hw].narrow(2, big_r + dy, oh)
+        out = rows.clone() if out is None else out.add_(rows)
+    assert out is not None
+    out.mul_(1.0 / count)
+    g = _ops.cv2_gaussian_kernel1d(3, alias_blur)
+    out = out[:, :, 0:h, :] * g[0] + out[:, :, 1 : h + 1, :] * g[1] + out[:, :, 2 : h + 2, :] * g[2]
+    return out[..., 0:w] * g[0] + out[..., 1 : w + 1] * g[1] + out[..., 2 : w + 2] * g[2]
 
 
 @register("gaussian_blur", family="blur", random=False, source=_HC)
@@ -49,53 +89,68 @@ def gaussian_blur(x: torch.Tensor, sigma: float, ctx: Ctx) -> torch.Tensor:
 def glass_shuffle(x: torch.Tensor, delta: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
     """One pass of the reference's sequential pixel copy, computed exactly in parallel.
 
-    The reference visits rows ``H - delta .. delta + 1`` and, within a row, columns
-    ``W - delta .. delta + 1`` (both descending); pixel ``p`` takes the *current* value of
-    ``q = p + (dy, dx)``. ``q`` already holds a copied value exactly when it lies in the visited
-    region and comes later in raster order than ``p`` (it was visited earlier); its value is then
-    that of its own source, and so on. Following these links by pointer doubling (``log2`` of the
-    longest chain gathers) gives every pixel the original value the sequential loop would copy.
-
     Args:
         x: ``[N, C, H, W]``.
         delta: Maximum displacement.
         dy, dx: int64 ``[N, H - 2 delta, W - 2 delta]`` offsets in ``[-delta, delta - 1]`` for the
             visited pixels (rows/columns ``delta + 1 .. H - delta``).
+
+    Returns:
+        The image after the pass (see :func:`glass_source_map`).
     """
     n, c, h, w = x.shape
-    dev = x.device
-    rows = torch.arange(delta + 1, h - delta + 1, device=dev)
-    cols = torch.arange(delta + 1, w - delta + 1, device=dev)
-    rows, cols = rows[: dy.shape[1]], cols[: dy.shape[2]]
-    if rows.numel() == 0 or cols.numel() == 0:
-        return x
-    pr, pc = torch.meshgrid(rows, cols, indexing="ij")
-    qr, qc = pr + dy, pc + dx
-    q_flat = qr * w + qc
-    in_region = (qr >= rows[0]) & (qr <= rows[-1]) & (qc >= cols[0]) & (qc <= cols[-1])
-    # later in raster order = visited earlier (dy > 0, or same row and dx > 0)
-    visited_before = in_region & ((dy > 0) | ((dy == 0) & (dx > 0)))
-    hw = h * w
-    base = (torch.arange(n, device=dev) * hw).view(n, 1, 1)
-    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    q_glob = q_flat + base
-    # src[p]: the pixel whose *original* value p ends up with. Terminal pixels (source not yet
-    # overwritten) read their source directly; a chain p -> q -> ... is followed while the next
-    # pixel was visited earlier. Pointer doubling runs on the (shrinking) set of unresolved chains.
-    src = torch.arange(n * hw, device=dev)
-    src.view(n, h, w)[:, r0:r1, c0:c1] = q_glob
-    link = torch.arange(n * hw, device=dev)  # next pixel along a chain (itself when terminal)
-    lv = link.view(n, h, w)[:, r0:r1, c0:c1]
-    lv.copy_(torch.where(visited_before, q_glob, lv))
-    nonterm = torch.zeros(n * hw, dtype=torch.bool, device=dev)
-    nonterm.view(n, h, w)[:, r0:r1, c0:c1] = visited_before
-    active = nonterm.nonzero().squeeze(1)
+    src = glass_source_map(n, h, w, delta, dy, dx)
+    return _gather_pixels(x, src)
+
+
+def _gather_pixels(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """``out[n, :, p] = x.flat_pixels[src[n, p]]`` with ``src`` global flat pixel indices ``[N * H * W]``."""
+    n, c, h, w = x.shape
+    planes = x.transpose(0, 1).reshape(c, n * h * w)
+    return planes.index_select(1, src).view(c, n, h, w).transpose(0, 1).contiguous()
+
+
+def glass_source_map(n: int, h: int, w: int, delta: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Where each pixel's value comes from after one pass of the reference's sequential copy.
+
+    The reference visits rows ``H - delta .. delta + 1`` and, within a row, columns
+    ``W - delta .. delta + 1`` (both descending); pixel ``p`` takes the *current* value of
+    ``q = p + (dy, dx)``. ``q`` already holds a copied value exactly when it lies in the visited
+    region and comes later in raster order than ``p`` (its flat offset ``dy W + dx`` is positive:
+    it was visited earlier); its value is then that of its own source, and so on. Following these
+    links by pointer doubling (``log2`` of the longest chain gathers, on the shrinking set of
+    unresolved chains) gives every pixel the original pixel the sequential loop would copy.
+
+    Returns:
+        ``[N * H * W]`` global flat source index of every pixel (``n * H * W + r * W + c``), int32
+        (int64 for batches of 2**31 pixels or more).
+    """
+    dev = dy.device
+    hr, wr = dy.shape[1], dy.shape[2]
+    itype = torch.int32 if n * h * w < 2**31 - 1 else torch.int64  # int32 arithmetic is ~2x faster
+    src = torch.arange(n * h * w, device=dev, dtype=itype)
+    if hr <= 0 or wr <= 0:
+        return src
+    dy, dx = dy.to(itype), dx.to(itype)
+    off = dy * w + dx  # flat offset of the source pixel
+    ri = torch.arange(hr, device=dev, dtype=itype).view(1, hr, 1)
+    ci = torch.arange(wr, device=dev, dtype=itype).view(1, 1, wr)
+    rr, cc = dy + ri, dx + ci
+    later = (rr >= 0) & (rr < hr) & (cc >= 0) & (cc < wr) & (off > 0)  # source inside, visited before p
+    region = src.view(n, h, w)[:, delta + 1 : delta + 1 + hr, delta + 1 : delta + 1 + wr]
+    q = off.add_(region)  # global flat index of each visited pixel's source
+    first = src.clone()
+    first.view(n, h, w)[:, delta + 1 : delta + 1 + hr, delta + 1 : delta + 1 + wr] = q
+    link = src.clone()  # next pixel along a chain (itself when terminal)
+    link.view(n, h, w)[:, delta + 1 : delta + 1 + hr, delta + 1 : delta + 1 + wr] = torch.where(later, q, region)
+    nonterm = torch.zeros(n * h * w, dtype=torch.bool, device=dev)  # pixels whose chain goes on
+    nonterm.view(n, h, w)[:, delta + 1 : delta + 1 + hr, delta + 1 : delta + 1 + wr] = later
+    active = nonterm.nonzero().squeeze(1).to(itype)
     while active.numel():
-        nxt = link.index_select(0, active)
-        link.index_copy_(0, active, link.index_select(0, nxt))
-        active = active[nonterm.index_select(0, link.index_select(0, active))]
-    final = src.index_select(0, link).view(n, hw) - base.view(n, 1)  # chain end -> its source
-    return x.flatten(2).gather(2, final.unsqueeze(1).expand(n, c, hw)).view(n, c, h, w)
+        nxt = link.index_select(0, link.index_select(0, active))
+        link[active] = nxt
+        active = active[nonterm.index_select(0, nxt)]
+    return first.index_select(0, link)  # the chain's end reads its own (not yet overwritten) source
 
 
 @register("glass_blur", family="blur", random=True, source=_HC,
@@ -109,9 +164,18 @@ def glass_blur(x: torch.Tensor, p: tuple[float, int, int], ctx: Ctx) -> torch.Te
     n, c, h, w = x.shape
     y = _ops.quantize_u8(_ops.gaussian_blur(x, sigma, "edge"))
     hr, wr = max(h - 2 * delta, 0), max(w - 2 * delta, 0)
-    for it in range(iters):
-        offs = ctx.rng.randint(f"shuffle{it}", (2, hr, wr), -delta, delta)
-        y = glass_shuffle(y, delta, offs[:, 0], offs[:, 1])
+    src: torch.Tensor | None = None
+    for it in range(iters):  # compose the passes' source maps, gather the image once
+        # one uniform per pixel for the (dy, dx) pair: (2 delta)^2 equally likely offsets
+        # (floor(2 delta u) and the fraction of 2 delta u are independent, uniform)
+        a = ctx.rng.uniform(f"shuffle{it}", (hr, wr)).mul_(2 * delta)
+        ay = a.floor()
+        dx = a.sub_(ay).mul_(2 * delta).floor_().clamp_(max=2 * delta - 1).to(torch.int32).sub_(delta)
+        dy = ay.clamp_(max=2 * delta - 1).to(torch.int32).sub_(delta)
+        step = glass_source_map(n, h, w, delta, dy, dx)
+        src = step if src is None else src.index_select(0, step)
+    if src is not None:
+        y = _gather_pixels(y, src)
     return _ops.gaussian_blur(y, sigma, "edge").clamp_(0, 1)
 
 

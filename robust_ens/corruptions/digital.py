@@ -86,33 +86,61 @@ def _box_bounds(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _resize_axis(y: torch.Tensor, n_out: int, dim: int, filt: str) -> torch.Tensor:
+    """Resample dimension ``dim`` of ``y`` (whole numbers 0..255) like one Pillow pass (no rounding).
+
+    Works along ``dim`` directly (row copies and cumulative sums across a contiguous inner dimension
+    are fast; gathers along the innermost dimension are not, so callers pass a layout where ``dim``
+    is not the last one).
+    """
     n_in = y.shape[dim]
-    if filt == "nearest" or n_out > n_in:
-        if filt == "nearest":
-            src = torch.from_numpy(pil_resize_matrix(n_in, n_out, "nearest").argmax(1)).to(y.device)
-            return y.index_select(dim, src)
+    shape = [1] * y.dim()
+    shape[dim] = n_out
+    if filt == "nearest":
+        src = torch.from_numpy(pil_resize_matrix(n_in, n_out, "nearest").argmax(1)).to(y.device)
+        return y.index_select(dim, src)
+    if n_out > n_in:
         m = torch.from_numpy(pil_resize_matrix(n_in, n_out, filt)).to(y.device, y.dtype)
         return torch.movedim(torch.movedim(y, dim, -1) @ m.t(), -1, dim)
-    # BOX reduction: window sums from a cumulative sum (exact: the values are whole numbers)
+    # BOX reduction: sum of the (few) window taps, each a row selection masked by the window length
+    # (exact: the values are whole numbers and the windows hold at most a few hundred of them)
     lo, hi = _box_bounds(n_in, n_out)
-    # float32 sums of whole numbers are exact below 2**24
-    acc = torch.float32 if n_in * 255 < 2**24 and y.dtype == torch.float32 else torch.float64
-    cs = torch.nn.functional.pad(torch.movedim(y, dim, -1).to(acc).cumsum(-1), (1, 0))
-    lo_t, hi_t = torch.from_numpy(lo).to(y.device), torch.from_numpy(hi).to(y.device)
-    out = (cs.index_select(-1, hi_t) - cs.index_select(-1, lo_t)) / (hi_t - lo_t).to(cs.dtype)
-    return torch.movedim(out.to(y.dtype), -1, dim)
+    length = hi - lo
+    out = None
+    for t in range(int(length.max())):
+        idx = torch.from_numpy(np.minimum(lo + t, n_in - 1)).to(y.device)
+        tap = y.index_select(dim, idx)
+        if (length <= t).any():
+            tap.mul_(torch.from_numpy((length > t).astype(np.float32)).to(y.device, y.dtype).view(shape))
+        out = tap if out is None else out.add_(tap)
+    assert out is not None
+    return out.div_(torch.from_numpy(length.astype(np.float32)).to(y.device, y.dtype).view(shape))
+
+
+def pil_resize_levels(v: torch.Tensor, size: tuple[int, int], filt: str) -> torch.Tensor:
+    """Pillow's resize of uint8 levels (whole numbers 0..255 as float): horizontal pass, round,
+    vertical pass, round (NEAREST only selects, so it skips the rounding).
+
+    The horizontal pass runs on the transposed image (columns as rows), so both passes copy or sum
+    whole rows.
+    """
+    h, w = v.shape[-2:]
+    oh, ow = size
+    y = v
+    if ow != w:
+        y = _resize_axis(y.transpose(-1, -2).contiguous(), ow, y.dim() - 2, filt)
+        if filt != "nearest":
+            y = torch.floor(y.add_(0.5)).clamp_(0, 255)
+        y = y.transpose(-1, -2).contiguous()
+    if oh != h:
+        y = _resize_axis(y, oh, y.dim() - 2, filt)
+        if filt != "nearest":
+            y = torch.floor(y.add_(0.5)).clamp_(0, 255)
+    return y
 
 
 def pil_resize(x: torch.Tensor, size: tuple[int, int], filt: str) -> torch.Tensor:
-    """Resize like Pillow on uint8 images: horizontal pass, round to 8 bits, vertical pass, round."""
-    h, w = x.shape[-2:]
-    oh, ow = size
-    y = torch.floor(x * 255.0 + 0.5)
-    if ow != w:
-        y = torch.floor(_resize_axis(y, ow, 3, filt) + 0.5).clamp_(0, 255)
-    if oh != h:
-        y = torch.floor(_resize_axis(y, oh, 2, filt) + 0.5).clamp_(0, 255)
-    return y / 255.0
+    """Resize like Pillow on uint8 images (``x`` in [0, 1], rounded to 8 bits first)."""
+    return pil_resize_levels(torch.floor(x * 255.0 + 0.5), size, filt).div(255.0)
 
 
 @register("pixelate", family="digital", random=False, source=_HC, on_grid=True,
@@ -120,8 +148,9 @@ def pil_resize(x: torch.Tensor, size: tuple[int, int], filt: str) -> torch.Tenso
 def pixelate(x: torch.Tensor, c: float, ctx: Ctx) -> torch.Tensor:
     """BOX-downsample to ``(int(H c), int(W c))`` and upsample back (NEAREST; BOX for cifar10c)."""
     h, w = x.shape[-2:]
-    small = pil_resize(_ops.quantize_u8(x), (int(h * c), int(w * c)), "box")
-    return pil_resize(small, (h, w), "box" if ctx.preset == "cifar10c" else "nearest")
+    v = x.clamp(0.0, 1.0).mul_(255.0).add_(1e-3).floor_()  # the uint8 levels (quantize_u8)
+    small = pil_resize_levels(v, (int(h * c), int(w * c)), "box")
+    return pil_resize_levels(small, (h, w), "box" if ctx.preset == "cifar10c" else "nearest").div_(255.0)
 
 
 # -------------------------------------------------------------------------------------------- JPEG
@@ -160,29 +189,43 @@ def _unblocks(b: torch.Tensor) -> torch.Tensor:
     return b.permute(0, 1, 3, 2, 4).reshape(n, bh * 8, bw * 8)
 
 
-def _jpeg_plane(p: torch.Tensor, table: np.ndarray) -> torch.Tensor:
-    """DCT, quantise, dequantise and inverse DCT of every 8x8 block: two GEMMs with ``D (x) D``."""
+@lru_cache(maxsize=32)
+def _jpeg_matrices(table: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(D (x) D)^T diag(1/q)`` and ``diag(q) (D (x) D)`` (float64): DCT + quantiser scaling, and
+    dequantisation + inverse DCT, each one 64x64 GEMM (``vec(D B D^T) = (D (x) D) vec(B)``)."""
     d = _dct_matrix()
-    k = torch.from_numpy(np.kron(d, d)).to(p.device, p.dtype)  # vec(D B D^T) = (D (x) D) vec(B)
-    q = torch.from_numpy(table.reshape(-1)).to(p.device, p.dtype)
+    k = torch.from_numpy(np.kron(d, d))
+    q = torch.tensor(table, dtype=torch.float64)
+    return k.t() / q.view(1, -1), q.view(-1, 1) * k
+
+
+def _jpeg_plane(p: torch.Tensor, table: np.ndarray) -> torch.Tensor:
+    """DCT, quantise, dequantise and inverse DCT of every 8x8 block (level-shifted by 128)."""
+    fwd, inv = (m.to(p.device, p.dtype) for m in _jpeg_matrices(tuple(float(v) for v in table.reshape(-1))))
     b = _blocks(p - 128.0)
     shape = b.shape
-    coef = b.reshape(-1, 64) @ k.t()
-    coef = torch.round(coef / q) * q  # libjpeg rounds half away from zero; ties are negligible here
-    return _unblocks((coef @ k).view(shape)) + 128.0
+    coef = torch.round(b.reshape(-1, 64) @ fwd)  # libjpeg rounds half away from zero; ties are negligible here
+    return _unblocks((coef @ inv).view(shape)).add_(128.0)
 
 
 def _fancy_up(c: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """libjpeg's h2v2 "fancy" (triangle) chroma upsampling: 3/4 nearer + 1/4 farther sample per axis."""
-    def up(t: torch.Tensor, dim: int) -> torch.Tensor:
-        n = t.shape[dim]
-        prev = t.index_select(dim, torch.clamp(torch.arange(n, device=t.device) - 1, min=0))
-        nxt = t.index_select(dim, torch.clamp(torch.arange(n, device=t.device) + 1, max=n - 1))
-        even = 0.75 * t + 0.25 * prev
-        odd = 0.75 * t + 0.25 * nxt
-        return torch.stack((even, odd), dim + 1).flatten(dim, dim + 1)
+    # 3/4 c[i] + 1/4 c[i -+ 1] with replicated borders is exactly bilinear upsampling by 2 with
+    # half-pixel centres (align_corners=False)
+    up = F.interpolate(c.unsqueeze(1), scale_factor=2.0, mode="bilinear", align_corners=False)
+    return up[:, 0, :h, :w]
 
-    return up(up(c, 1), 2)[:, :h, :w]
+
+def _mix3(v: torch.Tensor, m: tuple[tuple[float, float, float], ...]) -> torch.Tensor:
+    """``out[:, i] = sum_j m[i][j] v[:, j]`` for ``[N, 3, H, W]`` (elementwise; faster than a 3x3 GEMM)."""
+    out = torch.empty_like(v)
+    for i, row in enumerate(m):
+        o = out[:, i]
+        torch.mul(v[:, 0], row[0], out=o)
+        for j in (1, 2):
+            if row[j] != 0.0:
+                o.add_(v[:, j], alpha=row[j])
+    return out
 
 
 def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
@@ -195,23 +238,19 @@ def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     v = torch.floor(x.clamp(0, 1) * 255.0 + 1e-3)
     ph, pw = -(-h // 16) * 16, -(-w // 16) * 16
     v = _ops.pad(_ops.pad(v, 2, 0, ph - h, "edge"), 3, 0, pw - w, "edge")
-    r, g, b = v.unbind(1)
-    yy = torch.round(0.299 * r + 0.587 * g + 0.114 * b)
-    cb = torch.round(-0.168735892 * r - 0.331264108 * g + 0.5 * b + 128.0)
-    cr = torch.round(0.5 * r - 0.418687589 * g - 0.081312411 * b + 128.0)
+    ycc = _mix3(v, ((0.299, 0.587, 0.114), (-0.168735892, -0.331264108, 0.5), (0.5, -0.418687589, -0.081312411)))
+    yy = torch.round(ycc[:, 0])
     # libjpeg's h2v2 downsampling: (sum of 2x2 + bias) >> 2 with the bias alternating 1, 2 by column
     bias = torch.tensor([1.0, 2.0], dtype=v.dtype, device=v.device).repeat(pw // 4)
-    cb = torch.floor((F.avg_pool2d(cb[:, None], 2)[:, 0] * 4 + bias) / 4)
-    cr = torch.floor((F.avg_pool2d(cr[:, None], 2)[:, 0] * 4 + bias) / 4)
+    chroma = torch.round(ycc[:, 1:].add_(128.0))  # Cb, Cr
+    chroma = torch.floor(F.avg_pool2d(chroma, 2).mul_(4.0).add_(bias).div_(4.0))
     yq = torch.round(_jpeg_plane(yy, quant_table(_LUMA, quality))).clamp_(0, 255)
-    cbq = torch.round(_jpeg_plane(cb, quant_table(_CHROMA, quality))).clamp_(0, 255)
-    crq = torch.round(_jpeg_plane(cr, quant_table(_CHROMA, quality))).clamp_(0, 255)
-    yq = yq[:, :h, :w]
+    cq = torch.round(_jpeg_plane(chroma.reshape(2 * n, ph // 2, pw // 2), quant_table(_CHROMA, quality))).clamp_(0, 255)
     ch, cw = -(-h // 2), -(-w // 2)  # the decoder replicates the last real chroma row/column as context
-    cbu = _fancy_up(cbq[:, :ch, :cw], h, w) - 128.0
-    cru = _fancy_up(crq[:, :ch, :cw], h, w) - 128.0
-    out = torch.stack((yq + 1.402 * cru, yq - 0.344136286 * cbu - 0.714136286 * cru, yq + 1.772 * cbu), 1)
-    return torch.round(out).clamp_(0, 255) / 255.0
+    cu = _fancy_up(cq[:, :ch, :cw], h, w).sub_(128.0).view(n, 2, h, w)
+    ycc_q = torch.cat((yq[:, None, :h, :w], cu), 1)
+    out = _mix3(ycc_q, ((1.0, 0.0, 1.402), (1.0, -0.344136286, -0.714136286), (1.0, 1.772, 0.0)))
+    return torch.round(out).clamp_(0, 255).div_(255.0)
 
 
 @register("jpeg_compression", family="digital", random=False, source=_HC + ", Pillow/libjpeg defaults", on_grid=True,
@@ -275,5 +314,12 @@ def elastic_transform(x: torch.Tensor, p: float | tuple[float, float, float], ct
         amp = h * 0.005
         fields = ctx.rng.uniform("field", (2, h, w), -amp, amp, dtype=x.dtype)
         fields = _ops.gaussian_blur(fields, (0.01 * h, 0.01 * w), "symmetric", truncate=3.0) * alpha
-    dx, dy = fields[:, 0].to(dt), fields[:, 1].to(dt)
-    return _sample(x, rr + dy, cc + dx, "symmetric").clamp_(0, 1)
+    # grid_sample's normalised coordinates of (r + dy, c + dx), written straight into the grid
+    # (float32 like the grid itself; scipy "reflect" mirrors about pixel edges: align_corners=False)
+    grid = torch.empty(n, h, w, 2, dtype=x.dtype, device=dev)
+    base_x = ((2 * cc + 1) / w - 1).to(x.dtype)
+    base_y = ((2 * rr + 1) / h - 1).to(x.dtype)
+    torch.add(base_x, fields[:, 0], alpha=2.0 / w, out=grid[..., 0])
+    torch.add(base_y, fields[:, 1], alpha=2.0 / h, out=grid[..., 1])
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return out.clamp_(0, 1)

@@ -215,3 +215,102 @@ def evaluate_corruptions(
         res["baseline"] = baseline_name or str(baseline.get("name", "baseline"))
     res["seconds"] = time.perf_counter() - t0
     return res
+
+
+# ------------------------------------------------------------------------------ leaderboard entries
+
+SUITE = "cifar10-corruptions"
+
+
+def _metric_key(name: str, severity: int | str) -> str:
+    return f"acc/{name}/{int(severity)}"
+
+
+def to_entry(
+    result: Mapping[str, Any],
+    *,
+    name: str,
+    model_name: str | None = None,
+    architecture: str = "unknown",
+    n_members: int = 1,
+    checkpoint_sha256: Sequence[str] = (),
+    parameters: Mapping[str, Any] | None = None,
+    description: str = "",
+    dataset: str = "cifar10",
+    settings: Mapping[str, Any] | None = None,
+    device: str = "cpu",
+    forward_passes: int = 0,
+    command: str | None = None,
+) -> Any:
+    """A leaderboard :class:`~robust_ens.leaderboard.Entry` of suite ``cifar10-corruptions``.
+
+    Args:
+        result: What :func:`evaluate_corruptions` returned.
+        name: Entry name (file name of the JSON entry; letters, digits, ``._+-``).
+        model_name: Model name shown in tables (default ``name``).
+        architecture: Architecture (e.g. ``small_cnn``; ``ensemble(a,b)`` for ensembles).
+        n_members: Number of ensemble members.
+        checkpoint_sha256: sha256 of each member's weights file.
+        parameters: Free-form model parameters (e.g. parameter count, ensemble combine rule).
+        description: Free text.
+        dataset: Dataset name of the protocol (``cifar10``, ``cifar10-jpeg``, ``digits``).
+        settings: Extra protocol settings recorded next to preset, corruptions and severities.
+        device: Device of the evaluation (the entry's cost).
+        forward_passes: Forward passes per member spent (images evaluated).
+        command: Command line for the provenance (default ``sys.argv``).
+
+    Returns:
+        The validated entry. ``results.metrics`` holds ``mean_corruption_accuracy``, with a
+        baseline ``mCE`` and ``relative_mCE`` (in %), and ``acc/<corruption>/<severity>`` for
+        every corruption and severity evaluated; :func:`result_from_entry` reads them back.
+    """
+    from robust_ens import leaderboard as lb
+
+    proto = dict(result["protocol"])
+    metrics: dict[str, float] = {"mean_corruption_accuracy": float(result["mean_corruption_accuracy"])}
+    for key in ("mCE", "relative_mCE"):
+        if key in result and np.isfinite(result[key]):
+            metrics[key] = float(result[key])
+    for c, per in result["accuracy"].items():
+        for s, acc in per.items():
+            metrics[_metric_key(c, s)] = float(acc)
+    extra = {"preset": proto["preset"], "corruptions": list(proto["corruptions"]),
+             "severities": [int(s) for s in proto["severities"]]}
+    if result.get("baseline") is not None:
+        extra["baseline"] = str(result["baseline"])
+    extra.update(dict(settings or {}))
+    payload = {
+        "name": name,
+        "model": {"name": model_name or name, "architecture": architecture, "n_members": int(n_members),
+                  "checkpoint_sha256": list(checkpoint_sha256), "parameters": dict(parameters or {}),
+                  "description": description},
+        "protocol": {"suite": SUITE, "suite_version": str(proto.get("version", PROTOCOL_VERSION)), "dataset": dataset,
+                     "n_examples": int(proto["n_examples"]), "seed": int(proto["seed"]),
+                     "threat_model": "common-corruptions", "settings": extra},
+        "results": {"clean_accuracy": float(result["clean_accuracy"]), "metrics": metrics},
+        "cost": {"seconds": float(result.get("seconds", 0.0)), "device": device,
+                 "forward_passes": int(forward_passes)},
+        "provenance": lb.provenance(command).model_dump(),
+    }
+    return lb.validate(payload)
+
+
+def result_from_entry(entry: Any) -> dict[str, Any]:
+    """The ``clean_accuracy`` / ``accuracy`` part of an evaluation read back from an entry
+    (a :class:`~robust_ens.leaderboard.Entry`, a dict or a JSON path), e.g. to serve as baseline.
+
+    Raises:
+        RobustEnsError: when the entry is not of suite ``cifar10-corruptions``.
+    """
+    from robust_ens import leaderboard as lb
+
+    e = entry if isinstance(entry, lb.Entry) else lb.validate(entry)
+    if e.protocol.suite != SUITE:
+        raise RobustEnsError(f"entry {e.name!r} is of suite {e.protocol.suite!r}, not {SUITE!r}")
+    acc: dict[str, dict[int, float]] = {}
+    for key, value in e.results.metrics.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "acc":
+            acc.setdefault(parts[1], {})[int(parts[2])] = float(value)
+    return {"name": e.name, "clean_accuracy": e.results.clean_accuracy, "accuracy": acc,
+            "protocol": dict(e.protocol.settings, n_examples=e.protocol.n_examples, seed=e.protocol.seed)}

@@ -6,12 +6,14 @@ Sources: Hendrycks & Dietterich 2019 (ImageNet-C / CIFAR-10-C scripts), imagecor
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
 from robust_ens.corruptions import _ops
 from robust_ens.corruptions._base import Ctx, register
+from robust_ens.corruptions._rng import ExampleRNG
 
 _HC = "Hendrycks & Dietterich 2019 (make_cifar_c.py / make_imagenet_c.py), imagecorruptions 1.1.2"
 
@@ -24,11 +26,26 @@ def next_pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
-def plasma_fractal(ctx: Ctx, n: int, size: int, decay: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _wrap_pad(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """Periodic padding of the last two dims of ``[n, g, g]`` by ``before``/``after`` rows and columns."""
+    return F.pad(t.unsqueeze(1), (before, after, before, after), mode="circular").squeeze(1)
+
+
+def _interleave(c: torch.Tensor, top: torch.Tensor, left: torch.Tensor, dr: torch.Tensor) -> torch.Tensor:
+    """The ``2g x 2g`` grid with ``c`` at even/even, ``top`` at even/odd, ``left`` at odd/even, ``dr`` at odd/odd."""
+    n, g, k = c.shape
+    return torch.stack((torch.stack((c, top), -1), torch.stack((left, dr), -1)), 2).view(n, 2 * g, 2 * k)
+
+
+def plasma_fractal(ctx: Ctx, n: int, size: int, decay: float, dtype: torch.dtype, device: torch.device,
+                   crop: tuple[int, int] | None = None) -> torch.Tensor:
     """Periodic diamond-square height maps ``[n, size, size]`` in [0, 1], one per example.
 
     The references' algorithm (mean of neighbours plus ``A * U(-A, A)``, ``A = 100`` divided by
-    ``decay`` per level, wrap-around neighbours), batched over examples.
+    ``decay`` per level, wrap-around neighbours), batched over examples. Each level is built from
+    four contiguous ``g x g`` arrays (corners, square centres, top and left edge midpoints) and
+    interleaved into the next ``2g x 2g`` grid; the map is normalised by its *whole* range (as the
+    references) but only the top-left ``crop`` (rows, columns) is assembled and returned.
     """
     levels = []
     step = size
@@ -38,30 +55,39 @@ def plasma_fractal(ctx: Ctx, n: int, size: int, decay: float, dtype: torch.dtype
     counts = [(size // s) ** 2 for s in levels]
     total = 3 * sum(counts)
     u = ctx.rng.uniform("plasma", (total,), -1.0, 1.0, dtype=dtype)
-    m = torch.zeros(n, size, size, dtype=dtype, device=device)
+    c = torch.zeros(n, 1, 1, dtype=dtype, device=device)  # the corner grid of the current level
     off = 0
     amp = 100.0
-    for step, cnt in zip(levels, counts, strict=False):
+    ch, cw = crop if crop is not None else (size, size)
+    if not levels:
+        return torch.zeros(n, min(ch, size), min(cw, size), dtype=dtype, device=device)
+    for li, (step, cnt) in enumerate(zip(levels, counts, strict=False)):
         g = size // step
-        half = step // 2
+        a2 = amp * amp
 
-        def noise(k: int, off: int = off, cnt: int = cnt, g: int = g, amp: float = amp) -> torch.Tensor:
-            return u[:, off + k * cnt : off + (k + 1) * cnt].view(n, g, g) * (amp * amp)
+        def noise(k: int, off: int = off, cnt: int = cnt, g: int = g) -> torch.Tensor:
+            return u[:, off + k * cnt : off + (k + 1) * cnt].view(n, g, g)
 
-        corner = m[:, 0:size:step, 0:size:step]
-        acc = corner + torch.roll(corner, -1, 1)
-        acc = acc + torch.roll(acc, -1, 2)
-        m[:, half:size:step, half:size:step] = acc / 4 + noise(0)
-        dr = m[:, half:size:step, half:size:step]
-        ul = m[:, 0:size:step, 0:size:step]
-        m[:, 0:size:step, half:size:step] = (dr + torch.roll(dr, 1, 1) + ul + torch.roll(ul, -1, 2)) / 4 + noise(1)
-        m[:, half:size:step, 0:size:step] = (dr + torch.roll(dr, 1, 2) + ul + torch.roll(ul, -1, 1)) / 4 + noise(2)
+        cp = _wrap_pad(c, 0, 1)  # c[i + 1], c[j + 1]
+        dr = cp[:, :-1, :-1] + cp[:, 1:, :-1]
+        dr += cp[:, :-1, 1:]
+        dr += cp[:, 1:, 1:]
+        dr = dr.mul_(0.25).add_(noise(0), alpha=a2)
+        dp = _wrap_pad(dr, 1, 0)  # dr[i - 1], dr[j - 1]
+        top = (dr + dp[:, :-1, 1:]).add_(c).add_(cp[:, :-1, 1:]).mul_(0.25).add_(noise(1), alpha=a2)
+        left = (dr + dp[:, 1:, :-1]).add_(c).add_(cp[:, 1:, :-1]).mul_(0.25).add_(noise(2), alpha=a2)
         off += 3 * cnt
         amp /= decay
-    flat = m.view(n, -1)
-    flat -= flat.min(1, keepdim=True).values
-    flat /= flat.max(1, keepdim=True).values.clamp_min(1e-12)
-    return m
+        if li + 1 < len(levels):
+            c = _interleave(c, top, left, dr)
+            continue
+        # last level: the range of the whole map, then only the crop is assembled
+        lo = torch.stack([t.amin((1, 2)) for t in (c, top, left, dr)], 1).amin(1).view(n, 1, 1)
+        hi = torch.stack([t.amax((1, 2)) for t in (c, top, left, dr)], 1).amax(1).view(n, 1, 1)
+        hh, hw = -(-min(ch, size) // 2), -(-min(cw, size) // 2)
+        m = _interleave(*(t[:, :hh, :hw].contiguous() for t in (c, top, left, dr)))[:, :ch, :cw]
+        return (m - lo).div_((hi - lo).clamp_min(1e-12))
+    raise AssertionError("unreachable")
 
 
 @register("fog", family="weather", random=True, source=_HC,
@@ -71,8 +97,8 @@ def fog(x: torch.Tensor, p: tuple[float, float], ctx: Ctx) -> torch.Tensor:
     t, decay = float(p[0]), float(p[1])
     n, _, h, w = x.shape
     size = next_pow2(max(h, w, 3))
-    fmap = plasma_fractal(ctx, n, size, decay, x.dtype, x.device)[:, None, :h, :w]
-    mx = x.flatten(1).max(1).values.view(-1, 1, 1, 1)
+    fmap = plasma_fractal(ctx, n, size, decay, x.dtype, x.device, crop=(h, w))[:, None]
+    mx = x.flatten(1).amax(1).view(-1, 1, 1, 1)
     return ((x + t * fmap) * (mx / (mx + t))).clamp_(0, 1)
 
 
@@ -90,6 +116,51 @@ FROST_STYLES = (
 )
 _OCTAVES = (64.0, 32.0, 16.0, 8.0, 4.0, 2.0)  # wavelengths in native texture pixels
 _DECAY = 0.92  # amplitude ratio between octaves; matches the photographs' mean gradient within ~10%
+
+
+@lru_cache(maxsize=64)
+def _bicubic_matrix_cpu(n_in: int, n_out: int, keep: int) -> torch.Tensor:
+    """``[keep, n_in]`` weights of ``F.interpolate(mode="bicubic", align_corners=True)`` from ``n_in``
+    to ``n_out`` samples along one axis (first ``keep`` outputs), read off by interpolating unit
+    vectors (the operation is separable and linear)."""
+    eye = torch.eye(n_in, dtype=torch.float64).view(n_in, 1, n_in, 1)
+    cols = F.interpolate(eye, size=(n_out, 1), mode="bicubic", align_corners=True)[:, 0, :keep, 0]
+    return cols.t().contiguous()
+
+
+def _bicubic_matrix(n_in: int, n_out: int, keep: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return _bicubic_matrix_cpu(n_in, n_out, min(keep, n_out)).to(device, dtype)
+
+
+def _frost_ridges(rng: ExampleRNG, n: int, h: int, w: int, scale: float, detail: torch.Tensor, dtype: torch.dtype,
+                  device: torch.device) -> torch.Tensor:
+    """Ridged multi-octave value noise ``[n, 1, h, w]`` at one texture scale (see frost_texture)."""
+    sizes = []
+    for lam in _OCTAVES:
+        cell = max(lam * scale, 1.0)
+        sizes.append((int(math.ceil(h / cell)) + 2, int(math.ceil(w / cell)) + 2))
+    total = sum(a * b for a, b in sizes)
+    u = rng.uniform("grid", (total,), dtype=dtype)
+    acc = torch.zeros(n, 1, h, w, dtype=dtype, device=device)
+    off = 0
+    for k, (gh, gw) in enumerate(sizes):
+        grid = u[:, off : off + gh * gw].view(n, 1, gh, gw)
+        off += gh * gw
+        cell = max(_OCTAVES[k] * scale, 1.0)
+        oh, ow = int(round((gh - 1) * cell)), int(round((gw - 1) * cell))
+        wy = _bicubic_matrix(gh, oh, h, dtype, device)
+        wx = _bicubic_matrix(gw, ow, w, dtype, device)
+        wxt = wx.t()
+        # separable bicubic upsampling (F.interpolate's weights), cropped; one GEMM pair per example
+        # so the BLAS kernel (and its rounding) does not depend on the batch size
+        up = torch.stack([wy @ (g.clone() @ wxt) for g in grid[:, 0]]).unsqueeze(1)
+        # thin bright crystal lines: ridge^4 with ridge = 1 - |2u - 1| = 2 min(u, 1 - u)
+        ridge = torch.minimum(up, 1.0 - up)
+        ridge = ridge.mul_(ridge)
+        ridge = ridge.mul_(ridge)
+        weight = 16.0 * _DECAY**k * (1.0 + (detail - 1.0) * k / len(_OCTAVES))
+        acc.addcmul_(weight.view(-1, 1, 1, 1), ridge)
+    return acc
 
 
 def frost_texture(ctx: Ctx, n: int, h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -111,27 +182,21 @@ def frost_texture(ctx: Ctx, n: int, h: int, w: int, dtype: torch.dtype, device: 
     else:
         sc = [1.1 * max(1.0, h / s[2][1], w / s[2][0]) for s in FROST_STYLES]
         scales = torch.tensor(sc, dtype=dtype)[style.cpu()]
-    scale = float(scales.max())  # one grid geometry per batch; per-example scale via octave weights below
-    sizes = []
-    for lam in _OCTAVES:
-        cell = max(lam * scale, 1.0)
-        sizes.append((int(math.ceil(h / cell)) + 2, int(math.ceil(w / cell)) + 2))
-    total = sum(a * b for a, b in sizes)
-    u = ctx.rng.uniform("grid", (total,), dtype=dtype)
-    acc = torch.zeros(n, 1, h, w, dtype=dtype, device=device)
-    off = 0
-    for k, (gh, gw) in enumerate(sizes):
-        grid = u[:, off : off + gh * gw].view(n, 1, gh, gw)
-        off += gh * gw
-        cell = max(_OCTAVES[k] * scale, 1.0)
-        up = F.interpolate(grid, size=(int(round((gh - 1) * cell)), int(round((gw - 1) * cell))), mode="bicubic",
-                           align_corners=True)[:, :, :h, :w]
-        ridge = (1.0 - (2.0 * up - 1.0).abs()) ** 4  # thin bright crystal lines
-        weight = _DECAY**k * (1.0 + (detail - 1.0) * k / len(_OCTAVES))
-        acc += weight.view(-1, 1, 1, 1) * ridge
-    z = acc - acc.mean((2, 3), keepdim=True)
-    z = z / z.std((2, 3), keepdim=True).clamp_min(1e-6)
-    return (means.view(n, 3, 1, 1) + stds.view(n, 3, 1, 1) * z).clamp_(0, 1)
+    acc = torch.empty(n, 1, h, w, dtype=dtype, device=device)
+    for scale in sorted(set(scales.tolist())):  # examples of one texture scale share a grid geometry
+        sel = (scales == scale).nonzero().squeeze(1)
+        sub = ctx.rng.subset(sel)
+        part = _frost_ridges(sub, len(sel), h, w, float(scale), detail.index_select(0, sel.to(device)), dtype, device)
+        if len(sel) == n:
+            acc = part
+        else:
+            acc.index_copy_(0, sel.to(device), part)
+    # per-example reductions one example at a time: a batched reduction may sum in another order
+    mean = torch.stack([a.mean() for a in acc]).view(n, 1, 1, 1)
+    std = torch.stack([a.std() for a in acc]).view(n, 1, 1, 1).clamp_min(1e-6)
+    # means + stds * (acc - mean) / std, per channel, as one fused multiply-add
+    gain = stds.view(n, 3, 1, 1) / std
+    return torch.addcmul(means.view(n, 3, 1, 1) - gain * mean, gain, acc).clamp_(0, 1)
 
 
 @register("frost", family="weather", random=True, source=_HC,
@@ -144,7 +209,7 @@ def frost(x: torch.Tensor, p: tuple[float, float], ctx: Ctx) -> torch.Tensor:
     a, b = float(p[0]), float(p[1])
     n, _, h, w = x.shape
     tex = frost_texture(ctx, n, h, w, x.dtype, x.device)
-    return (a * x + b * tex).clamp_(0, 1)
+    return tex.mul_(b).add_(x, alpha=a).clamp_(0, 1)
 
 
 # -------------------------------------------------------------------------------------------- snow
@@ -180,7 +245,7 @@ def snow(x: torch.Tensor, p: tuple[float, ...], ctx: Ctx) -> torch.Tensor:
           departures="HSV V + c computed as a per-pixel rescale (identical to the HSV round trip).")
 def brightness(x: torch.Tensor, c: float, ctx: Ctx) -> torch.Tensor:
     """In HSV, ``V <- clip(V + c)``; black pixels become grey level ``c``."""
-    v = x.max(1, keepdim=True).values
+    v = x.amax(1, keepdim=True)
     vn = (v + c).clamp(max=1.0)
     scale = vn / v.clamp_min(1e-12)
     return torch.where(v > 0, x * scale, vn.expand_as(x)).clamp_(0, 1)
@@ -252,7 +317,7 @@ def spatter(x: torch.Tensor, p: tuple[float, ...], ctx: Ctx) -> torch.Tensor:
         dist = torch.round(_ops.filter2d(dist, emb, "reflect101")).clamp_(0, 255)
         dist = torch.round(_box3(dist))
         m = l8 * dist
-        m = m / m.flatten(1).max(1).values.clamp_min(1e-12).view(-1, 1, 1, 1) * float(k)
+        m = m / m.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1) * float(k)
         color = torch.tensor([175.0, 238.0, 238.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 255.0
         return (x + m * color).clamp_(0, 1)
     mask = (liquid > thr).to(x.dtype)

@@ -1,0 +1,209 @@
+"""``robust-ens corruptions evaluate``: the cifar10-corruptions suite as a leaderboard entry.
+
+Example:
+    robust-ens corruptions evaluate --model zoo:digits_small_cnn_s0,zoo:digits_small_cnn_s1 \\
+        --data digits --n 200 --severities 1-5 --baseline base.json --out leaderboards/
+
+evaluates the model (several comma-separated models form a logit-averaging Ensemble) on the
+preset's 15 common corruptions at each severity, and writes the entry
+``<out>/<dataset>/cifar10-corruptions/<name>.json`` (clean accuracy, mean corruption accuracy,
+per-corruption accuracies ``acc/<corruption>/<severity>``, and with ``--baseline`` the mCE and
+relative mCE against that entry). Corrupted sets are cached as uint8 in the data cache, so an
+interrupted or repeated run regenerates nothing and costs forward passes only.
+
+Images smaller than 32 px (digits: 8x8) are upsampled by an integer factor before corrupting
+(the corruptions' minimum size) and the model sees them average-pooled back to the native size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+import torch
+
+from robust_ens.errors import RobustEnsError
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``corruptions`` subcommand."""
+    p = sub.add_parser(
+        "corruptions",
+        help="evaluate a model under common corruptions (cifar10-corruptions suite) into a leaderboard entry",
+        description=__doc__.split("Example:")[0].strip() if __doc__ else None,
+    )
+    action = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    e = action.add_parser("evaluate", help="accuracy per corruption and severity, mean accuracy, (relative) mCE",
+                          description=__doc__.split("Example:")[0].strip() if __doc__ else None)
+    e.add_argument("--model", required=True, help="comma-separated checkpoint paths or zoo:NAME; several form an Ensemble")
+    e.add_argument("--combine", default="logits", help="how an ensemble combines members (logits, probs, vote)")
+    e.add_argument("--precision", default="fp32", help="ensemble precision: fp32 (default), bf16 or auto")
+    e.add_argument("--data", default="cifar10", help="dataset: cifar10, digits or imagefolder:<path>")
+    e.add_argument("--split", default="test", help="split (default test)")
+    e.add_argument("--n", type=int, default=None, help="number of examples (default: the whole split)")
+    e.add_argument("--data-seed", type=int, default=0, help="seed of the example subset (default 0)")
+    e.add_argument("--preset", default="cifar10c", help="corruption parameters (default cifar10c)")
+    e.add_argument("--corruptions", default="common",
+                   help="'common' (the 15 of the mean corruption accuracy, default), 'all' or comma-separated names")
+    e.add_argument("--severities", default="1-5", help="severities: '1-5' (default), '3' or '1,3,5'")
+    e.add_argument("--seed", type=int, default=0, help="corruption seed (default 0)")
+    e.add_argument("--upscale", default="auto",
+                   help="integer upsampling factor for images below 32 px ('auto': the smallest that reaches 32)")
+    e.add_argument("--baseline", default=None, help="a cifar10-corruptions entry (JSON) to compute mCE against")
+    e.add_argument("--name", default=None, help="entry name (default: derived from --model)")
+    e.add_argument("--dataset-label", default=None,
+                   help="dataset name recorded in the entry (default: --data; e.g. cifar10-jpeg)")
+    e.add_argument("--batch-size", type=int, default=500, help="images per corruption/forward batch")
+    e.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    e.add_argument("--no-cache", action="store_true", help="do not read or write cached corrupted sets")
+    e.add_argument("--out", required=True, help="leaderboard root: the entry goes to <out>/<dataset>/<suite>/<name>.json")
+    p.set_defaults(func=run)
+
+
+def parse_severities(text: str) -> list[int]:
+    """``"1-5"``, ``"3"`` or ``"1,3,5"`` -> sorted severities in 1..5."""
+    out: set[int] = set()
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                out.update(range(lo, hi + 1))
+            else:
+                out.add(int(part))
+    except ValueError as err:
+        raise RobustEnsError(f"--severities must look like '1-5', '3' or '1,3,5', got {text!r}") from err
+    if not out or not all(1 <= s <= 5 for s in out):
+        raise RobustEnsError(f"--severities must name severities in 1..5, got {text!r}")
+    return sorted(out)
+
+
+class Upscaled(torch.nn.Module):
+    """Runs ``model`` on images average-pooled by ``factor`` (undoing an integer upsampling)."""
+
+    def __init__(self, model: torch.nn.Module, factor: int) -> None:
+        super().__init__()
+        self.model = model
+        self.factor = int(factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``model`` on ``avg_pool2d(x, factor)``."""
+        return self.model(torch.nn.functional.avg_pool2d(x, self.factor) if self.factor > 1 else x)
+
+
+def load_models(spec: str, *, combine: str, precision: str, device: torch.device) -> tuple[torch.nn.Module, list[Any]]:
+    """``"a,zoo:b"`` -> (one model or an Ensemble, the members' checkpoint records)."""
+    from robust_ens import models
+    from robust_ens.ensemble import Ensemble
+
+    parts = [s.strip() for s in spec.split(",") if s.strip()]
+    if not parts:
+        raise RobustEnsError("--model needs at least one checkpoint path or zoo:NAME")
+    loaded = [models.load(s, device=device).eval() for s in parts]
+    records = [getattr(m, "checkpoint", {}) or {} for m in loaded]
+    if len(loaded) == 1:
+        return loaded[0], records
+    return Ensemble(loaded, combine=combine, precision=precision).to(device).eval(), records
+
+
+def _upscale_factor(text: str, h: int, w: int) -> int:
+    if text == "auto":
+        side = min(h, w)
+        return 1 if side >= 32 else -(-32 // side)
+    try:
+        k = int(text)
+    except ValueError as err:
+        raise RobustEnsError(f"--upscale must be 'auto' or a positive integer, got {text!r}") from err
+    if k < 1:
+        raise RobustEnsError(f"--upscale must be a positive integer, got {k}")
+    return k
+
+
+def _default_name(spec: str) -> str:
+    import re
+
+    parts = [s.strip() for s in spec.split(",") if s.strip()]
+    stems = [p.removeprefix("zoo:").replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".safetensors").removesuffix(".json")
+             for p in parts]
+    name = stems[0] if len(stems) == 1 else "ens-" + "+".join(stems)
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name)[:120]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``corruptions evaluate``; returns the exit status."""
+    from robust_ens import data
+    from robust_ens import leaderboard as lb
+    from robust_ens.commands.common import progress_enabled
+    from robust_ens.corruptions import evaluate as ev
+    from robust_ens.corruptions import list_corruptions
+    from robust_ens.ensemble import Ensemble
+
+    if args.n is not None and args.n < 1:
+        raise RobustEnsError(f"--n must be a positive integer, got {args.n}")
+    if args.batch_size < 1:
+        raise RobustEnsError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    severities = parse_severities(args.severities)
+    if args.corruptions in ("common", "all"):
+        names = list_corruptions(args.preset, subset=args.corruptions)
+    else:
+        names = [c.strip() for c in args.corruptions.split(",") if c.strip()]
+        known = list_corruptions(args.preset)
+        bad = [c for c in names if c not in known]
+        if bad:
+            raise RobustEnsError(f"unknown corruption(s) {', '.join(bad)} for preset {args.preset!r}; "
+                                 f"choose from: {', '.join(known)}")
+    baseline = ev.result_from_entry(args.baseline) if args.baseline else None
+    if baseline is not None:
+        missing = [c for c in names if c not in baseline["accuracy"]]
+        if missing:
+            raise RobustEnsError(f"the baseline {args.baseline} has no accuracies for: {', '.join(missing)}")
+        if baseline["protocol"].get("preset") not in (None, args.preset):
+            raise RobustEnsError(f"the baseline used preset {baseline['protocol'].get('preset')!r}, not {args.preset!r}")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, records = load_models(args.model, combine=args.combine, precision=args.precision, device=device)
+
+    xu, yall = data.load_uint8(args.data, args.split)
+    idx = data.subset_indices(yall, args.n, args.data_seed)
+    x, y = xu[idx], yall[idx]
+    factor = _upscale_factor(str(args.upscale), x.shape[-2], x.shape[-1])
+    if factor > 1:
+        up = torch.nn.functional.interpolate(x.float(), scale_factor=factor, mode="bilinear", align_corners=False)
+        x = up.round_().clamp_(0, 255).to(torch.uint8)
+        model = Upscaled(model, factor).eval()
+    log.info("evaluating %s on %d %s images (%dx%d) under %d corruptions x %d severities",
+             args.model, len(y), args.data, x.shape[-2], x.shape[-1], len(names), len(severities))
+    res = ev.evaluate_corruptions(
+        model, x, y, preset=args.preset, corruptions=names, severities=severities, seed=args.seed,
+        batch_size=args.batch_size, device=device, cache=not args.no_cache, baseline=baseline,
+        baseline_name=baseline["name"] if baseline else None, progress=progress_enabled(),
+    )
+    inner = model.model if isinstance(model, Upscaled) else model
+    members = list(inner.members) if isinstance(inner, Ensemble) else [inner]
+    arches = [str(r.get("arch", type(m).__name__)) for r, m in zip(records, members, strict=False)]
+    arch = arches[0] if len(set(arches)) == 1 and len(arches) == 1 else f"ensemble({','.join(arches)})"
+    settings: dict[str, Any] = {"split": args.split, "data_seed": args.data_seed, "upscale": factor,
+                                "models": args.model}
+    if isinstance(inner, Ensemble):
+        settings.update({"combine": args.combine, "precision": args.precision})
+    entry = ev.to_entry(
+        res, name=args.name or _default_name(args.model), architecture=arch, n_members=len(members),
+        checkpoint_sha256=[str(r["sha256"]) for r in records if r.get("sha256")],
+        parameters={"n_parameters": int(sum(p.numel() for p in inner.parameters()))},
+        dataset=args.dataset_label or args.data, settings=settings, device=str(device),
+        forward_passes=len(y) * (1 + len(names) * len(severities)) * len(members),
+        command=" ".join(["robust-ens", *sys.argv[1:]]) if sys.argv else None,
+    )
+    path = lb.write(entry, root=args.out)
+    metrics = entry.results.metrics
+    summary = (f"clean {100 * entry.results.clean_accuracy:.2f}%, mean corruption accuracy "
+               f"{100 * metrics['mean_corruption_accuracy']:.2f}%")
+    if "relative_mCE" in metrics:
+        summary += f", mCE {metrics.get('mCE', float('nan')):.1f}, relative mCE {metrics['relative_mCE']:.1f}"
+    print(f"wrote {path}: {summary}")
+    return 0
