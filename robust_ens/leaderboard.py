@@ -195,17 +195,35 @@ def load_entries(root: str | Path = LEADERBOARD_DIR) -> list[Entry]:
     return [validate(p) for p in sorted(Path(root).rglob("*.json")) if p.name != "schema.json"]
 
 
+def headline_metrics(entries: Sequence[Entry]) -> list[str]:
+    """Summary metrics shown as table columns: top-level ``metrics`` keys (no ``/`` in the name)."""
+    return sorted({k for e in entries for k in e.results.metrics if "/" not in k})
+
+
 def render(entries: Sequence[Entry], fmt: str = "markdown") -> str:
-    """A table of entries, best worst-case robust accuracy first (``fmt``: markdown or html)."""
+    """A table of entries, best first (``fmt``: markdown or html).
+
+    Entries with robust accuracies rank by their worst case over eps; suites without eps (e.g.
+    common corruptions) rank by their first headline metric, then by clean accuracy.
+    """
     from tabulate import tabulate
 
     if fmt not in ("markdown", "html"):
         raise RobustEnsError(f"fmt must be 'markdown' or 'html', got {fmt!r}")
     eps_keys = sorted({k for e in entries for k in e.results.worst_case}, key=float)
+    metric_keys = headline_metrics(entries)
 
     def key(e: Entry) -> tuple[float, float]:
         worst = [e.results.worst_case[k] for k in eps_keys if k in e.results.worst_case]
-        return (-(min(worst) if worst else 0.0), -e.results.clean_accuracy)
+        if worst:
+            return (-min(worst), -e.results.clean_accuracy)
+        first = e.results.metrics.get(metric_keys[0], 0.0) if metric_keys else 0.0
+        return (-first, -e.results.clean_accuracy)
+
+    def fmt_metric(name: str, value: float | None) -> str:
+        if value is None:
+            return "-"
+        return f"{100 * value:.2f}" if "acc" in name.lower() and 0 <= value <= 1 else f"{value:.2f}"
 
     rows = []
     for rank, e in enumerate(sorted(entries, key=key), 1):
@@ -213,8 +231,10 @@ def render(entries: Sequence[Entry], fmt: str = "markdown") -> str:
             [rank, e.name, e.model.architecture, e.model.n_members, e.model.defense or "-",
              f"{100 * e.results.clean_accuracy:.2f}"]
             + [f"{100 * e.results.worst_case[k]:.2f}" if k in e.results.worst_case else "-" for k in eps_keys]
+            + [fmt_metric(k, e.results.metrics.get(k)) for k in metric_keys]
         )
-    headers = ["#", "name", "architecture", "members", "defense", "clean %"] + [f"worst @ {k} %" for k in eps_keys]
+    headers = (["#", "name", "architecture", "members", "defense", "clean %"]
+               + [f"worst @ {k} %" for k in eps_keys] + metric_keys)
     return tabulate(rows, headers=headers, tablefmt="github" if fmt == "markdown" else "html", disable_numparse=True)
 
 

@@ -55,3 +55,18 @@ def test_committed_schema_is_current_and_entries_validate():
     assert committed == lb.json_schema(), "run: robust-ens leaderboard schema --out leaderboards/schema.json"
     for entry in lb.load_entries():
         assert entry.results.clean_accuracy >= 0
+
+
+def test_suites_without_eps_show_and_rank_by_headline_metrics():
+    def corr(name, mca, clean):
+        d = sample()
+        d.update(name=name)
+        d["protocol"].update(suite="cifar10-corruptions", eps=[], attacks=[])
+        d["results"] = {"clean_accuracy": clean, "metrics": {"mean_corruption_accuracy": mca, "relative_mCE": 80.0,
+                                                             "acc/fog/3": 0.5}}
+        return lb.validate(d)
+
+    table = lb.render([corr("a", 0.60, 0.95), corr("b", 0.70, 0.90)])
+    lines = [line for line in table.splitlines() if line.startswith("|") and ("a " in line or "b " in line)]
+    assert "mean_corruption_accuracy" in table and "acc/fog/3" not in table
+    assert lines[0].split("|")[2].strip() == "b" and "70.00" in lines[0] and "80.00" in lines[0]
