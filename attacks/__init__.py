@@ -39,6 +39,9 @@ adaea       AdaEA (Chen 2023, ensemble)             eps 16/255, beta 10, thresho
 lgv         LGV (Gubri 2022; see ``lgv_collect``)   eps 4/255, alpha eps/10, 50 steps
 =========== ======================================= =========================================
 
+``vit_ensemble``: ViT-EnsembleAttack (Cao 2025, ensemble of augmented ViTs), eps 16/255, alpha 1.6/255
+x 2 (step enlargement), 3 augmented copies per surrogate; ``bayesopt.optimize_augmentation`` tunes it.
+
 Parts combine with any iterative attack: ``MIFGSM(transforms=[DI(), TI(), SI(m=5), SGM()])``.
 """
 
@@ -58,10 +61,13 @@ from .base import (
     parse_eps,
     register_attack,
 )
+from .bayesopt import optimize_augmentation
 from .ensemble import CWA, SVRE, AdaEA, Ens
 from .gradient import BIM, DIFGSM, FGSM, MIFGSM, NIFGSM, PGD, TIFGSM, VMIFGSM
 from .lgv import LGV, lgv_collect
 from .transforms import DI, SGM, SI, TI, gaussian_kernel, ti_kernel_size
+from .vit_augment import AugmentParams, augmented
+from .vit_ensemble import ViTEnsembleAttack
 
 __all__ = [
     "ATTACKS",
@@ -81,6 +87,8 @@ __all__ = [
     "TI",
     "TIFGSM",
     "VMIFGSM",
+    "AugmentParams",
+    "ViTEnsembleAttack",
     "Attack",
     "AttackResult",
     "AttackRun",
@@ -90,11 +98,13 @@ __all__ = [
     "InputTransform",
     "ModelHook",
     "Part",
+    "augmented",
     "create_attack",
     "enforce_budget",
     "gaussian_kernel",
     "lgv_collect",
     "list_attacks",
+    "optimize_augmentation",
     "parse_eps",
     "register_attack",
     "ti_kernel_size",
