@@ -1,1 +1,394 @@
-"""Ensemble defenses (robust_ens.defenses)."""
+"""Ensemble defenses (``robust_ens.defenses``): baseline, ADP, GAL, DVERGE, TRS, and diversity metrics.
+
+Every defense is a joint loss plugged into the one training loop (:func:`robust_ens.train.fit`),
+with hyperparameters in a declarative recipe file per defense (``recipes/<name>.toml``, tiers
+``small`` and ``full``).
+
+Example:
+    >>> from robust_ens.defenses import list_defenses
+    >>> list_defenses()
+    ['adp', 'baseline', 'dverge', 'gal', 'trs']
+
+Training (resumable: rerun with the same ``out_dir``)::
+
+    from robust_ens.defenses import train_defense, transferability_matrix
+    ens = train_defense("dverge", arch="resnet20", n_members=3, dataset="cifar10", recipe="small",
+                        out_dir="runs/dverge")
+    tm = transferability_matrix(ens, x_test, y_test)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robust_ens.defenses import adp as adp  # noqa: F401  (registers)
+from robust_ens.defenses import baseline as baseline  # noqa: F401
+from robust_ens.defenses import dverge as dverge  # noqa: F401
+from robust_ens.defenses import gal as gal  # noqa: F401
+from robust_ens.defenses import trs as trs  # noqa: F401
+from robust_ens.defenses.base import DEFENSES, DefenseSpec, check_members, make_params, param_names
+from robust_ens.defenses.distill import distill_features, linf_pgd
+from robust_ens.defenses.features import check_layers, feature_layers, get_features
+from robust_ens.defenses.metrics import (
+    TransferMatrix,
+    correct_by_all,
+    gradient_cosine,
+    mean_gradient_cosine,
+    transferability_matrix,
+    vulnerability_overlap,
+)
+from robust_ens.ensemble import Ensemble
+from robust_ens.errors import RobustEnsError
+from robust_ens.train import TrainConfig, accuracy, fit, train_classifier
+
+log = logging.getLogger(__name__)
+
+TIERS = ("small", "full")
+DEFAULT_TIER = "full"
+_TOP_KEYS = ("train_n", "eval_n")
+_SECTIONS = ("train", "defense", "warmup")
+
+__all__ = [
+    "DEFENSES",
+    "DefenseSpec",
+    "TransferMatrix",
+    "check_layers",
+    "correct_by_all",
+    "distill_features",
+    "feature_layers",
+    "get_features",
+    "gradient_cosine",
+    "linf_pgd",
+    "list_defenses",
+    "load_recipe",
+    "mean_gradient_cosine",
+    "resolve_recipe",
+    "train_defense",
+    "transferability_matrix",
+    "vulnerability_overlap",
+]
+
+
+def list_defenses(pattern: str = "*") -> list[str]:
+    """Names of the registered defenses matching an fnmatch ``pattern``."""
+    return DEFENSES.list(pattern)
+
+
+def load_recipe(name: str, tier: str = DEFAULT_TIER) -> dict[str, Any]:
+    """The recipe of defense ``name`` at ``tier`` from ``recipes/<name>.toml``.
+
+    Returns:
+        ``{"train": {...TrainConfig fields}, "defense": {...}, "warmup": {...}, "train_n": ..., "eval_n": ...}``
+        (missing sections are empty dicts, missing sizes ``None``).
+
+    Raises:
+        RobustEnsError: unknown defense or tier (listing the known ones).
+    """
+    DEFENSES.get(name)
+    text = resources.files("robust_ens.defenses").joinpath("recipes", f"{name}.toml").read_text()
+    doc = tomllib.loads(text)
+    tiers = [k for k in doc if k != "meta"]
+    if tier not in doc or tier == "meta":
+        raise RobustEnsError(f"unknown recipe tier {tier!r} for defense {name!r}; known tiers: {', '.join(tiers)}")
+    return _normalize(doc[tier], f"{name}:{tier}")
+
+
+def _normalize(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {s: dict(raw.get(s, {})) for s in _SECTIONS}
+    for k in _TOP_KEYS:
+        out[k] = raw.get(k)
+    unknown = set(raw) - set(_SECTIONS) - set(_TOP_KEYS)
+    if unknown:
+        raise RobustEnsError(
+            f"recipe {where} has unknown key(s) {sorted(unknown)}; a tier holds {list(_TOP_KEYS)} and the "
+            f"tables {list(_SECTIONS)}"
+        )
+    return out
+
+
+def resolve_recipe(
+    name: str, recipe: str | Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Recipe tier (name, dict or ``None`` = ``"full"``) with flat ``overrides`` routed to their section.
+
+    An override key is a :class:`~robust_ens.train.TrainConfig` field (goes to ``train``), a
+    hyperparameter of the defense (goes to ``defense``), ``train_n``/``eval_n``, or
+    ``warmup.<field>`` (DVERGE's warm-up recipe). Unknown keys raise listing all of them.
+    """
+    spec = DEFENSES.get(name)
+    if recipe is None or isinstance(recipe, str):
+        tier = recipe or DEFAULT_TIER
+        rec = load_recipe(name, tier)
+        rec["tier"] = tier
+    elif isinstance(recipe, Mapping):
+        body = {k: v for k, v in recipe.items() if k != "tier"}
+        if any(k in body for k in _SECTIONS):
+            rec = _normalize(body, f"{name}:<dict>")
+        else:  # flat option names, routed like overrides
+            rec = _route(spec, {}, body, f"{name}:<dict>")
+        rec["tier"] = str(recipe.get("tier", "custom"))
+    else:
+        raise RobustEnsError(f"recipe must be a tier name {TIERS}, a dict or None, got {type(recipe).__name__}")
+    if overrides:
+        rec = _route(spec, rec, overrides, "overrides")
+    return rec
+
+
+def _route(spec: DefenseSpec, base: Mapping[str, Any], flat: Mapping[str, Any], where: str) -> dict[str, Any]:
+    rec: dict[str, Any] = {s: dict(base.get(s, {})) for s in _SECTIONS}
+    for k in (*_TOP_KEYS, "tier"):
+        if k in base:
+            rec[k] = base[k]
+    train_fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    defense_fields = param_names(spec.params_cls)
+    for key, value in flat.items():
+        if key in _TOP_KEYS:
+            rec[key] = value
+        elif key.startswith("warmup."):
+            rec["warmup"][key.split(".", 1)[1]] = value
+        elif key in defense_fields:
+            rec["defense"][key] = value
+        elif key in train_fields:
+            rec["train"][key] = value
+        else:
+            raise RobustEnsError(
+                f"unknown option {key!r} in {where} for defense {spec.name!r}; training options: {train_fields}; "
+                f"{spec.name} hyperparameters: {defense_fields}; also {list(_TOP_KEYS)} and warmup.<training option>"
+            )
+    for k in _TOP_KEYS:
+        rec.setdefault(k, None)
+    return rec
+
+
+def _train_config(values: Mapping[str, Any], seed: int) -> TrainConfig:
+    vals = dict(values)
+    if isinstance(vals.get("milestones"), str):
+        vals["milestones"] = tuple(int(v) for v in str(vals["milestones"]).split(","))
+    try:
+        return TrainConfig(**{**vals, "seed": seed})
+    except TypeError as err:
+        known = [f.name for f in dataclasses.fields(TrainConfig)]
+        raise RobustEnsError(f"bad training option in recipe ({err}); known: {known}") from err
+
+
+def _init_members(init: Any, n_members: int, device: str | torch.device | None) -> list[nn.Module]:
+    from robust_ens import models
+
+    if isinstance(init, Ensemble):
+        members = list(init.members)
+    elif isinstance(init, str | Path):
+        folder = Path(init)
+        stems = sorted(folder.glob("member*.json"), key=lambda p: int(p.stem.removeprefix("member") or 0))
+        if not stems:
+            raise RobustEnsError(f"init folder {folder} holds no member<i>.json checkpoints")
+        members = [models.load_checkpoint(s, device=device) for s in stems]
+    elif isinstance(init, Sequence):
+        members = list(init)
+    else:
+        raise RobustEnsError(
+            f"init must be an Ensemble, a list of modules or a folder of member<i> checkpoints, got {type(init).__name__}"
+        )
+    if len(members) != n_members:
+        raise RobustEnsError(f"init holds {len(members)} members but n_members={n_members}")
+    for i, m in enumerate(members):
+        if not isinstance(m, nn.Module):
+            raise RobustEnsError(f"init member {i} must be an nn.Module, got {type(m).__name__}")
+    # Never train the caller's modules in place.
+    return [copy.deepcopy(m) for m in members]
+
+
+def _train_independent(
+    members: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *, seed: int,
+    device: Any, state_root: Path | None, progress: bool, stop_after_epoch: int | None, desc: str,
+) -> list[dict[str, float]]:
+    rows = []
+    for i, m in enumerate(members):
+        res = train_classifier(
+            m, x, y, cfg.replace(seed=seed + i), device=device,
+            state_dir=(state_root / f"member{i}.state") if state_root is not None else None,
+            progress=progress, stop_after_epoch=stop_after_epoch, desc=f"{desc}[{i}]",
+        )
+        rows.append({"seconds": res.seconds, "epochs_done": len(res.history),
+                     "final_loss": res.history[-1]["loss"] if res.history else float("nan")})
+    return rows
+
+
+def _record(name: str, rec: Mapping[str, Any], cfg: TrainConfig, params: Any, arch: str, n_members: int,
+            dataset: str, init: Any) -> dict[str, Any]:
+    return {
+        "defense": name, "tier": rec.get("tier"), "arch": arch, "n_members": n_members, "dataset": dataset,
+        "train_n": rec.get("train_n"), "train": cfg.to_dict(), "defense_params": dataclasses.asdict(params),
+        "warmup": dict(rec.get("warmup") or {}), "init": "given" if init is not None else None,
+    }
+
+
+def train_defense(
+    name: str,
+    *,
+    arch: str = "resnet20",
+    n_members: int = 3,
+    dataset: str = "cifar10",
+    train_n: int | None = None,
+    epochs: int | None = None,
+    recipe: str | Mapping[str, Any] | None = None,
+    init: Ensemble | Sequence[nn.Module] | str | Path | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    out_dir: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    data_root: str | Path | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    stop_after_epoch: int | None = None,
+) -> Ensemble:
+    """Train an ensemble with a registered defense and return it (members in eval mode).
+
+    Args:
+        name: A name from :func:`list_defenses`.
+        arch: Member architecture (registry name or ``timm:<name>``) when ``init`` is ``None``.
+        n_members: Ensemble size (>= 2 for defenses with pairwise losses).
+        dataset: ``"cifar10"``, ``"digits"`` or ``"imagefolder:<path>"``.
+        train_n: Train on a deterministic subset of this many images (default: the recipe's, else all).
+        epochs: Override the recipe's number of epochs.
+        recipe: Tier name (``"small"``, ``"full"``; ``None`` = ``"full"``, the papers' settings) or a
+            dict with ``train``/``defense``/``warmup`` tables or flat option names.
+        init: Starting members: an :class:`~robust_ens.Ensemble`, a list of modules (copied, never
+            changed in place) or a folder of ``member<i>`` checkpoints. ``None`` builds fresh members
+            (seeds ``seed + i``); DVERGE then first trains them as a baseline for the recipe's
+            ``warmup`` epochs, standing in for the authors' pre-trained baseline members.
+        seed: Seed of member ``0`` and of the joint training loop.
+        device: Training device (default: CUDA if available).
+        progress: Progress bars.
+        out_dir: Folder for resumable state and final checkpoints (``member<i>.safetensors`` +
+            sidecars, ``summary.json``). A finished run with the same record is loaded, not retrained;
+            an interrupted one resumes from its last finished epoch.
+        overrides: Flat options routed to the recipe (see :func:`resolve_recipe`).
+        data_root: Extra folder to search for the dataset.
+        arch_kwargs: Extra architecture keyword arguments for fresh members.
+        stop_after_epoch: Stop the defense phase after this many epochs (simulates an interruption;
+            no final checkpoints are written then).
+
+    Returns:
+        The trained :class:`~robust_ens.Ensemble` (``combine="logits"``); ``ensemble.history``
+        holds the per-epoch training history and ``ensemble.record`` the recipe record.
+
+    Raises:
+        RobustEnsError: unknown defense, tier or option; too few members; bad ``init``.
+    """
+    from robust_ens import data, models
+
+    spec = DEFENSES.get(name)
+    check_members(name, n_members, spec.min_members)
+    rec = resolve_recipe(name, recipe, overrides)
+    if epochs is not None:
+        rec["train"]["epochs"] = int(epochs)
+    if train_n is not None:
+        rec["train_n"] = int(train_n)
+    cfg = _train_config(rec["train"], seed)
+    params = make_params(spec.params_cls, rec["defense"], name)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(out_dir) if out_dir is not None else None
+    record = _record(name, rec, cfg, params, arch if init is None else "init", n_members, dataset, init)
+
+    ds = data.info(dataset, data_root)
+    if out is not None and all((out / f"member{i}.json").is_file() for i in range(n_members)):
+        loaded = [models.load_checkpoint(out / f"member{i}", device=dev) for i in range(n_members)]
+        if all(m.checkpoint.get("recipe") == record for m in loaded):  # type: ignore[union-attr]
+            log.info("%s ensemble already trained in %s; loading it", name, out)
+            ens = Ensemble(loaded)
+            ens.record = record  # type: ignore[assignment]
+            return ens
+
+    xtr, ytr = data.load_uint8(dataset, "train", root=data_root, progress=progress)
+    idx = data.subset_indices(ytr, rec.get("train_n"), seed=seed)
+    xtr, ytr = xtr[idx], ytr[idx]
+
+    t0 = time.perf_counter()
+    if init is None:
+        kw = dict(spec.arch_kwargs(params)) if spec.arch_kwargs else {}
+        family = models.MODELS.meta(arch).get("family") if arch in models.MODELS else None
+        if kw and family != "cifar_resnet":
+            log.warning("%s: architecture %r has no %s option; building it without", name, arch, sorted(kw))
+            kw = {}
+        kw.update(arch_kwargs or {})
+        members: list[nn.Module] = []
+        for i in range(n_members):
+            torch.manual_seed(seed + i)
+            members.append(models.create(arch, num_classes=ds.num_classes, in_chans=ds.in_chans,
+                                         mean=ds.mean, std=ds.std, **kw))
+        if spec.warm_start and rec["warmup"]:
+            wcfg = _train_config(rec["warmup"], seed)
+            log.info("%s: baseline warm-up of %d epochs before the defense (init=None)", name, wcfg.epochs)
+            _train_independent(
+                members, xtr, ytr, wcfg, seed=seed, device=dev,
+                state_root=(out / "warmup") if out is not None else None, progress=progress,
+                stop_after_epoch=None, desc=f"{name}-warmup",
+            )
+    else:
+        members = _init_members(init, n_members, dev)
+
+    history: list[dict[str, float]]
+    if spec.independent:
+        rows = _train_independent(
+            members, xtr, ytr, cfg, seed=seed, device=dev, state_root=out, progress=progress,
+            stop_after_epoch=stop_after_epoch, desc=name,
+        )
+        history = rows
+        finished = all(r["epochs_done"] == cfg.epochs for r in rows)
+    else:
+        modules = {f"member{i}": m for i, m in enumerate(members)}
+        step = spec.make_step(members, params, cfg)
+        res = fit(
+            modules, step, xtr, ytr, cfg, device=dev,
+            state_dir=(out / "state") if out is not None else None, progress=progress,
+            stop_after_epoch=stop_after_epoch, desc=name,
+        )
+        history = res.history
+        finished = len(res.history) == cfg.epochs
+    seconds = time.perf_counter() - t0
+    for m in members:
+        m.eval()
+    ens = Ensemble(members)
+    ens.history = history  # type: ignore[assignment]
+    ens.record = record  # type: ignore[assignment]
+    if not finished:
+        log.info("%s stopped after epoch %s (interrupted); rerun with the same out_dir to resume", name, stop_after_epoch)
+        return ens
+
+    xte, yte = data.load_uint8(dataset, "test", root=data_root)
+    eval_n = rec.get("eval_n")
+    if eval_n is not None and eval_n < len(yte):
+        tidx = data.subset_indices(yte, int(eval_n), seed=0)
+        xte, yte = xte[tidx], yte[tidx]
+    member_acc = [accuracy(m, xte, yte) for m in members]
+    with torch.no_grad():
+        preds = torch.cat([
+            Ensemble(members, precision="fp32")(xte[i : i + 500].to(dev).float().div(255)).argmax(-1).cpu()
+            for i in range(0, len(xte), 500)
+        ])
+    ens_acc = float((preds == yte).float().mean())
+    metrics = {"test_acc": ens_acc, "member_test_acc": member_acc, "eval_n": len(yte), "train_n": len(ytr),
+               "train_seconds": seconds}
+    log.info("%s: ensemble test acc %.4f, members %s (%d test images, %.0f s)", name, ens_acc,
+             [round(a, 4) for a in member_acc], len(yte), seconds)
+    ens.metrics = metrics  # type: ignore[assignment]
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for i, m in enumerate(members):
+            models.save_checkpoint(m, out / f"member{i}", dataset=dataset, recipe=record,
+                                   metrics={**metrics, "member": i, "member_test_acc": member_acc[i]})
+        (out / "summary.json").write_text(json.dumps(
+            {"record": record, "metrics": metrics, "history": history}, indent=2, default=float) + "\n")
+    return ens

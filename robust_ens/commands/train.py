@@ -36,13 +36,14 @@ def run(args: argparse.Namespace) -> int:
         raise RobustEnsError(f"--members must be >= 1, got {args.members}")
     overrides = parse_params(args.overrides)
     arch_kwargs = parse_params(args.arch_param)
-    if args.defense and args.defense != "baseline" or args.tier:
+    if args.defense or args.tier:
         from robust_ens.defenses import train_defense
 
         ens = train_defense(
             args.defense or "baseline", arch=args.arch, n_members=args.members, dataset=args.data,
             train_n=args.train_n, epochs=args.epochs, recipe=args.tier, seed=args.seed, device=args.device,
-            progress=progress_enabled(), out_dir=args.out, overrides=overrides,
+            progress=progress_enabled(), out_dir=args.out, overrides=overrides, data_root=args.data_root,
+            arch_kwargs=arch_kwargs,
         )
         print(f"trained {args.defense} ensemble of {len(ens)} members; checkpoints in {args.out}")
         return 0

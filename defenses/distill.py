@@ -1,0 +1,175 @@
+"""Feature distillation (DVERGE) and a small L-inf PGD used inside defense training.
+
+Both are self-contained on purpose: training needs exactly these two procedures with the
+authors' settings (momentum with L1-normalized gradients for distillation, random start for PGD),
+and must not depend on the evolving attack library.
+
+Randomness (PGD's random start) comes from an explicit CPU ``torch.Generator`` so a training
+step is reproducible and a resumed run retraces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robust_ens.defenses.base import tsum
+from robust_ens.defenses.features import get_features
+
+DistillMode = Literal["batched", "loop"]
+
+
+@contextlib.contextmanager
+def eval_mode(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Put ``modules`` in eval mode for the block and restore each one's previous mode after."""
+    states = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for m, s in zip(modules, states, strict=True):
+            m.train(s)
+
+
+def _l1_normalize(g: torch.Tensor) -> torch.Tensor:
+    """Divide each sample's gradient by its L1 norm (the momentum normalization of MI-FGSM)."""
+    flat = g.flatten(1).abs().sum(1).clamp_min(1e-12)
+    return g / flat.view(-1, *([1] * (g.dim() - 1)))
+
+
+def _project(x_adv: torch.Tensor, x_nat: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.minimum(torch.maximum(x_adv, x_nat - eps), x_nat + eps).clamp_(0.0, 1.0)
+
+
+def distill_features(
+    models: Sequence[nn.Module],
+    source: torch.Tensor,
+    target: torch.Tensor,
+    layer: str,
+    *,
+    eps: float = 0.07,
+    alpha: float = 0.007,
+    steps: int = 10,
+    momentum: bool = True,
+    mu: float = 1.0,
+    mode: DistillMode = "batched",
+) -> list[torch.Tensor]:
+    """DVERGE feature distillation of ``target`` into ``source`` for every model.
+
+    For each model ``m``: starting from ``source``, take ``steps`` sign steps of size ``alpha``
+    that *decrease* ``MSE(f_m(x), f_m(target))`` where ``f_m`` is the feature at ``layer``,
+    projecting onto the L-inf ball of radius ``eps`` around ``source`` and onto [0, 1]. With
+    ``momentum`` the step direction is the sign of the accumulated L1-normalized gradients
+    (``g <- mu * g + grad / ||grad||_1``), as in the authors' ``Linf_distillation``.
+
+    The models are used in whatever mode they are in; DVERGE training puts them in eval mode
+    (see :mod:`robust_ens.defenses.dverge`). Parameter gradients are never touched.
+
+    Args:
+        models: The members (each distills its own copy of ``source``).
+        source: Source images ``[B, C, H, W]`` in [0, 1].
+        target: Target images, same shape.
+        layer: Feature layer (module name, optionally ``":in"``; see :mod:`.features`).
+        eps: L-inf budget.
+        alpha: Step size.
+        steps: Number of steps.
+        momentum: Accumulate L1-normalized gradients.
+        mu: Momentum decay.
+        mode: ``"batched"`` advances all models in lock step (one autograd call and one vectorized
+            update per step for all models); ``"loop"`` distills one model after the other, like
+            the authors' code. Both give the same images.
+
+    Returns:
+        One distilled batch per model, detached.
+    """
+    src = source.detach()
+    with torch.no_grad():
+        feats_t = [get_features(m, target.detach(), layer).detach() for m in models]
+    if mode == "loop":
+        outs = []
+        for m, ft in zip(models, feats_t, strict=True):
+            x = src.clone()
+            g = torch.zeros_like(x)
+            for _ in range(steps):
+                x.requires_grad_(True)
+                loss = F.mse_loss(get_features(m, x, layer).float(), ft.float())
+                (grad,) = torch.autograd.grad(loss, x)
+                with torch.no_grad():
+                    if momentum:
+                        g = mu * g + _l1_normalize(grad)
+                        direction = g
+                    else:
+                        direction = grad
+                    x = _project(x.detach() - alpha * direction.sign(), src, eps)
+            outs.append(x.detach())
+        return outs
+    if mode != "batched":
+        raise ValueError(f"mode must be 'batched' or 'loop', got {mode!r}")
+    k = len(models)
+    xs = src.unsqueeze(0).repeat(k, *([1] * src.dim()))  # [K, B, ...]
+    g = torch.zeros_like(xs)
+    src_k = src.unsqueeze(0).expand_as(xs)
+    for _ in range(steps):
+        xs.requires_grad_(True)
+        loss = tsum(
+            F.mse_loss(get_features(m, xs[i], layer).float(), feats_t[i].float()) for i, m in enumerate(models)
+        )
+        (grad,) = torch.autograd.grad(loss, xs)  # member i's loss depends on xs[i] only
+        with torch.no_grad():
+            if momentum:
+                flat = grad.flatten(2).abs().sum(2).clamp_min(1e-12)
+                g = mu * g + grad / flat.view(k, -1, *([1] * (src.dim() - 1)))
+                direction = g
+            else:
+                direction = grad
+            xs = _project(xs.detach() - alpha * direction.sign(), src_k, eps)
+    return list(xs.detach().unbind(0))
+
+
+def linf_pgd(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Untargeted L-inf PGD (Madry et al. 2018) maximizing cross-entropy; parameters untouched.
+
+    Args:
+        model: Maps [0, 1] images to logits (used in its current mode).
+        x: Clean images ``[B, C, H, W]`` in [0, 1].
+        y: Labels ``[B]``.
+        eps: L-inf budget.
+        alpha: Step size.
+        steps: Number of steps.
+        random_start: Start from a uniform point in the eps-ball (drawn from ``generator``).
+        generator: CPU generator for the random start (``None``: the global RNG).
+        loss_fn: ``loss_fn(logits, y)`` to maximize (default: mean cross-entropy).
+
+    Returns:
+        Adversarial images, detached, within ``eps`` of ``x`` and in [0, 1].
+    """
+    loss_fn = loss_fn or (lambda logits, t: F.cross_entropy(logits.float(), t))
+    x_nat = x.detach()
+    if random_start:
+        noise = torch.empty(x.shape, dtype=torch.float32).uniform_(-eps, eps, generator=generator)
+        x_adv = (x_nat + noise.to(device=x.device, dtype=x.dtype)).clamp(0.0, 1.0)
+    else:
+        x_adv = x_nat.clone()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_fn(model(x_adv), y), x_adv)
+        with torch.no_grad():
+            x_adv = _project(x_adv.detach() + alpha * grad.sign(), x_nat, eps)
+    return x_adv.detach()
