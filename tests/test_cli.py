@@ -48,3 +48,9 @@ def test_bad_input_gives_one_line_error_not_a_traceback(argv, needle, capsys, tm
     assert main(["--quiet", *argv]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+def test_zoo_list(capsys):
+    assert main(["zoo", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "digits_small_cnn_s0" in out and "small_cnn" in out

@@ -20,7 +20,8 @@ ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 ZOO_PREFIX = "zoo:"
 
 
-def _index() -> dict[str, dict[str, Any]]:
+def index() -> dict[str, dict[str, Any]]:
+    """The zoo index: name -> {file, sha256, arch, dataset}."""
     index = ZOO_DIR / "index.json"
     if not index.is_file():
         return {}
@@ -30,7 +31,7 @@ def _index() -> dict[str, dict[str, Any]]:
 
 def list_zoo() -> list[str]:
     """Names of the committed reference checkpoints."""
-    return sorted(_index())
+    return sorted(index())
 
 
 def load(spec: str, *, device: str | torch.device | None = None) -> Normalized:
@@ -42,7 +43,7 @@ def load(spec: str, *, device: str | torch.device | None = None) -> Normalized:
     """
     if spec.startswith(ZOO_PREFIX):
         name = spec[len(ZOO_PREFIX) :]
-        entry = _index().get(name)
+        entry = index().get(name)
         if entry is None:
             raise UnknownNameError(f"unknown zoo checkpoint {name!r}; the zoo holds: {', '.join(list_zoo()) or '(none)'}")
         if "sha256" not in entry:
@@ -54,7 +55,7 @@ def load(spec: str, *, device: str | torch.device | None = None) -> Normalized:
 def rebuild_digits_zoo(seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, dict[str, Any]]:
     """Retrain the committed digits reference checkpoints (``small_cnn``, one per seed).
 
-    Run as ``python -m robust_ens.models.zoo``; writes ``robust_ens/zoo/`` and its index.
+    Run as ``robust-ens zoo rebuild``; writes ``robust_ens/zoo/`` and its index.
     """
     from robust_ens import data
     from robust_ens.models.checkpoint import save_checkpoint, sha256_file
@@ -64,7 +65,7 @@ def rebuild_digits_zoo(seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, dict[str
     info = data.info("digits")
     xtr, ytr = data.load_uint8("digits", "train")
     xte, yte = data.load_uint8("digits", "test")
-    index = _index()
+    entries = index()
     for seed in seeds:
         name = f"digits_small_cnn_s{seed}"
         cfg = default_recipe("digits").replace(seed=seed, precision="fp32")
@@ -75,10 +76,7 @@ def rebuild_digits_zoo(seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, dict[str
             model, ZOO_DIR / name, dataset="digits", recipe=cfg.to_dict(),
             metrics={"test_acc": accuracy(model, xte, yte)},
         )
-        index[name] = {"file": path.name, "sha256": sha256_file(path), "arch": "small_cnn", "dataset": "digits"}
-    (ZOO_DIR / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return index
+        entries[name] = {"file": path.name, "sha256": sha256_file(path), "arch": "small_cnn", "dataset": "digits"}
+    (ZOO_DIR / "index.json").write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    return entries
 
-
-if __name__ == "__main__":  # pragma: no cover
-    print(json.dumps(rebuild_digits_zoo(), indent=2))
