@@ -1,8 +1,8 @@
-"""Feature distillation (DVERGE) and a small L-inf PGD used inside defense training.
+"""Feature distillation (DVERGE) and the L-inf PGD used inside defense training.
 
-Both are self-contained on purpose: training needs exactly these two procedures with the
-authors' settings (momentum with L1-normalized gradients for distillation, random start for PGD),
-and must not depend on the evolving attack library.
+Distillation is its own procedure (momentum with L1-normalized gradients on a feature-matching
+loss, the authors' setting); PGD is a call of the attack library's :class:`~robust_ens.attacks.PGD`
+so there is one attack loop in the project.
 
 Randomness (PGD's random start) comes from an explicit CPU ``torch.Generator`` so a training
 step is reproducible and a resumed run retraces an uninterrupted one.
@@ -132,6 +132,17 @@ def distill_features(
     return list(xs.detach().unbind(0))
 
 
+class _Callable(nn.Module):
+    """Expose a ``f(x) -> logits`` closure (e.g. a joint ensemble forward) as a module for the attack."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
 def linf_pgd(
     model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -142,34 +153,33 @@ def linf_pgd(
     steps: int,
     random_start: bool = True,
     generator: torch.Generator | None = None,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Untargeted L-inf PGD (Madry et al. 2018) maximizing cross-entropy; parameters untouched.
+    """Untargeted L-inf PGD (Madry et al. 2018) for training-time adversarial terms.
+
+    A thin call of :class:`robust_ens.attacks.PGD`, so defenses and the benchmark share the one
+    attack loop (and its budget enforcement). Inputs outside [0, 1] (GAL's unclipped Gaussian
+    noise) are clipped to the box first, since adversarial images live in it.
 
     Args:
-        model: Maps [0, 1] images to logits (used in its current mode).
-        x: Clean images ``[B, C, H, W]`` in [0, 1].
+        model: Maps [0, 1] images to logits (a module or a closure).
+        x: Images ``[B, C, H, W]``.
         y: Labels ``[B]``.
         eps: L-inf budget.
         alpha: Step size.
         steps: Number of steps.
-        random_start: Start from a uniform point in the eps-ball (drawn from ``generator``).
-        generator: CPU generator for the random start (``None``: the global RNG).
-        loss_fn: ``loss_fn(logits, y)`` to maximize (default: mean cross-entropy).
+        random_start: Start from a uniform point in the eps-ball.
+        generator: CPU generator for the random start (``None``: a fixed seed of 0).
 
     Returns:
-        Adversarial images, detached, within ``eps`` of ``x`` and in [0, 1].
+        Adversarial images, detached, within ``eps`` of the clipped ``x`` and in [0, 1].
     """
-    loss_fn = loss_fn or (lambda logits, t: F.cross_entropy(logits.float(), t))
-    x_nat = x.detach()
-    if random_start:
-        noise = torch.empty(x.shape, dtype=torch.float32).uniform_(-eps, eps, generator=generator)
-        x_adv = (x_nat + noise.to(device=x.device, dtype=x.dtype)).clamp(0.0, 1.0)
+    from robust_ens.attacks import PGD
+
+    module = model if isinstance(model, nn.Module) else _Callable(model)
+    atk = PGD(eps=eps, alpha=alpha, steps=steps, random_start=random_start)
+    x_box = x.detach().float().clamp(0.0, 1.0)
+    if generator is not None:
+        res = atk(module, x_box, y, generator=generator)
     else:
-        x_adv = x_nat.clone()
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        (grad,) = torch.autograd.grad(loss_fn(model(x_adv), y), x_adv)
-        with torch.no_grad():
-            x_adv = _project(x_adv.detach() + alpha * grad.sign(), x_nat, eps)
-    return x_adv.detach()
+        res = atk(module, x_box, y, seed=0)
+    return res.x_adv.detach().to(x.dtype)

@@ -370,3 +370,18 @@ def test_plus_adv_variants_run_one_step(name):
     assert all(m.net.head.weight.grad is not None and m.training for m in ms)
     if name in ("adp", "gal"):
         assert "adv_ce" in metrics
+
+
+def test_training_pgd_is_the_attack_library_pgd_and_clips_noisy_inputs():
+    from robust_ens.attacks import PGD
+    from robust_ens.defenses import linf_pgd
+
+    torch.manual_seed(0)
+    model = models.create("small_cnn", in_chans=1).eval()
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    ours = linf_pgd(model, x, y, eps=0.05, alpha=0.01, steps=3, generator=torch.Generator().manual_seed(3))
+    ref = PGD(eps=0.05, alpha=0.01, steps=3, random_start=True)(model, x, y, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(ours, ref.x_adv)
+    noisy = x + 0.2 * torch.randn_like(x)  # GAL's unclipped noise leaves the box
+    adv = linf_pgd(lambda t: model(t), noisy, y, eps=0.05, alpha=0.01, steps=2)
+    assert adv.min() >= 0 and adv.max() <= 1 and (adv - noisy.clamp(0, 1)).abs().max() <= 0.05 + 1e-6
