@@ -130,3 +130,22 @@ def test_zoo_checkpoints_load_and_verify():
     for name in names:
         m = models.load(f"zoo:{name}")
         assert m.checkpoint["sha256"] and m.num_classes == 10
+
+
+def test_timm_weights_file_on_disk_loads_without_download(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    kw = dict(img_size=32, patch_size=4, depth=2, embed_dim=64, num_heads=4)
+    src = models.create("timm:vit_tiny_patch16_224", num_classes=10, **kw).eval()
+    save_file({k: v.contiguous() for k, v in src.net.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    dst = models.create("timm:vit_tiny_patch16_224", num_classes=10, weights_file=tmp_path / "w.safetensors", **kw).eval()
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(dst(x), src(x))
+    assert "weights_file" not in dst.arch_kwargs
+    with pytest.warns(UserWarning, match="fresh init"):  # another head size: the body loads, the head does not
+        other = models.create("timm:vit_tiny_patch16_224", num_classes=5, weights_file=tmp_path / "w.safetensors", **kw)
+    torch.testing.assert_close(other.net.blocks[0].attn.qkv.weight, src.net.blocks[0].attn.qkv.weight)
+    with pytest.raises(RobustEnsError, match="do not fit"):
+        models.create("timm:vit_tiny_patch16_224", num_classes=10, weights_file=tmp_path / "w.safetensors",
+                      img_size=32, patch_size=4, depth=3, embed_dim=64, num_heads=4)

@@ -48,11 +48,46 @@ def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool, *
         close = timm.list_models(f"*{name.split('.')[0]}*")[:5]
         raise RobustEnsError(f"timm has no model {name!r}; close names: {close or 'none'}")
     weights = kwargs.pop("weights_file", None)
+    net = timm.create_model(name, pretrained=pretrained and weights is None, num_classes=num_classes,
+                            in_chans=in_chans, **kwargs)
     if weights is not None:
-        # Local weights a user has on disk; loaded without unpickling code.
-        kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
-        pretrained = True
-    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+        _load_local_weights(net, weights)
+    return net
+
+
+def _load_local_weights(net: nn.Module, path: Any) -> None:
+    """Load timm weights a user has on disk (safetensors, or a weights-only .pth/.pt/.bin).
+
+    A classifier whose shape differs from the checkpoint's (e.g. ImageNet weights for a
+    10-class head) is left at its fresh initialization, with a warning; any other missing or
+    unexpected key is an error.
+    """
+    import warnings
+    from pathlib import Path
+
+    from robust_ens.models.checkpoint import _load_tensors
+
+    file = Path(path)
+    if not file.is_file():
+        raise RobustEnsError(f"weights_file {file} does not exist")
+    state = _load_tensors(file)
+    own = net.state_dict()
+    head = getattr(net, "pretrained_cfg", {}).get("classifier") or "head"
+    heads = [head] if isinstance(head, str) else list(head)
+    dropped = [k for k, v in state.items()
+               if k in own and own[k].shape != v.shape and any(k.startswith(h) for h in heads)]
+    for k in dropped:
+        del state[k]
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in dropped]
+    if missing or unexpected:
+        raise RobustEnsError(
+            f"weights in {file} do not fit this timm model: missing {missing[:5]}, unexpected {unexpected[:5]}; "
+            "check the model name and its kwargs (img_size, patch_size, ...)"
+        )
+    if dropped:
+        warnings.warn(f"{file}: classifier {dropped} has another shape (num_classes); it keeps its fresh init",
+                      stacklevel=3)
 
 
 def create(
@@ -96,6 +131,8 @@ def create(
                 f"{name!r} has no downloadable weights; load a checkpoint with models.load(path or 'zoo:NAME')"
             )
         net = MODELS.create(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    # A local weights file is a one-time initialization, not part of the architecture.
+    arch_kwargs = {k: v for k, v in kwargs.items() if k != "weights_file"}
     return Normalized(
-        net, mean, std, arch=name, arch_kwargs=dict(kwargs), num_classes=num_classes, in_chans=in_chans
+        net, mean, std, arch=name, arch_kwargs=arch_kwargs, num_classes=num_classes, in_chans=in_chans
     )
