@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from robust_ens import data, models
 from robust_ens.corruptions import evaluate as ev
+from robust_ens.train import TrainConfig, train_classifier
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +30,9 @@ def trained(digits32: tuple) -> torch.nn.Module:
     xtr, ytr, _, _ = digits32
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.AvgPool2d(4), models.create("small_cnn", in_chans=3))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    x = xtr.float() / 255
-    for _ in range(5):
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), 50):
-            idx = perm[i : i + 50]
-            loss = F.cross_entropy(model(x[idx]), ytr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    cfg = TrainConfig(epochs=5, batch_size=50, optimizer="adam", lr=1e-2, weight_decay=0.0, schedule="constant",
+                      crop_padding=0, flip=False, precision="fp32", seed=0)
+    train_classifier(model, xtr, ytr, cfg, device="cpu", progress=False)
     return model.eval()
 
 
