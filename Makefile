@@ -25,7 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest suites --benchmark -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check robust_ens attacks defenses tests suites
+	$(BIN)/ruff check robust_ens attacks defenses tests suites experiments
 
 typecheck: $(STAMP)
 	$(BIN)/mypy robust_ens
