@@ -35,7 +35,22 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if callable(register):
             register(sub)
+    for child in sub.choices.values():
+        _accept_global_flags(child)
     return parser
+
+
+def _accept_global_flags(parser: argparse.ArgumentParser) -> None:
+    """Let ``--quiet`` and ``--verbose`` also follow the subcommand (``robust-ens train ... --quiet``).
+
+    ``SUPPRESS`` keeps a flag given before the subcommand when it is not repeated after it.
+    """
+    parser.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars, warnings only")
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _accept_global_flags(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RobustEnsError as err:
         print(f"robust-ens {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. ``head``, which stopped reading: not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(
             f"robust-ens {args.command}: interrupted; finished work is saved, run the same command again to resume",

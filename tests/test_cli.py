@@ -54,3 +54,34 @@ def test_zoo_list(capsys):
     assert main(["zoo", "list"]) == 0
     out = capsys.readouterr().out
     assert "digits_small_cnn_s0" in out and "small_cnn" in out
+
+
+@pytest.mark.parametrize("argv", [["zoo", "list", "--quiet"], ["--quiet", "zoo", "list"], ["zoo", "list", "-v"]])
+def test_global_flags_also_after_the_subcommand(argv, monkeypatch):
+    from robust_ens.cli import build_parser
+
+    monkeypatch.delenv("ROBUST_ENS_QUIET", raising=False)
+    args = build_parser().parse_args(argv)
+    assert args.quiet is ("--quiet" in argv) and args.verbose is ("-v" in argv)
+    assert main(argv) == 0
+    import os
+
+    assert (os.environ.get("ROBUST_ENS_QUIET") == "1") is ("--quiet" in argv)
+
+
+def test_closed_output_pipe_is_not_an_error(monkeypatch):
+    import robust_ens.commands.zoo as zoo_cmd
+
+    def closed(*_, **__):
+        raise BrokenPipeError
+
+    monkeypatch.setattr(zoo_cmd, "print", closed, raising=False)
+    import os
+    import sys
+
+    saved = os.dup(sys.stdout.fileno())
+    try:
+        assert main(["zoo", "list"]) == 0
+    finally:
+        os.dup2(saved, sys.stdout.fileno())
+        os.close(saved)

@@ -70,3 +70,29 @@ def test_bad_input_is_a_clear_error(kitti: Path, tmp_path: Path, capsys: pytest.
     with pytest.raises(RobustEnsError):
         cmd.resolve_split(kitti, "missing.txt", None)
     assert len(cmd.resolve_split(kitti, "all", None)) == 3
+
+
+def test_png_compression_changes_size_not_pixels(kitti: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    base = ["corrupt", "--src", str(kitti), "--split", "all", "--corruptions", "fog,shot_noise", "--severities", "2",
+            "--batch-size", "2"]
+    assert run_cli([*base, "--out", str(tmp_path / "fast")]) == 0  # default level 1
+    assert run_cli([*base, "--out", str(tmp_path / "small"), "--png-compression", "9"]) == 0
+    fast = sorted((tmp_path / "fast").rglob("*.png"))
+    assert len(fast) == 2 * 3
+    for p in fast:
+        q = tmp_path / "small" / p.relative_to(tmp_path / "fast")
+        np.testing.assert_array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(q)))
+    assert sum(p.stat().st_size for p in fast) > sum(p.stat().st_size for p in (tmp_path / "small").rglob("*.png"))
+    assert run_cli([*base, "--out", str(tmp_path / "bad"), "--png-compression", "12"]) == 2
+    assert "--png-compression" in capsys.readouterr().err
+
+
+def test_a_failed_write_is_reported(kitti: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A PNG that cannot be written stops the run with a one-line error, never a silently missing file."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "fog").write_text("a file where the corruption's folder should be")
+    assert run_cli(["corrupt", "--src", str(kitti), "--split", "all", "--corruptions", "fog", "--severities", "1",
+                    "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "Traceback" not in err

@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from robust_ens.errors import RobustEnsError
@@ -49,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device for the corruptions (cpu, cuda)")
     p.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
     p.add_argument("--clean", action="store_true", help="also write the resized clean images to <out>/clean/")
+    p.add_argument("--png-compression", type=int, default=1,
+                   help="zlib level of the PNGs, 0-9 (default 1: about 2-4x faster to write than Pillow's 6, "
+                        "files about 8%% larger; the pixels are the same at every level)")
     p.set_defaults(func=run)
 
 
@@ -141,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
         raise RobustEnsError(f"severities must be within 1..5, got {sevs}")
     if args.batch_size < 1:
         raise RobustEnsError("--batch-size must be at least 1")
+    level = int(getattr(args, "png_compression", 1))
+    if level not in range(10):
+        raise RobustEnsError(f"--png-compression must be within 0..9, got {level}")
     size = _parse_size(args.size, args.preset)
     rels = resolve_split(src, args.split, args.split_file)
     files = [_find_image(src, r) for r in rels]
@@ -156,17 +163,31 @@ def run(args: argparse.Namespace) -> int:
             return np.asarray(im, dtype=np.uint8)
 
     def save(arr: np.ndarray, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-        Image.fromarray(arr).save(tmp)
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(tmp, compress_level=level)
+            tmp.replace(path)
+        except OSError as err:
+            raise RobustEnsError(f"cannot write {path}: {err}; finished images are kept, rerun to resume") from err
 
     from tqdm.auto import tqdm
 
     jobs = [(n, s) for n in names for s in sevs]
     bar = tqdm(total=len(jobs) * len(files), disable=not progress_enabled(), unit="img", desc="corrupt")
     written = 0
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+    # PNG encoding (Pillow releases the GIL) runs in writer threads while the next corruption is
+    # computed; at most ``max_pending`` images wait to be written, so memory stays bounded
+    workers = max(2, min(8, os.cpu_count() or 2))
+    max_pending = max(2 * args.batch_size, 4 * workers)
+    pending: deque[Future[None]] = deque()
+
+    def write(arr: np.ndarray, path: Path) -> None:
+        pending.append(pool.submit(save, arr, path))
+        while len(pending) > max_pending:
+            pending.popleft().result()  # also re-raises a failed write
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(files), args.batch_size):
             idx = list(range(start, min(start + args.batch_size, len(files))))
             todo = [(n, s) for n, s in jobs
@@ -182,14 +203,18 @@ def run(args: argparse.Namespace) -> int:
             x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device).float().div_(255.0)
             index = torch.tensor(idx)
             if want_clean:
-                list(pool.map(save, arrays, [out / "clean" / out_rel[i] for i in idx]))
+                for i, a in zip(idx, arrays, strict=True):
+                    write(a, out / "clean" / out_rel[i])
             for n, s in jobs:
                 if (n, s) in todo:
                     y = corrupt(x, n, s, preset=args.preset, seed=args.seed, index=index)
                     y8 = (y * 255.0 + 0.5).clamp_(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
-                    list(pool.map(save, list(y8), [out / n / str(s) / out_rel[i] for i in idx]))
+                    for i, a in zip(idx, y8, strict=True):
+                        write(a, out / n / str(s) / out_rel[i])
                     written += len(idx)
                 bar.update(len(idx))
+        while pending:
+            pending.popleft().result()
     bar.close()
     log.info("wrote %d corrupted images (%d corruptions x %d severities x %d images) under %s",
              written, len(names), len(sevs), len(files), out)
