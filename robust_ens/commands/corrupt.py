@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     written = 0
     # PNG encoding (Pillow releases the GIL) runs in writer threads while the next corruption is
     # computed; at most ``max_pending`` images wait to be written, so memory stays bounded
-    workers = max(2, min(8, os.cpu_count() or 2))
+    workers = max(2, min(16, os.cpu_count() or 2))
     max_pending = max(2 * args.batch_size, 4 * workers)
     pending: deque[Future[None]] = deque()
 
