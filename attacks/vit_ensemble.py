@@ -61,8 +61,12 @@ class ViTEnsembleAttack(MIFGSM):
 
     Paper: Cao, Lu, Wang, He, "ViT-EnsembleAttack: Augmenting Ensemble Models for Stronger
     Adversarial Transferability in Vision Transformers", ICCV 2025
-    (https://arxiv.org/abs/2508.12384). Only the abstract could be consulted here; every detail
-    below that the abstract does not fix is our choice, documented and behind a switch.
+    (https://arxiv.org/abs/2508.12384). Only the abstract could be consulted here (searched again
+    for the full text on 2026-11-26, without success). The abstract points to
+    https://github.com/Trustworthy-AI-Group/TransferAttack for code, but that repository's snapshot of
+    2026-02-27 (commit 2663e4a) holds no ViT-EnsembleAttack file. So every detail below that the
+    abstract does not fix (search ranges of ``p_h, s, lam``, ``copies`` K, the reweighting rule, the
+    enlargement factor) is our choice, documented and behind a switch.
 
     Every step, each surrogate ``k`` is replaced by ``copies`` augmented models, each drawn
     afresh from the attack's generator (see :mod:`robust_ens.attacks.vit_augment`):

@@ -265,3 +265,116 @@ def test_bayesopt_end_to_end_reproducible(ens: Ensemble) -> None:
     assert len(r3.best_values) == 1 and len(r3.params) == 2
     with pytest.raises(RobustEnsError, match="mode"):
         optimize_augmentation(atk, ens, val, x, y, mode="grid")
+
+
+# --------------------------------------------------------------------------- the ImageNet path (224 px)
+
+# A timm ViT-Tiny/16 at 224 px, cut to 2 narrow blocks so the test stays fast on one CPU thread.
+VIT224: dict[str, Any] = {"depth": 2, "embed_dim": 64, "num_heads": 4}
+
+
+def _image_tree(root: Any, n_per_class: int = 2) -> None:
+    """An ImageNet-style tree ``root/<class>/*`` with PNG and JPEG files of uneven sizes."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for c, cls in enumerate(("n01440764", "n01443537")):
+        (root / cls).mkdir(parents=True)
+        for i in range(n_per_class):
+            h, w = 240 + 8 * i, 260 - 4 * c
+            arr = (torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(arr).save(root / cls / (f"{i}.png" if i % 2 else f"{i}.JPEG"), quality=90)
+
+
+def test_imagenet_path_imagefolder_224_and_timm_weights_on_disk(tmp_path: Any, monkeypatch: Any) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    from robust_ens import data
+
+    monkeypatch.setenv("ROBUST_ENS_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "imagenet_mini"
+    _image_tree(root)
+    name = f"imagefolder:{root}"
+    x, y = data.load(name, "val", size=224)
+    assert x.shape == (4, 3, 224, 224) and x.dtype == torch.float32 and y.tolist() == [0, 0, 1, 1]
+    info = data.info(name)
+    assert info.num_classes == 2
+
+    # "timm weights a user has on disk": a 1000-class checkpoint per member, loaded into a 2-class model.
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        src = timm.create_model("vit_tiny_patch16_224", num_classes=1000, **VIT224)
+        path = tmp_path / f"vit_tiny_{seed}.safetensors"
+        save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+        with pytest.warns(UserWarning, match="classifier"):
+            m = models.create("timm:vit_tiny_patch16_224", num_classes=info.num_classes, mean=info.mean,
+                              std=info.std, weights_file=path, **VIT224)
+        loaded = {k: v for k, v in m.state_dict().items() if ".blocks.0.attn.qkv.weight" in k}
+        assert len(loaded) == 1 and torch.equal(next(iter(loaded.values())), src.state_dict()["blocks.0.attn.qkv.weight"])
+        assert find_sites(m).supported
+        members.append(m.eval())
+
+    ens = Ensemble(members, precision="fp32")
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in members]
+    xb, yb = x[:2], y[:2]
+    atk = create_attack("vit_ensemble", eps=16 / 255, steps=2, copies=1,
+                        params={"p_h": 0.25, "s": 1.2, "lam": 0.2})
+    res = atk(ens, xb, yb, seed=0)
+    adv = res.x_adv
+    assert adv.shape == xb.shape and adv.dtype == xb.dtype
+    assert float((adv - xb).abs().max()) <= 16 / 255 + 1e-6 and float((adv - xb).abs().max()) > 0
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+    assert res.cost.forward == 4.0  # 2 steps x 2 members x 1 copy
+    for m, state in zip(members, before, strict=True):
+        assert _hook_free(m)
+        assert all(torch.equal(v, state[k]) for k, v in m.state_dict().items())
+
+
+# --------------------------------------------------------------------------- the experiment script's pieces
+
+
+def _experiment_module() -> Any:
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "vit_transfer.py"
+    if not path.is_file():
+        pytest.skip("experiments/vit_transfer.py is not part of this checkout")
+    spec = importlib.util.spec_from_file_location("vit_transfer_experiment", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the file executes
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.modules.pop(spec.name, None)
+    return mod
+
+
+def test_experiment_success_rate_split_and_rows() -> None:
+    exp = _experiment_module()
+    y = torch.tensor([0, 1, 2, 3, 4])
+    clean = torch.tensor([0, 1, 2, 0, 0])  # right on the first three only
+    adv = torch.tensor([1, 1, 0, 4, 0])  # two of those three now wrong; the others do not count
+    assert exp.success_rate(clean, adv, y) == (pytest.approx(2 / 3), 2, 3)
+    assert exp.success_rate(torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long),
+                            torch.ones(2, dtype=torch.long)) == (0.0, 0, 0)
+    with pytest.raises(ValueError):
+        exp.success_rate(clean, adv[:2], y)
+
+    labels = torch.arange(100) % 10
+    ev, val = exp.eval_split(labels, 30, 20, seed=0)
+    assert len(ev) == 30 and len(val) == 20 and not set(ev.tolist()) & set(val.tolist())
+    ev2, val2 = exp.eval_split(labels, 30, 20, seed=0)
+    assert torch.equal(ev, ev2) and torch.equal(val, val2)
+
+    rows = exp.attack_rows(8 / 255, [{"p_h": 0.1, "s": 1.1, "lam": 0.1}] * 3, copies=2)
+    full = rows["ViT-EnsembleAttack (full)"]
+    assert full.alpha == pytest.approx(0.8 / 255) and full.steps == 10 and full.copies == 2
+    assert rows["VEA w/o step enlargement"].step_scale == 1.0
+    assert not rows["VEA w/o head drop"].head_drop and not rows["VEA w/o reweighting"].reweight
+    assert not rows["VEA w/o score scale"].score_scale and not rows["VEA w/o MLP mix"].mlp_mix
+    assert rows["MI-FGSM-Ens"].alpha == pytest.approx(0.8 / 255)
