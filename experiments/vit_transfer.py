@@ -43,7 +43,7 @@ from torch import nn
 from robust_ens import Ensemble, data, models
 from robust_ens.attacks import create_attack
 from robust_ens.attacks.base import Attack
-from robust_ens.attacks.bayesopt import optimize_augmentation
+from robust_ens.attacks.bayesopt import SEARCH_SPACE, optimize_augmentation
 from robust_ens.attacks.vit_ensemble import ViTEnsembleAttack
 from robust_ens.attacks.vit_recipes import get_recipe
 from robust_ens.train import accuracy, train_classifier
@@ -202,8 +202,11 @@ def run_bo(
 ) -> dict[str, Any]:
     """Optimize ``(p_h, s, lam)`` per surrogate on the validation split; cached as ``bo.json``."""
     path = Path(args.work_dir) / "bo.json"
-    settings = {"n_trials": args.bo_trials, "n_val": len(x_val), "eps": args.bo_eps, "seed": args.seed,
-                "copies": args.copies}
+    space = {**SEARCH_SPACE, "s": tuple(args.s_range)}
+    settings: dict[str, Any] = {"n_trials": args.bo_trials, "n_val": len(x_val), "eps": args.bo_eps,
+                                "seed": args.seed, "copies": args.copies}
+    if space != SEARCH_SPACE:  # recorded only when changed, so caches of default runs stay valid
+        settings["search_space"] = {k: list(v) for k, v in space.items()}
     if path.is_file():
         cached = json.loads(path.read_text())
         if cached.get("settings") == settings:
@@ -213,7 +216,7 @@ def run_bo(
     base = ViTEnsembleAttack(eps=eps, alpha=eps / 10, steps=args.steps, decay=1.0, copies=args.copies)
     t0 = time.perf_counter()
     res = optimize_augmentation(base, surrogate, val_model, x_val, y_val, n_trials=args.bo_trials, seed=args.seed,
-                                attack_seed=args.seed, batch_size=args.batch_size)
+                                attack_seed=args.seed, batch_size=args.batch_size, search_space=space)
     out = {"settings": settings, "seconds": time.perf_counter() - t0, **res.to_dict()}
     path.write_text(json.dumps(out, indent=1))
     return out
@@ -328,14 +331,16 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += ["", "## Bayesian optimization", "",
                   f"optuna TPE, {bo['settings']['n_trials']} trials per surrogate, {bo['settings']['n_val']} "
                   f"validation images (test split, disjoint from the evaluation images), eps "
-                  f"{bo['settings']['eps']}/255, validation model val_deit_s200, {bo['seconds']:.0f} s.", "",
+                  f"{bo['settings']['eps']}/255, validation model val_deit_s200, {bo['seconds']:.0f} s; search "
+                  "ranges " + ", ".join(f"{k} {lo:g}..{hi:g}" for k, (lo, hi) in
+                                        bo["settings"].get("search_space", SEARCH_SPACE).items()) + ".", "",
                   "| surrogate | p_h | s | lam | best val. success (this surrogate alone) | all augmentations off (3-member ensemble) |", "|---|---|---|---|---|---|"]
         for k, (prm, best) in enumerate(zip(bo["params"], bo["best_values"], strict=False)):
             if prm is not None:
                 lines.append(f"| {p['surrogates'][k]} | {prm['p_h']:.3f} | {prm['s']:.3f} | {prm['lam']:.3f} | "
                              f"{100 * best:.1f}% | {100 * bo['baseline']:.1f}% |")
-    lines += ["", f"Device: {result['provenance']['device']}; seconds are wall time on that machine "
-              "(1 CPU thread shared with other work), so compare them within this table only.", ""]
+    lines += ["", f"Device: {result['provenance']['device']}; seconds are wall time on that machine, which "
+              "other work may have shared, so compare them within this table only.", ""]
     return "\n".join(lines)
 
 
@@ -356,6 +361,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--copies", type=int, default=3, help="augmented copies K per surrogate")
     ap.add_argument("--bo-trials", type=int, default=20, help="trials per surrogate; 0: DEFAULT_PARAMS, no BO")
+    ap.add_argument("--s-range", type=float, nargs=2, default=list(SEARCH_SPACE["s"]), metavar=("LOW", "HIGH"),
+                    help="search range of the attention score scale s (default: bayesopt.SEARCH_SPACE's)")
     ap.add_argument("--bo-eps", type=int, default=8, help="eps (1/255) at which BO scores trials")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
