@@ -19,7 +19,7 @@ correctly when clean, the fraction it misclassifies after the attack.
 
 Run (one thread; see experiments/README.md)::
 
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ROBUST_ENS_DATA=/work/shared/data \\
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ROBUST_ENS_DATA=../shared/data \\
         .venv/bin/python experiments/vit_transfer.py --work-dir runs/vit_transfer
 """
 
