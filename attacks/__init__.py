@@ -47,6 +47,7 @@ Parts combine with any iterative attack: ``MIFGSM(transforms=[DI(), TI(), SI(m=5
 
 from .base import (
     ATTACKS,
+    PARTS,
     Attack,
     AttackResult,
     AttackRun,
@@ -55,7 +56,9 @@ from .base import (
     InputTransform,
     ModelHook,
     Part,
+    attack_name,
     create_attack,
+    create_part,
     enforce_budget,
     list_attacks,
     parse_eps,
@@ -99,7 +102,10 @@ __all__ = [
     "ModelHook",
     "Part",
     "augmented",
+    "PARTS",
+    "attack_name",
     "create_attack",
+    "create_part",
     "enforce_budget",
     "gaussian_kernel",
     "lgv_collect",

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robust_ens.canonical import canonical_json, to_jsonable
 from robust_ens.ensemble import Ensemble, check_images
 from robust_ens.errors import RobustEnsError
 from robust_ens.registry import Registry
@@ -40,6 +41,7 @@ from robust_ens.registry import Registry
 log = logging.getLogger(__name__)
 
 ATTACKS: Registry[Callable[..., Attack]] = Registry("attack")
+PARTS: Registry[type[Part]] = Registry("attack part")
 NORMS = ("Linf", "L2")
 _TINY = 1e-12  # added to every normalization so a zero gradient never divides by zero
 
@@ -50,8 +52,14 @@ def register_attack(name: str, **meta: Any) -> Callable[[Any], Any]:
 
 
 def create_attack(name: str, **kwargs: Any) -> Attack:
-    """Build a registered attack by name: ``create_attack("mifgsm", eps=8/255, steps=10)``."""
+    """Build a registered attack by name: ``create_attack("mifgsm", eps=8/255, steps=10)``.
+
+    ``create_attack(**atk.config())`` rebuilds an attack equal to ``atk``: parts given as their
+    config dicts (``{"part": "DI", "resize_rate": 0.9, ...}``) are rebuilt too.
+    """
     factory = ATTACKS.get(name)
+    if "transforms" in kwargs:
+        kwargs["transforms"] = [create_part(p) if isinstance(p, dict) else p for p in kwargs["transforms"]]
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
@@ -288,13 +296,22 @@ class AttackRun:
 class Part:
     """A composable piece of an attack (input transform, gradient transform or model hook).
 
-    Parts hold hyperparameters only; ``repr`` shows them.
+    Parts hold hyperparameters only; ``repr`` shows them and :meth:`config` gives them as JSON.
+    Every subclass is registered in :data:`PARTS` under its class name, so a config rebuilds it.
     """
 
     kind: ClassVar[str] = "part"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        PARTS.add(cls.__name__, cls)
+
     def _params(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def config(self) -> dict[str, Any]:
+        """``{"part": class name, **hyperparameters}``; :func:`create_part` rebuilds an equal part."""
+        return {"part": type(self).__name__, **to_jsonable(self._params(), type(self).__name__)}
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={_fmt(v)}" for k, v in self._params().items())
@@ -334,6 +351,30 @@ class ModelHook(Part):
     def attach(self, model: nn.Module) -> list[Any]:  # pragma: no cover
         """Install hooks on ``model``; return handles with ``.remove()``."""
         raise NotImplementedError
+
+
+def create_part(config: dict[str, Any]) -> Part:
+    """Rebuild a part from :meth:`Part.config` (``{"part": "DI", "resize_rate": 0.9}``).
+
+    Raises:
+        RobustEnsError: for a missing or unknown part name or a wrong hyperparameter.
+    """
+    if not isinstance(config, dict) or not isinstance(config.get("part"), str):
+        raise RobustEnsError(f"an attack part config needs a 'part' name, got {config!r}")
+    params = {k: v for k, v in config.items() if k != "part"}
+    cls = PARTS.get(config["part"])
+    try:
+        return cls(**params)
+    except TypeError as err:
+        raise RobustEnsError(f"attack part {config['part']!r}: {err}") from None
+
+
+def attack_name(cls: type) -> str:
+    """The registry name of an attack class (the first, sorted, if it has several)."""
+    for name in ATTACKS.list():
+        if ATTACKS.get(name) is cls:
+            return name
+    raise RobustEnsError(f"attack class {cls.__name__} is not registered, so it has no config; register it")
 
 
 # --------------------------------------------------------------------------- budget
@@ -404,6 +445,16 @@ class Attack:
 
     ensemble_only: ClassVar[bool] = False
     norms: ClassVar[tuple[str, ...]] = NORMS
+    #: Bump when a change to the attack's code moves its output; part of every adversarial-set key.
+    code_version: ClassVar[int] = 1
+    _init_kwargs: dict[str, Any]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Attack:
+        # The keywords the caller gave, before any subclass turns them into parts or derived
+        # values: what :meth:`config` needs to rebuild an equal attack.
+        obj = super().__new__(cls)
+        obj._init_kwargs = dict(kwargs)
+        return obj
     eps: float
     alpha: float | None
     steps: int
@@ -465,6 +516,7 @@ class Attack:
             raise RobustEnsError(f"unknown hyperparameter(s) {', '.join(unknown)} for {type(self).__name__}")
         new = copy.copy(self)
         new._names = list(self._names)
+        new._init_kwargs = {**self._init_kwargs, **changes}
         merged = {**self.hparams, **changes}
         eps = new._check_common(merged["eps"], merged.get("alpha"), merged.get("steps", 1), merged["norm"])
         new._set(**changes)
@@ -484,10 +536,34 @@ class Attack:
         return {k: getattr(self, k) for k in self._names}
 
     def config(self) -> dict[str, Any]:
-        """JSON-ready description: name and hyperparameters (parts as their repr)."""
-        hp = dict(self.hparams)
-        hp["transforms"] = [repr(p) for p in hp.get("transforms", ())]
-        return {"class": type(self).__name__, **hp}
+        """Canonical JSON description: ``create_attack(**atk.config())`` rebuilds an equal attack.
+
+        Holds the registry ``name`` and every keyword of the class's ``__init__`` (defaults
+        included, validated values where the attack stores them); ``transforms`` lists the parts
+        the caller added, as :meth:`Part.config` dicts (parts a class adds itself, such as
+        DIFGSM's DI, come back from its own keywords).
+        """
+        hp = self.hparams
+        out: dict[str, Any] = {"name": attack_name(type(self))}
+        for p in inspect.signature(type(self).__init__).parameters.values():
+            if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            if p.name == "transforms":
+                value: Any = list(self._init_kwargs.get("transforms", ()))
+            elif p.name in hp:
+                value = hp[p.name]
+            elif p.name in self._init_kwargs:
+                value = self._init_kwargs[p.name]
+            else:
+                value = p.default
+            out[p.name] = to_jsonable(value, f"{type(self).__name__}.{p.name}")
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.config() == other.config()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(canonical_json(self.config()))
 
     def __repr__(self) -> str:
         inner = ", ".join(

@@ -42,6 +42,7 @@ from torch import nn
 
 from robust_ens.ensemble import Ensemble
 from robust_ens.errors import RobustEnsError
+from robust_ens.evaluation import predict
 
 from .vit_augment import find_sites
 from .vit_ensemble import ViTEnsembleAttack
@@ -83,14 +84,6 @@ class BOResult:
         return json.dumps(self.to_dict(), indent=1)
 
 
-@torch.no_grad()
-def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    model.eval()
-    param = next(model.parameters(), None)
-    dt = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    return torch.cat([model(x[i : i + batch_size].to(dt)).argmax(-1) for i in range(0, len(x), batch_size)])
-
-
 def transfer_success(
     attack: ViTEnsembleAttack,
     surrogate: nn.Module,
@@ -115,7 +108,7 @@ def transfer_success(
         clean_mask: Precomputed "target correct on clean" mask (computed when None).
     """
     if clean_mask is None:
-        clean_mask = _predict(target, x, batch_size) == y
+        clean_mask = predict(target, x, batch_size=batch_size).argmax(-1) == y
     idx = clean_mask.nonzero().flatten()
     if len(idx) == 0:
         return 0.0
@@ -124,7 +117,7 @@ def transfer_success(
     for i in range(0, len(xs), batch_size):
         xb, yb = xs[i : i + batch_size], ys[i : i + batch_size]
         adv = attack(surrogate, xb, yb, seed=seed + i).x_adv
-        fooled += int((_predict(target, adv, batch_size) != yb).sum())
+        fooled += int((predict(target, adv, batch_size=batch_size).argmax(-1) != yb).sum())
     return fooled / len(xs)
 
 
@@ -179,7 +172,7 @@ def optimize_augmentation(
     if not any(can):
         raise RobustEnsError("no surrogate member has an attention module that ViT augmentation supports")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    clean_mask = _predict(validation_model, x, batch_size) == y
+    clean_mask = predict(validation_model, x, batch_size=batch_size).argmax(-1) == y
     trials: list[dict[str, Any]] = []
 
     def suggest(trial: Any, suffix: str = "") -> dict[str, float]:

@@ -22,21 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from robust_ens.evaluation import accuracy
+
 from .base import ATTACKS, Attack, create_attack
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` (eval mode; its mode is restored) on ``(x, y)``."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        correct = sum(int((model(x[i : i + batch_size]).argmax(-1) == y[i : i + batch_size]).sum())
-                      for i in range(0, len(x), batch_size))
-    finally:
-        for m, mode in modes:
-            m.training = mode
-    return correct / max(len(x), 1)
 
 
 def _build(name: str | Attack, eps: float, kwargs: Mapping[str, Any]) -> Attack:

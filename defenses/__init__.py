@@ -51,7 +51,8 @@ from robust_ens.defenses.metrics import (
 )
 from robust_ens.ensemble import Ensemble
 from robust_ens.errors import RobustEnsError
-from robust_ens.train import TrainConfig, accuracy, fit, train_classifier
+from robust_ens.evaluation import accuracy
+from robust_ens.train import TrainConfig, fit, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -373,12 +374,7 @@ def train_defense(
         tidx = data.subset_indices(yte, int(eval_n), seed=0)
         xte, yte = xte[tidx], yte[tidx]
     member_acc = [accuracy(m, xte, yte) for m in members]
-    with torch.no_grad():
-        preds = torch.cat([
-            Ensemble(members, precision="fp32")(xte[i : i + 500].to(dev).float().div(255)).argmax(-1).cpu()
-            for i in range(0, len(xte), 500)
-        ])
-    ens_acc = float((preds == yte).float().mean())
+    ens_acc = accuracy(Ensemble(members, precision="fp32"), xte, yte, device=dev)
     metrics = {"test_acc": ens_acc, "member_test_acc": member_acc, "eval_n": len(yte), "train_n": len(ytr),
                "train_seconds": seconds}
     log.info("%s: ensemble test acc %.4f, members %s (%d test images, %.0f s)", name, ens_acc,

@@ -18,6 +18,7 @@ from robust_ens.defenses.distill import distill_features, eval_mode, linf_pgd
 from robust_ens.defenses.features import check_layers, feature_layers
 from robust_ens.defenses.gal import input_gradients
 from robust_ens.ensemble import Ensemble
+from robust_ens.evaluation import correct
 from robust_ens.errors import RobustEnsError
 
 Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], Any]
@@ -38,10 +39,8 @@ def _as_ensemble(ensemble: Ensemble | Sequence[nn.Module]) -> Ensemble:
 def correct_by_all(members: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Boolean mask ``[N]`` of the examples every member classifies correctly."""
     ok = torch.ones(len(x), dtype=torch.bool, device=x.device)
-    with eval_mode(members):
-        for m in members:
-            pred = torch.cat([m(x[i : i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
-            ok &= pred == y
+    for m in members:
+        ok &= correct(m, x, y, batch_size=batch_size)
     return ok
 
 
@@ -119,10 +118,9 @@ def transferability_matrix(
                 xb, yb = xs[b : b + batch_size], ys[b : b + batch_size]
                 out = attack(src, xb, yb)
                 adv = (out.x_adv if hasattr(out, "x_adv") else out).detach()
-                with torch.no_grad():
-                    for j, tgt in enumerate(members):
-                        fooled[i, j] += float((tgt(adv).argmax(-1) != yb).sum())
-                    fooled[i, n] += float((ens(adv).argmax(-1) != yb).sum())
+                for j, tgt in enumerate(members):
+                    fooled[i, j] += float((~correct(tgt, adv, yb)).sum())
+                fooled[i, n] += float((~correct(ens, adv, yb)).sum())
     return TransferMatrix(fooled / len(xs), len(xs), len(x))
 
 

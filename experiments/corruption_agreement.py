@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from robust_ens import data
 from robust_ens.corruptions import corrupt, list_corruptions
-from robust_ens.corruptions.evaluate import accuracy
+from robust_ens.evaluation import accuracy
 from tests.corruption_reference import reference
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -46,7 +46,9 @@ from robust_ens.attacks.base import Attack
 from robust_ens.attacks.bayesopt import SEARCH_SPACE, optimize_augmentation
 from robust_ens.attacks.vit_ensemble import ViTEnsembleAttack
 from robust_ens.attacks.vit_recipes import get_recipe
-from robust_ens.train import accuracy, train_classifier
+from robust_ens import evaluation
+from robust_ens.evaluation import accuracy
+from robust_ens.train import train_classifier
 
 log = logging.getLogger("vit_transfer")
 
@@ -113,11 +115,9 @@ def success_rate(clean_pred: torch.Tensor, adv_pred: torch.Tensor, y: torch.Tens
     return (fooled / n_correct if n_correct else 0.0), fooled, n_correct
 
 
-@torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Top-1 predictions of ``model`` on float images ``x``."""
-    model.eval()
-    return torch.cat([model(x[i : i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
+    """Top-1 predictions of ``model`` on float images ``x`` (the core's forward-only predict)."""
+    return evaluation.predict(model, x, batch_size=batch_size).argmax(-1)
 
 
 def eval_split(y_test: torch.Tensor, n_eval: int, n_val: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

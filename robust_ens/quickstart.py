@@ -20,7 +20,8 @@ import torch
 
 from robust_ens import __version__, data
 from robust_ens.ensemble import Ensemble
-from robust_ens.train import accuracy, default_recipe, train_ensemble
+from robust_ens.evaluation import accuracy
+from robust_ens.train import default_recipe, train_ensemble
 
 log = logging.getLogger(__name__)
 

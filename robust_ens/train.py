@@ -33,6 +33,7 @@ from torch import nn
 
 from robust_ens import precision as _precision
 from robust_ens.errors import RobustEnsError
+from robust_ens.evaluation import accuracy
 
 log = logging.getLogger(__name__)
 
@@ -378,21 +379,6 @@ def fit(
 
 
 # --------------------------------------------------------------------------- plain members
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy of ``model`` on float images ``x`` (or uint8, converted per batch)."""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size].to(dev)
-        xb = xb.float().div(255.0) if xb.dtype == torch.uint8 else xb
-        correct += int((model(xb).argmax(-1) == y[i : i + batch_size].to(dev)).sum())
-    model.train(was_training)
-    return correct / max(1, len(x))
 
 
 def cross_entropy_step(model: nn.Module, label_smoothing: float = 0.0) -> StepFn:

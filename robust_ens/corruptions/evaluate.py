@@ -32,6 +32,7 @@ import torch
 
 from robust_ens.corruptions import corrupt, list_corruptions
 from robust_ens.errors import RobustEnsError
+from robust_ens.evaluation import accuracy
 
 log = logging.getLogger(__name__)
 
@@ -94,23 +95,6 @@ def corrupted_set(
         np.save(tmp, out.numpy())
         tmp.replace(path)
     return out
-
-
-@torch.no_grad()
-def accuracy(model: torch.nn.Module, x_u8: torch.Tensor, y: torch.Tensor, *, batch_size: int = 500,
-             device: str | torch.device | None = None) -> float:
-    """Top-1 accuracy of ``model`` (float images in [0, 1] -> logits) on a uint8 set."""
-    dev = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
-    was = model.training
-    model.eval()
-    correct = 0
-    try:
-        for s in range(0, x_u8.shape[0], batch_size):
-            xb = x_u8[s : s + batch_size].to(dev).float().div_(255.0)
-            correct += int((model(xb).argmax(1).cpu() == y[s : s + batch_size].cpu()).sum())
-    finally:
-        model.train(was)
-    return correct / max(1, x_u8.shape[0])
 
 
 def corruption_errors(result: Mapping[str, Any], baseline: Mapping[str, Any], corruptions: Sequence[str]) -> dict[str, Any]:
@@ -192,11 +176,9 @@ def evaluate_corruptions(
         "clean_accuracy": accuracy(model, x_u8, y, batch_size=batch_size, device=dev),
         "accuracy": {},
     }
-    from tqdm.auto import tqdm
+    from robust_ens import progress as _progress
 
-    if progress is None:
-        progress = os.environ.get("ROBUST_ENS_QUIET", "") in ("", "0")
-    bar = tqdm(total=len(names) * len(severities), desc="corruptions", unit="set", disable=not progress)
+    bar = _progress.bar(total=len(names) * len(severities), desc="corruptions", unit="set", enable=progress)
     for c in names:
         res["accuracy"][c] = {}
         for s in severities:

@@ -58,9 +58,10 @@ def rebuild_digits_zoo(seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, dict[str
     Run as ``robust-ens zoo rebuild``; writes ``robust_ens/zoo/`` and its index.
     """
     from robust_ens import data
+    from robust_ens.evaluation import accuracy
     from robust_ens.models.checkpoint import save_checkpoint, sha256_file
     from robust_ens.models.registry import create
-    from robust_ens.train import accuracy, default_recipe, train_classifier
+    from robust_ens.train import default_recipe, train_classifier
 
     info = data.info("digits")
     xtr, ytr = data.load_uint8("digits", "train")
