@@ -1,0 +1,108 @@
+"""Aggregations of per-example results: accuracy with a 95% interval, worst case, per class, flags.
+
+Nothing here runs a model: every number of a summary is computed from the boolean vectors a run
+keeps, so worst cases over attacks and surrogates, per-class numbers and intervals are never re-runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+Z95 = 1.959963984540054
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval (95% by default) of a binomial proportion ``k / n``."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def rate(ok: torch.Tensor) -> dict[str, Any]:
+    """``{"acc", "k", "n", "ci95": [lo, hi]}`` of a boolean vector."""
+    n = int(ok.numel())
+    k = int(ok.sum())
+    lo, hi = wilson(k, n)
+    return {"acc": k / n if n else 0.0, "k": k, "n": n, "ci95": [lo, hi]}
+
+
+def per_class(ok: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float | None]:
+    """Accuracy per class (``None`` for a class with no example in the subset)."""
+    out: list[float | None] = []
+    for c in range(num_classes):
+        m = y == c
+        out.append(float(ok[m].float().mean()) if bool(m.any()) else None)
+    return out
+
+
+def worst_case(cells: Iterable[torch.Tensor]) -> torch.Tensor:
+    """An example is robust only if it survives every cell: the logical AND of the vectors."""
+    out: torch.Tensor | None = None
+    for c in cells:
+        out = c.clone() if out is None else out & c
+    if out is None:
+        raise ValueError("worst case over no cells")
+    return out
+
+
+def noise_margin(p: float, n: int) -> float:
+    """Two binomial standard errors of a proportion (at least one example's worth)."""
+    return max(1.0 / max(n, 1), 2 * math.sqrt(max(p * (1 - p), 1.0 / max(n, 1)) / max(n, 1)))
+
+
+def eps_flags(worst_by_eps: Mapping[float, float], n: int) -> list[str]:
+    """``accuracy_rises_with_eps`` when robust accuracy at a larger eps beats a smaller one beyond noise."""
+    eps = sorted(worst_by_eps)
+    for a, b in zip(eps, eps[1:], strict=False):
+        if worst_by_eps[b] > worst_by_eps[a] + noise_margin(worst_by_eps[a], n):
+            return [f"accuracy_rises_with_eps: {worst_by_eps[a]:.3f} at eps {a:g} but {worst_by_eps[b]:.3f} at {b:g}"]
+    return []
+
+
+def whitebox_flags(sanity: Mapping[str, Any], transfer_worst: float | None) -> list[str]:
+    """Flags from a target's white-box sanity cells (Pintor et al.'s indicators, AutoAttack's checks).
+
+    Args:
+        sanity: ``{"n", "whitebox_acc", "whitebox_acc_2x", "randomized", "nonfinite_grad",
+            "zero_grad_fraction"}`` as measured by the runner.
+        transfer_worst: Worst-case transfer accuracy on the same examples at the same eps.
+    """
+    flags: list[str] = []
+    n = int(sanity.get("n", 0))
+    if sanity.get("randomized"):
+        flags.append("randomized_forward: two forward passes on the same images differ")
+    if sanity.get("nonfinite_grad"):
+        flags.append("nonfinite_gradients: the input gradient holds NaN or inf")
+    zf = float(sanity.get("zero_grad_fraction", 0.0))
+    if zf > 0.5:
+        flags.append(f"zero_gradients: {zf:.0%} of examples have an all-zero input gradient")
+    wb, wb2 = sanity.get("whitebox_acc"), sanity.get("whitebox_acc_2x")
+    if wb is not None and wb2 is not None and wb2 > wb + noise_margin(wb, n):
+        flags.append(f"more_steps_raise_accuracy: white-box accuracy {wb:.3f} rises to {wb2:.3f} with twice the steps")
+    best_wb = min(v for v in (wb, wb2) if v is not None) if (wb is not None or wb2 is not None) else None
+    if transfer_worst is not None and best_wb is not None and transfer_worst < best_wb - noise_margin(best_wb, n):
+        flags.append(f"transfer_below_whitebox: transfer accuracy {transfer_worst:.3f} is below white-box {best_wb:.3f}"
+                     " (gradient masking?)")
+    return flags
+
+
+def success_rate(clean_ok: torch.Tensor, adv_ok: torch.Tensor) -> dict[str, Any]:
+    """Transfer success: the share of the target's clean-correct examples the attack makes wrong."""
+    base = clean_ok
+    k = int((base & ~adv_ok).sum())
+    n = int(base.sum())
+    lo, hi = wilson(k, n)
+    return {"success": k / n if n else 0.0, "k": k, "n": n, "ci95": [lo, hi]}
+
+
+def summarize_cells(cells: Sequence[Mapping[str, Any]], results: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """One row per cell: its fields and :func:`rate` of its vector."""
+    return [{**c, **rate(results[c["id"]])} for c in cells]

@@ -1,0 +1,307 @@
+"""Targets: one resolver from a spec to a module that takes [0, 1] images, with what it loaded.
+
+Spec forms (``resolve_target``):
+
+=================================  ===========================================================
+``zoo:NAME``                       a committed reference checkpoint (sha256 checked)
+``PATH`` (stem, .safetensors,      a checkpoint written by ``models.save_checkpoint``; a folder
+.json or a folder)                 of ``member*.json`` checkpoints is an ensemble
+``pkg.module:factory``             ``factory()`` returns an ``nn.Module`` taking [0, 1] images;
+                                   ``weights=PATH`` loads safetensors or a tensors-only pickle
+``timm:NAME``                      a timm architecture sized to the dataset, with ``weights``
+``SPEC,SPEC,...``                  the resolved parts joined into one logit-averaging Ensemble
+=================================  ===========================================================
+
+Every resolved :class:`Target` records the sha256 of each file it loaded (for a factory without
+weights: of its state dict), so entries and adversarial-set keys name exactly what was used.
+Surrogates that a protocol trains from a recipe (:func:`resolve_trained`) are trained once and
+cached under ``$ROBUST_ENS_CACHE/surrogates``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robust_ens import data
+from robust_ens.canonical import sha256_json
+from robust_ens.ensemble import Ensemble
+from robust_ens.errors import CheckpointError, RobustEnsError
+from robust_ens.evaluation import eval_mode, model_device
+
+log = logging.getLogger(__name__)
+
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass
+class Target:
+    """A resolved model.
+
+    Attributes:
+        name: Display name (a protocol's surrogate name, or the spec).
+        spec: The spec it was resolved from.
+        module: The model, in eval mode, taking [0, 1] images and returning logits.
+        files: ``{loaded file or state dict: sha256}``.
+        architecture: Architecture name(s).
+        n_members: Ensemble size (1 for a single model).
+    """
+
+    name: str
+    spec: str
+    module: nn.Module
+    files: dict[str, str] = field(default_factory=dict)
+    architecture: str = "unknown"
+    n_members: int = 1
+
+    @property
+    def sha256s(self) -> list[str]:
+        """The sha256 of every loaded file, in load order."""
+        return list(self.files.values())
+
+    @property
+    def parameters(self) -> int:
+        """Number of parameters."""
+        return sum(p.numel() for p in self.module.parameters())
+
+    def describe(self) -> dict[str, Any]:
+        """JSON description for records and entries."""
+        return {"name": self.name, "spec": self.spec, "architecture": self.architecture,
+                "n_members": self.n_members, "parameters": self.parameters, "sha256": self.sha256s}
+
+
+def _state_sha(module: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _checkpoint_target(spec: str, model: nn.Module) -> Target:
+    rec = getattr(model, "checkpoint", None) or {}
+    sha = rec.get("sha256") or _state_sha(model)
+    return Target(spec, spec, model.eval(), {spec: sha}, str(rec.get("arch", getattr(model, "arch", "unknown"))))
+
+
+def _load_weights(module: nn.Module, weights: Path) -> str:
+    from robust_ens.models.checkpoint import sha256_file
+
+    if not weights.is_file():
+        raise RobustEnsError(f"--weights {weights} does not exist")
+    sha = sha256_file(weights)
+    try:
+        if weights.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(weights))
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file becomes one line
+        raise CheckpointError(f"--weights {weights} is not a tensors-only checkpoint: {str(err).splitlines()[0]}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"--weights {weights} holds {type(state).__name__}, not a state dict")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"--weights {weights} does not fit the model: {str(err).splitlines()[0]}") from None
+    return sha
+
+
+def _factory_target(spec: str, weights: Path | None) -> Target:
+    mod_name, fn_name = spec.rsplit(":", 1)
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as err:
+        raise RobustEnsError(f"target {spec!r}: cannot import module {mod_name!r} ({err}); is it on PYTHONPATH?") from None
+    factory = getattr(module, fn_name, None)
+    if not callable(factory):
+        raise RobustEnsError(f"target {spec!r}: module {mod_name!r} has no callable {fn_name!r}")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise RobustEnsError(f"target {spec!r}: {fn_name}() returned {type(model).__name__}, not a torch nn.Module")
+    files = {f"{spec}:state_dict": _state_sha(model)} if weights is None else {str(weights): _load_weights(model, weights)}
+    return Target(spec, spec, model.eval(), files, f"{spec}")
+
+
+def _timm_target(spec: str, weights: Path | None, dataset: str | None) -> Target:
+    from robust_ens import models
+
+    if weights is None:
+        raise RobustEnsError(f"target {spec!r}: a timm architecture needs --weights PATH (nothing is downloaded)")
+    ds = data.info(dataset or "cifar10")
+    model = models.create(spec, num_classes=ds.num_classes, in_chans=ds.in_chans, mean=ds.mean, std=ds.std)
+    sha = _load_weights(model.net if hasattr(model, "net") else model, weights)
+    return Target(spec, spec, model.eval(), {str(weights): sha}, spec)
+
+
+def _path_target(spec: str) -> Target:
+    from robust_ens import models
+
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        members = sorted(p.glob("member*.json")) or sorted(p.glob("*.json"))
+        members = [m for m in members if m.with_suffix(".safetensors").is_file()]
+        if not members:
+            raise RobustEnsError(f"target {spec!r}: the folder holds no checkpoint (<name>.json + <name>.safetensors)")
+        parts = [_checkpoint_target(str(m.with_suffix("")), models.load_checkpoint(m)) for m in members]
+        return _join(spec, parts) if len(parts) > 1 else parts[0]
+    return _checkpoint_target(spec, models.load_checkpoint(p))
+
+
+def _join(spec: str, parts: list[Target], combine: str = "logits", precision: str = "fp32") -> Target:
+    ens = Ensemble([t.module for t in parts], combine=combine, precision=precision).eval()
+    files: dict[str, str] = {}
+    for t in parts:
+        files.update(t.files)
+    arch = ",".join(sorted({t.architecture for t in parts}))
+    return Target(spec, spec, ens, files, arch, sum(t.n_members for t in parts))
+
+
+def resolve_target(
+    spec: str,
+    *,
+    weights: str | Path | None = None,
+    dataset: str | None = None,
+    device: torch.device | str = "cpu",
+    name: str | None = None,
+    combine: str = "logits",
+    precision: str = "fp32",
+) -> Target:
+    """Resolve a target spec (see the module docstring) into a :class:`Target` on ``device``.
+
+    Raises:
+        RobustEnsError: naming the spec and the form that was tried when it does not resolve.
+    """
+    from robust_ens.models.zoo import ZOO_PREFIX, index, load
+
+    if not isinstance(spec, str) or not spec.strip():
+        raise RobustEnsError("a target spec must be a non-empty string (zoo:NAME, a checkpoint path, pkg.module:factory, timm:NAME)")
+    spec = spec.strip()
+    wpath = Path(weights).expanduser() if weights is not None else None
+    if "," in spec:
+        if wpath is not None:
+            raise RobustEnsError("--weights applies to one model; give each member as its own checkpoint instead")
+        parts = [resolve_target(s, dataset=dataset, device=device) for s in spec.split(",") if s.strip()]
+        t = _join(spec, parts, combine, precision)
+    elif spec.startswith(ZOO_PREFIX):
+        model = load(spec)
+        t = _checkpoint_target(spec, model)
+        t.files = {spec: index()[spec[len(ZOO_PREFIX):]]["sha256"]}
+    elif spec.startswith("timm:"):
+        t = _timm_target(spec, wpath, dataset)
+    elif _FACTORY.match(spec) and not Path(spec).exists():
+        t = _factory_target(spec, wpath)
+    else:
+        p = Path(spec).expanduser()
+        stem_exists = p.exists() or p.with_suffix(".json").exists() or Path(str(p) + ".json").exists()
+        if not stem_exists:
+            raise RobustEnsError(
+                f"target {spec!r} does not resolve: not zoo:NAME, timm:NAME or pkg.module:factory, "
+                f"and no checkpoint or folder exists at {p}"
+            )
+        if wpath is not None:
+            raise RobustEnsError("--weights goes with pkg.module:factory or timm:NAME; a checkpoint path carries its own weights")
+        t = _path_target(spec)
+    if name:
+        t.name = name
+    t.module = t.module.to(device).eval()
+    return t
+
+
+def check_target(target: Target, x: torch.Tensor, num_classes: int, dataset: str) -> None:
+    """Refuse a target whose input shape or class count does not fit the suite's dataset.
+
+    Args:
+        target: The resolved target.
+        x: A couple of the suite's images (float, [0, 1]).
+        num_classes: The dataset's class count.
+        dataset: The dataset's name, for the message.
+
+    Raises:
+        RobustEnsError: one line naming the target, the dataset's image shape and what went wrong.
+    """
+    shape = "x".join(map(str, x.shape[1:]))
+    try:
+        with torch.no_grad(), eval_mode(target.module):
+            out = target.module(x.to(model_device(target.module)))
+    except (RuntimeError, ValueError, TypeError, AssertionError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RobustEnsError(
+            f"target {target.name!r} does not take {dataset} images ({shape}): {first[:200]}; "
+            "pick a model trained on this dataset"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(x):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise RobustEnsError(f"target {target.name!r} returned {got} for {len(x)} {dataset} images; a classifier returns [n, classes]")
+    if out.shape[1] != num_classes:
+        raise RobustEnsError(
+            f"target {target.name!r} has {out.shape[1]} classes but {dataset} has {num_classes}; "
+            "pick a model trained on this dataset"
+        )
+
+
+# --------------------------------------------------------------------------- trained surrogates
+
+
+def trained_dir(train: dict[str, Any], dataset: str, fingerprint: str) -> Path:
+    """Where a recipe's members are cached: keyed by the recipe and the training data."""
+    return data.cache_dir() / "surrogates" / f"{dataset}-{sha256_json({'train': train, 'data': fingerprint})[:16]}"
+
+
+def resolve_trained(
+    name: str,
+    train: dict[str, Any],
+    dataset: str,
+    *,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> Target:
+    """Train (once; cached and resumable) the ensemble a protocol's ``train`` table describes.
+
+    Keys: ``arch`` or ``recipe`` (a named recipe of :data:`robust_ens.attacks.vit_recipes.VIT_RECIPES`),
+    ``members``, ``seed``, ``train_n``, ``epochs``, ``arch_kwargs``; any other key overrides a
+    :class:`~robust_ens.train.TrainConfig` field.
+    """
+    from robust_ens.models.checkpoint import sha256_file
+    from robust_ens.train import TrainConfig, default_recipe, train_ensemble
+
+    spec = dict(train)
+    members = int(spec.pop("members", 1))
+    seed = int(spec.pop("seed", 0))
+    train_n = spec.pop("train_n", None)
+    arch_kwargs = dict(spec.pop("arch_kwargs", {}))
+    cfg: TrainConfig
+    if "recipe" in spec:
+        from robust_ens.attacks.vit_recipes import VIT_RECIPES
+
+        rname = spec.pop("recipe")
+        if rname not in VIT_RECIPES:
+            raise RobustEnsError(f"surrogate {name!r}: unknown recipe {rname!r}; known: {', '.join(VIT_RECIPES)}")
+        r = VIT_RECIPES[rname]
+        arch, arch_kwargs, cfg = r.arch, {**r.arch_kwargs, **arch_kwargs}, r.config
+    else:
+        arch = spec.pop("arch", "resnet20")
+        cfg = default_recipe(dataset)
+    try:
+        cfg = cfg.replace(**spec)
+    except (TypeError, RobustEnsError) as err:
+        raise RobustEnsError(f"surrogate {name!r}: bad train setting: {err}") from None
+    xtr, _ = data.load_uint8(dataset, "train")
+    folder = trained_dir(train, dataset, hashlib.sha256(xtr.numpy().tobytes()).hexdigest())
+    log.info("surrogate %s: %d x %s (cached in %s)", name, members, arch, folder)
+    mods, _ = train_ensemble(arch, members, dataset, recipe=cfg, seed=seed, train_n=train_n, out_dir=folder,
+                             device=device, progress=progress, arch_kwargs=arch_kwargs)
+    files = {str(folder / f"member{i}.safetensors"): sha256_file(folder / f"member{i}.safetensors") for i in range(members)}
+    module: nn.Module = mods[0] if members == 1 else Ensemble(mods, precision="fp32")
+    return Target(name, f"train:{name}", module.to(device).eval(), files, arch, members)

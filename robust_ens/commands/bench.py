@@ -1,0 +1,128 @@
+"""``robust-ens bench``: list, show and run the benchmark protocols.
+
+Example:
+    robust-ens bench list
+    robust-ens bench show digits-transfer
+    robust-ens bench run digits-transfer --tier smoke --target zoo:digits_small_cnn_s2 --out runs/dt-smoke
+
+A run folder is resumable: run the same command again after an interruption and finished cells
+are read, not recomputed. Adding a ``--target`` to a finished run costs forward passes only (the
+adversarial sets are in the run's store). Under ``torchrun --nproc-per-node N`` the batches are
+sharded across the processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from robust_ens.errors import RobustEnsError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``bench`` subcommand and its ``list``, ``show`` and ``run`` actions."""
+    p = sub.add_parser("bench", help="list, show and run the benchmark protocols (suites)",
+                       description=__doc__.split("Example:")[0].strip() if __doc__ else None)
+    acts = p.add_subparsers(dest="bench_command", metavar="ACTION")
+    ls = acts.add_parser("list", help="the registered suites, one line each")
+    ls.set_defaults(func=run_list)
+    show = acts.add_parser("show", help="a suite's protocol: dataset, threat model, tiers")
+    show.add_argument("suite", help="suite name (see 'bench list') or a protocol .toml file")
+    show.add_argument("--json", action="store_true", help="print the protocol as JSON")
+    show.set_defaults(func=run_show)
+    r = acts.add_parser("run", help="run one tier of a suite on some targets and print the summary table")
+    r.add_argument("suite", help="suite name (see 'bench list') or a protocol .toml file")
+    r.add_argument("--target", action="append", default=[], metavar="SPEC",
+                   help="zoo:NAME, a checkpoint path or folder, pkg.module:factory, timm:NAME, or SPEC,SPEC "
+                        "(an ensemble); repeatable; default: the tier's own target panel")
+    r.add_argument("--weights", action="append", default=[], metavar="PATH",
+                   help="weights for the --target at the same position (pkg.module:factory or timm:NAME)")
+    r.add_argument("--name", action="append", default=[], metavar="NAME",
+                   help="display name for the --target at the same position")
+    r.add_argument("--tier", default="smoke", help="smoke (seconds), small (CPU minutes) or full (GPU); default smoke")
+    r.add_argument("--out", default=None, help="run folder (default runs/<suite>-<tier>)")
+    r.add_argument("--store", default=None, help="adversarial-set store folder to share between runs (default <out>/advsets)")
+    r.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    r.add_argument("--entries", action="store_true", help="also write leaderboard entries into <out>/entries/")
+    r.set_defaults(func=run_run)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Print the registered suites."""
+    from tabulate import tabulate
+
+    from robust_ens.bench import get_suite, list_suites
+
+    rows = []
+    for name in list_suites():
+        proto = get_suite(name)
+        rows.append([name, proto.version, proto.task, proto.kind, proto.dataset, ", ".join(proto.tiers), proto.description])
+    print(tabulate(rows, headers=["suite", "version", "task", "ranks", "dataset", "tiers", "what"], tablefmt="github"))
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """Print one suite's protocol."""
+    from dataclasses import asdict
+
+    from tabulate import tabulate
+
+    from robust_ens.bench import get_suite
+
+    proto = get_suite(args.suite)
+    if args.json:
+        print(json.dumps(asdict(proto), indent=1, default=str))
+        return 0
+    print(f"{proto.suite} v{proto.version} ({proto.task}, ranks {proto.kind}s): {proto.description}")
+    print(f"dataset {proto.dataset} {proto.split}, seed {proto.seed}, threat model {proto.norm}")
+    if proto.reference:
+        print(f"reference: {proto.reference}")
+    rows = [[t.name, t.n, t.batch_size, ", ".join(f"{e:.4g}" for e in t.eps) or "-",
+             ", ".join(t.attacks) or ", ".join(t.corruptions) or "-", ", ".join(t.surrogates) or "-",
+             ", ".join(t.targets) or "(--target)", t.steps or "-", t.sanity.n or "-"]
+            for t in proto.tiers.values()]
+    print(tabulate(rows, headers=["tier", "n", "batch", "eps", "attacks / corruptions", "surrogates", "targets",
+                                  "steps", "sanity n"], tablefmt="github"))
+    if proto.attacks:
+        print(tabulate([[a.name, a.attack, a.alpha if a.alpha is not None else "-",
+                         ", ".join(f"{k}={v}" for k, v in a.params.items())] for a in proto.attacks.values()],
+                       headers=["attack", "registered", "alpha", "parameters"], tablefmt="github"))
+    return 0
+
+
+def run_run(args: argparse.Namespace) -> int:
+    """Run one tier of a suite and print its summary table."""
+    from robust_ens import progress
+    from robust_ens.bench import distributed, get_suite
+    from robust_ens.bench.advsets import atomic_write_json
+    from robust_ens.bench.report import summary_table, to_entries
+    from robust_ens.bench.runner import TargetArg, run_suite
+
+    proto = get_suite(args.suite)
+    proto.tier(args.tier)
+    for opt, values in (("--weights", args.weights), ("--name", args.name)):
+        if len(values) > len(args.target):
+            raise RobustEnsError(f"{opt} is given {len(values)} times but --target only {len(args.target)}; "
+                                 f"each {opt} goes with the --target at its position")
+    targets = [TargetArg(spec, args.weights[i] if i < len(args.weights) else None,
+                         args.name[i] if i < len(args.name) else None) for i, spec in enumerate(args.target)]
+    out = Path(args.out or f"runs/{proto.suite}-{args.tier}")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    summary = run_suite(proto, args.tier, targets, out, device=device, store=args.store,
+                        progress=progress.enabled())
+    if not distributed.is_main():
+        return 0
+    if args.entries:
+        for e in to_entries(summary, " ".join(["robust-ens", *sys.argv[1:]])):
+            atomic_write_json(out / "entries" / f"{e.name}.json", e.model_dump(mode="json"))
+    print(summary_table(summary))
+    c = summary["cost"]
+    print(f"\n{proto.suite} v{proto.version} tier {args.tier} on {summary['dataset']} (n={summary['n']}): "
+          f"{c['seconds']:.1f} s on {c['device']}, {c['advsets_made']} adversarial batches made, "
+          f"{c['advsets_reused']} reused; per-example results and summary.json in {out}")
+    return 0
