@@ -20,6 +20,11 @@ from .base import _TINY, AttackRun, Part, _l1_mean, _l2, register_attack
 from .gradient import MIFGSM
 
 FUSIONS = ("logits", "probs", "loss")
+REVERSE_LOGITS = ("sum", "ensemble")
+OUTER_NORMS = ("example", "batch")
+AGM_RATIOS = ("code", "own")
+DRF_MODES = ("code", "pairs")
+AGM_REDUCTIONS = ("example", "batch")
 
 
 def _member_objective(run: AttackRun, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -106,8 +111,18 @@ class SVRE(MIFGSM):
     (L1-normalized) with momentum ``inner_decay`` and take a sign step ``beta`` in the ball. The
     outer momentum update uses the accumulated inner gradient.
 
+    Authors' code: JHL-HUST/SVRE, ``SVRE-MI-FGSM.py`` (``main``; TensorFlow). Checked against it:
+    the ensemble gradient is that of the loss of the *mean* logits (as the surrogate's own
+    ``combine="logits"`` output here); each inner step draws one member uniformly with
+    replacement for the whole batch; the variance-reduced gradient is normalized by its mean
+    absolute value per example and accumulated with the outer ``momentum`` flag (1.0), which is
+    ``inner_decay`` here; the inner momentum starts at zero at every outer step; the outer update
+    normalizes the *last* accumulated inner gradient per example; ``alpha = beta = eps / 10``
+    and ``m_svrg = 16`` for their 4 models (4 x M here). No switch is needed. Their Inception
+    members add a 0.4-weighted auxiliary-logit loss, which only applies to Inception models.
+
     Departure: the member gradients at ``x_adv`` are computed once per outer step and reused
-    (the reference ports recompute them at every inner step; the result is the same).
+    (the authors recompute them at every inner step; the values are the same).
 
     Distance measure: Linf.
 
@@ -182,29 +197,55 @@ class CWA(MIFGSM):
     r"""CWA (MI-CWA): common-weakness attack: flatness (reverse step) + cosine-similarity encourager.
 
     Paper: Chen et al., "Rethinking Model Ensemble in Transfer-based Adversarial Attacks",
-    ICLR 2024 (https://arxiv.org/abs/2303.09105).
+    ICLR 2024 (https://arxiv.org/abs/2303.09105). Authors' code: huanranchen/AdversarialAttacks,
+    ``attacks/AdversarialInput/CommonWeakness.py``, ``MI_CommonWeakness.attack`` and ``end_attack``.
 
     Each outer step, from ``x_adv``:
 
-    1. flatness (sharpness-aware reverse step): ``z = x_adv - r * sign(grad L_ens(x_adv))``, going
-       *down* the ensemble loss, ``r = eps / 15``;
+    1. flatness (sharpness-aware reverse step): ``z = x_adv - r * sign(grad L(x_adv))``, going
+       *down* the loss ``L`` of the summed member logits (see ``reverse_logits``), ``r = eps / 15``;
     2. CSE: members one at a time, each adding its L2-normalized gradient at the current ``z``
-       to an inner momentum (``inner_decay`` mu = 1) and stepping ``z += beta * inner`` (projected);
+       to an inner momentum ``m_in`` (``inner_decay`` mu = 1) and stepping ``z += beta * m_in``
+       (projected). ``m_in`` starts at zero once, before the first outer step, and is carried
+       from one outer step to the next (see ``carry_inner_momentum``);
     3. outer: ``g = decay * g + (z - x_adv) / mean|z - x_adv|``, ``x_adv += alpha * sign(g)``,
        ``alpha = eps / 5``.
 
     Switches: ``flatness=False`` skips step 1; ``cse=False`` replaces step 2 by the plain ensemble
     gradient at ``z``. With both off the attack is MI-FGSM on the ensemble (tested).
 
-    Choices where the paper and the authors' code disagree (documented departures):
+    Fidelity switches. The rule: a default reproduces the authors' code (what produced the
+    published numbers) unless the paper's text says otherwise or it would make one example's
+    result depend on the other examples of its batch. The paper's full text was not available
+    when these were checked, so the defaults below follow the authors' code except where noted.
 
-    * ``beta``: the paper states 50, the authors' code uses 250. Default 50 (the paper). For
-      images of 32 px and more both values make most inner steps hit the eps ball, so the choice
-      matters little there; it is a parameter.
-    * The authors' code normalizes the outer change by its L1 norm over the *whole batch*; here
-      it is per example (as MI-FGSM), so an example's update does not depend on its batch.
+    * ``carry_inner_momentum`` (default True, the authors' code: ``inner_momentum`` is created
+      once before the outer loop of ``MI_CommonWeakness.attack`` and never reset). False resets
+      it to zero at every outer step (this package's behaviour before issue 15). This choice
+      changes the attack a lot: on 8 CIFAR images at eps 16/255, 87% of the pixels differ.
+    * ``reverse_logits`` (default ``"sum"``, the authors' code: ``logit += model(x)`` over the
+      members, then cross-entropy of that sum). ``"ensemble"`` uses the surrogate's own combined
+      output instead (the weighted *mean* of the logits for ``combine="logits"``; this package's
+      behaviour before issue 15). Cross-entropy of a sum is cross-entropy at a lower softmax
+      temperature, so the two give different signs. With non-uniform ensemble weights ``w``,
+      ``"sum"`` uses ``M * sum_k w_k logits_k`` (the plain sum for equal weights).
+    * ``outer_norm`` (default ``"example"``, our choice for batch independence): the outer change
+      ``z - x_adv`` is L1-normalized per example, as in MI-FGSM. ``"batch"`` normalizes by the
+      L1 norm of the whole batch, as ``end_attack`` does (``torch.norm(fake_grad, p=1)``), which
+      makes an example's update depend on the rest of its batch.
+    * ``beta`` (default 50): the paper states 50, the authors' code uses 250
+      (``inner_step_size=250``). Default 50, the paper's text, per the rule; both values are
+      large enough that most inner steps hit the eps ball at 32 px and more.
+    * ``alpha`` (default ``None``: eps / 5): ``end_attack`` always steps ``ksi = 16/255/5``,
+      whatever the attack's ``step_size``; that is eps / 5 at the paper's eps 16/255, so the
+      default scales it with eps. Pass ``alpha=16/255/5`` for the code's constant.
     * Every normalization adds a small constant (1e-12): the authors' code divides by zero when
       a member's gradient or the net change vanishes.
+
+    Known departures without a switch: TI (a gradient transform) is applied to the outer change
+    ``z - x_adv`` here, while the authors smooth every reverse and inner gradient; input
+    transforms (DI) are applied in the reverse step too, while the authors' DI runs in the inner
+    loop only. Neither matters without those parts.
 
     Distance measure: Linf.
 
@@ -218,6 +259,11 @@ class CWA(MIFGSM):
         inner_decay: CSE inner momentum mu (default 1.0).
         flatness: Do the reverse step (default True).
         cse: Do the CSE inner loop (default True).
+        carry_inner_momentum: Keep the CSE inner momentum across outer steps (default True).
+        reverse_logits: Loss of the reverse step: ``"sum"`` of member logits (default) or the
+            surrogate's own combined output, ``"ensemble"``.
+        outer_norm: L1 normalization of the outer change per ``"example"`` (default) or over
+            the whole ``"batch"``.
         random_start: Random start (default False).
         transforms: Extra parts (DI, SI, TI, SGM).
 
@@ -233,11 +279,15 @@ class CWA(MIFGSM):
 
     ensemble_only = True
     norms = ("Linf",)
+    code_version = 2  # issue 15: carried inner momentum and summed reverse-step logits by default
     reverse_step: float | None
     beta: float
     inner_decay: float
     flatness: bool
     cse: bool
+    carry_inner_momentum: bool
+    reverse_logits: str
+    outer_norm: str
 
     def __init__(
         self,
@@ -251,6 +301,9 @@ class CWA(MIFGSM):
         inner_decay: float = 1.0,
         flatness: bool = True,
         cse: bool = True,
+        carry_inner_momentum: bool = True,
+        reverse_logits: str = "sum",
+        outer_norm: str = "example",
         random_start: bool = False,
         norm: str = "Linf",
         transforms: Sequence[Part] = (),
@@ -261,30 +314,118 @@ class CWA(MIFGSM):
             raise RobustEnsError(f"beta (the CSE inner step) must be positive, got {beta!r}")
         if not inner_decay >= 0:
             raise RobustEnsError(f"inner_decay must be >= 0, got {inner_decay!r}")
+        if reverse_logits not in REVERSE_LOGITS:
+            raise RobustEnsError(f"reverse_logits must be one of {REVERSE_LOGITS}, got {reverse_logits!r}")
+        if outer_norm not in OUTER_NORMS:
+            raise RobustEnsError(f"outer_norm must be one of {OUTER_NORMS}, got {outer_norm!r}")
         super().__init__(
             eps=eps, alpha=alpha, steps=steps, decay=decay, random_start=random_start, norm=norm,
             transforms=transforms, reverse_step=None if reverse_step is None else float(reverse_step),
             beta=float(beta), inner_decay=float(inner_decay), flatness=bool(flatness), cse=bool(cse),
+            carry_inner_momentum=bool(carry_inner_momentum), reverse_logits=str(reverse_logits),
+            outer_norm=str(outer_norm),
         )
 
     @property
     def step_size(self) -> float:
         return self.eps / 5 if self.alpha is None else self.alpha
 
+    def reverse_objective(self, run: AttackRun, x: torch.Tensor) -> torch.Tensor:
+        """Per-example objective ``[n]`` whose gradient sign the reverse (flatness) step descends."""
+        if self.reverse_logits == "ensemble":
+            return self.objective(run, x)
+        logits = run.member_logits(x)  # [M, n, K]
+        ens = run.surrogate
+        assert isinstance(ens, Ensemble)
+        w = ens.weights.to(logits.device)
+        if bool((w == w[0]).all()):
+            return run.objective(logits.sum(0))
+        return run.objective((len(w) * w.view(-1, 1, 1) * logits).sum(0))
+
     def gradient(self, run: AttackRun, x: torch.Tensor, x_adv: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
         z = x_adv
         if self.flatness:
             r = self.eps / 15 if self.reverse_step is None else self.reverse_step
-            g = self.input_gradient(run, z)
+            g = self.input_gradient(run, z, lambda u: self.reverse_objective(run, u))
             z = x + self.project(x, z - x - r * g.sign())
         if not self.cse:
             return self.transform_gradient(run, self.input_gradient(run, z))
-        inner = torch.zeros_like(z)
+        inner = state.get("inner_momentum") if self.carry_inner_momentum else None
+        if inner is None:
+            inner = torch.zeros_like(z)
         for k in range(run.n_members):
             gk = self.input_gradient(run, z, _member_objective(run, k))
             inner = self.inner_decay * inner + gk / (_l2(gk) + _TINY)
             z = x + self.project(x, z - x + self.beta * inner)
+        state["inner_momentum"] = inner
         return self.transform_gradient(run, z - x_adv)
+
+    def direction(self, g: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
+        if self.outer_norm == "example":
+            return super().direction(g, state)
+        g = g / (g.abs().mean() + _TINY)  # one scale for the whole batch (the authors' end_attack)
+        prev = state.get("momentum")
+        m = g if prev is None else g + self.decay * prev
+        state["momentum"] = m
+        return m
+
+
+def agm_ratio(cross: torch.Tensor, mode: str = "code", targeted: bool = False) -> torch.Tensor:
+    """AdaEA's adversarial ratio ``rho`` per member from the cross losses ``cross[k, j] = L_j(x_k)``.
+
+    ``x_k`` is member ``k``'s one-step example and ``L_j`` member ``j``'s loss. ``cross`` is
+    ``[M, M, n]`` (per example) or ``[M, M]`` (batch-mean losses).
+
+    * ``"code"`` (the authors' ``AdaEA_Base.agm``): ``rho_k = sum_{i != k} L_i(x_k) / L_i(x_i)``;
+      each other member's loss is measured relative to that member's loss on its *own* example.
+    * ``"own"``: ``rho_k = mean_{j != k} L_j(x_k) / L_k(x_k)`` (relative to the crafting member's
+      own loss; this package's rule before issue 15).
+
+    Targeted attacks invert each ratio (losses are to the target, so smaller is better).
+
+    Returns:
+        ``rho`` of shape ``[M, n]`` (or ``[M]``).
+    """
+    n_m = cross.shape[0]
+    c = cross.clamp_min(1e-12)
+    own = c.diagonal(dim1=0, dim2=1)  # [n, M] or [M]: L_k(x_k)
+    own = own.T if own.dim() == 2 else own  # [M, n] or [M]
+    off = ~torch.eye(n_m, dtype=torch.bool, device=cross.device)
+    off = off.view(n_m, n_m, *([1] * (cross.dim() - 2))).to(c.dtype)
+    if mode == "code":
+        ratio = c / own.unsqueeze(0)  # [k, i]: L_i(x_k) / L_i(x_i)
+        if targeted:
+            ratio = 1.0 / ratio
+        return (ratio * off).sum(1)
+    if mode == "own":
+        ratio = c / own.unsqueeze(1)  # [k, j]: L_j(x_k) / L_k(x_k)
+        if targeted:
+            ratio = 1.0 / ratio
+        return (ratio * off).sum(1) / (n_m - 1)
+    raise RobustEnsError(f"agm_ratio mode must be one of {AGM_RATIOS}, got {mode!r}")
+
+
+def drf_similarity(grads: Sequence[torch.Tensor], mode: str = "code") -> torch.Tensor:
+    """AdaEA's disparity map ``[n, 1, H, W]``: how much the members' gradients agree per pixel.
+
+    ``s_ij`` is the cosine similarity across channels of members ``i`` and ``j``'s gradients and
+    ``m_i = mean_{j != i} s_ij`` member ``i``'s mean agreement.
+
+    * ``"code"`` (the authors' ``AdaEA_Base.drf``): ``sum_{i < M-1} m_i / M``: the loop there
+      fills the map of every member but the last, then averages over all ``M`` entries;
+    * ``"pairs"``: the mean of ``s_ij`` over all pairs (``sum_i m_i / M``; this package's rule
+      before issue 15).
+    """
+    n_m = len(grads)
+    unit = [F.normalize(g, dim=1, eps=1e-12) for g in grads]
+    sim = {(i, j): (unit[i] * unit[j]).sum(1, keepdim=True) for i in range(n_m) for j in range(i + 1, n_m)}
+    if mode == "pairs":
+        return torch.stack(list(sim.values())).mean(0)
+    if mode != "code":
+        raise RobustEnsError(f"drf mode must be one of {DRF_MODES}, got {mode!r}")
+    per_member = [torch.stack([sim[min(i, j), max(i, j)] for j in range(n_m) if j != i]).mean(0)
+                  for i in range(n_m - 1)]
+    return torch.stack(per_member).sum(0) / n_m
 
 
 @register_attack("adaea", family="ensemble", ensemble_only=True)
@@ -292,21 +433,34 @@ class AdaEA(MIFGSM):
     r"""AdaEA: adaptive ensemble weights (AGM) and a disparity-reduced gradient filter (DRF).
 
     Paper: Chen et al., "An Adaptive Model Ensemble Adversarial Attack for Boosting Adversarial
-    Transferability", ICCV 2023 (https://arxiv.org/abs/2308.02897).
+    Transferability", ICCV 2023 (https://arxiv.org/abs/2308.02897). Authors' code: CHENBIN99/AdaEA,
+    ``attack/AdaEA_Base.py`` (``agm``, ``drf``), ``attack/AdaEA_MIFGSM.py`` (``attack``) and the
+    command-line defaults in ``utils/args.py``.
 
     Each step, from every member's gradient ``g_k`` at ``x_adv``:
 
     * AGM: member ``k``'s one-step example ``x_k = x_adv + alpha * sign(g_k)`` (projected) is
-      scored by its adversarial ratio ``rho_k = mean_{j != k} L_j(x_k) / L_k(x_k)`` (how well it
-      transfers to the other members); the logits are fused with weights ``softmax(beta * rho)``;
-    * DRF: the fused gradient is zeroed at pixels where the members' gradients disagree: the mean
-      pairwise cosine similarity across channels is below ``threshold``;
+      scored by its adversarial ratio ``rho_k`` (how well it transfers to the other members, see
+      :func:`agm_ratio`); the logits are fused with weights ``softmax(beta * rho)``;
+    * DRF: the fused gradient is zeroed at pixels where the members' gradients disagree: the
+      similarity map of :func:`drf_similarity` is below ``threshold``;
     * then an MI-FGSM update.
 
-    Departures: weights are computed per example (the reference code uses batch-mean losses, so
-    an example's weights depend on its batch); for targeted attacks the ratio is inverted
-    (``L_k(x_k) / L_j(x_k)``, losses to the target) so that a larger ratio still means better
-    transfer; the DRF similarity is the mean over all member pairs.
+    Fidelity switches (defaults follow the authors' code unless batch independence says
+    otherwise; the paper's full text was not available when these were checked):
+
+    * ``decay`` (default 0.9) and ``threshold`` (default -0.3): the defaults of ``utils/args.py``
+      (``--momentum 0.9``, ``--threshold -0.3``), which ``utils/get_attack.py`` passes to
+      ``AdaEA_MIFGSM``. Before issue 15 this package used 1.0 and 0.
+    * ``init_noise`` (default 0.001): ``AdaEA_MIFGSM.attack`` starts from
+      ``x + 0.001 * N(0, 1)`` (drawn here from the attack's generator); 0 starts at ``x``.
+    * ``agm_ratio`` (default ``"code"``) and ``drf`` (default ``"code"``): the ratio and the
+      disparity map exactly as the authors compute them; ``"own"`` and ``"pairs"`` are this
+      package's earlier readings (see :func:`agm_ratio`, :func:`drf_similarity`).
+    * ``agm_reduction`` (default ``"example"``, our choice for batch independence): AGM weights
+      per example. ``"batch"`` uses batch-mean losses as the authors do, so the weights (and an
+      example's result) depend on the rest of the batch.
+    * Targeted attacks (not in the authors' code) invert the ratio so larger still means better.
 
     Cost per step: M forwards and 2M backwards, plus M x M forwards (no gradient) for AGM.
 
@@ -316,9 +470,13 @@ class AdaEA(MIFGSM):
         eps: Maximum perturbation (default 16/255, the paper).
         alpha: Step size (default 1.6/255).
         steps: Iterations (default 10).
-        decay: Momentum (default 1.0).
+        decay: Momentum (default 0.9, the authors' code).
         beta: AGM temperature (default 10).
-        threshold: DRF cosine-similarity threshold (default 0).
+        threshold: DRF similarity threshold (default -0.3, the authors' code).
+        init_noise: Standard deviation of the Gaussian start (default 0.001).
+        agm_ratio: ``"code"`` (default) or ``"own"``.
+        drf: ``"code"`` (default) or ``"pairs"``.
+        agm_reduction: ``"example"`` (default) or ``"batch"``.
         random_start: Random start (default False).
         transforms: Extra parts (SGM; input transforms are not applied by AdaEA).
 
@@ -327,15 +485,20 @@ class AdaEA(MIFGSM):
         >>> from robust_ens import models, Ensemble
         >>> from robust_ens.attacks import AdaEA
         >>> ens = Ensemble([models.create("small_cnn", in_chans=1) for _ in range(3)])
-        >>> res = AdaEA(steps=2)(ens, torch.rand(2, 1, 8, 8), torch.tensor([1, 2]))
+        >>> res = AdaEA(steps=2)(ens, torch.rand(2, 1, 8, 8), torch.tensor([1, 2]), seed=0)
         >>> res.cost.forward, res.cost.backward  # per step: 3 + 3 x 3 forwards, 2 x 3 backwards
         (24.0, 12.0)
     """
 
     ensemble_only = True
     norms = ("Linf",)
+    code_version = 2  # issue 15: the authors' ratio, map, momentum, threshold and start by default
     beta: float
     threshold: float
+    init_noise: float
+    agm_ratio: str
+    drf: str
+    agm_reduction: str
 
     def __init__(
         self,
@@ -343,9 +506,13 @@ class AdaEA(MIFGSM):
         eps: float = 16 / 255,
         alpha: float = 1.6 / 255,
         steps: int = 10,
-        decay: float = 1.0,
+        decay: float = 0.9,
         beta: float = 10.0,
-        threshold: float = 0.0,
+        threshold: float = -0.3,
+        init_noise: float = 0.001,
+        agm_ratio: str = "code",
+        drf: str = "code",
+        agm_reduction: str = "example",
         random_start: bool = False,
         norm: str = "Linf",
         transforms: Sequence[Part] = (),
@@ -354,8 +521,24 @@ class AdaEA(MIFGSM):
             raise RobustEnsError(f"beta (the AGM temperature) must be >= 0, got {beta!r}")
         if not -1 <= threshold <= 1:
             raise RobustEnsError(f"threshold (a cosine similarity) must be in [-1, 1], got {threshold!r}")
+        if not init_noise >= 0:
+            raise RobustEnsError(f"init_noise (a standard deviation) must be >= 0, got {init_noise!r}")
+        if agm_ratio not in AGM_RATIOS:
+            raise RobustEnsError(f"agm_ratio must be one of {AGM_RATIOS}, got {agm_ratio!r}")
+        if drf not in DRF_MODES:
+            raise RobustEnsError(f"drf must be one of {DRF_MODES}, got {drf!r}")
+        if agm_reduction not in AGM_REDUCTIONS:
+            raise RobustEnsError(f"agm_reduction must be one of {AGM_REDUCTIONS}, got {agm_reduction!r}")
         super().__init__(eps=eps, alpha=alpha, steps=steps, decay=decay, random_start=random_start, norm=norm,
-                         transforms=transforms, beta=float(beta), threshold=float(threshold))
+                         transforms=transforms, beta=float(beta), threshold=float(threshold),
+                         init_noise=float(init_noise), agm_ratio=str(agm_ratio), drf=str(drf),
+                         agm_reduction=str(agm_reduction))
+
+    def init_delta(self, run: AttackRun, x: torch.Tensor) -> torch.Tensor:
+        if self.random_start or self.init_noise == 0:
+            return super().init_delta(run, x)
+        # the authors' start: small Gaussian noise, not clipped to the box for the first gradient
+        return (self.init_noise * run.randn_like(x)).clamp(-self.eps, self.eps)
 
     def gradient(self, run: AttackRun, x: torch.Tensor, x_adv: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
         n_m, n = run.n_members, x_adv.shape[0]
@@ -373,22 +556,17 @@ class AdaEA(MIFGSM):
                     xk = x + self.project(x, x_adv - x + self.step_size * grads[k].sign())
                     for j in range(n_m):
                         cross[k, j] = F.cross_entropy(run.member_logit(j, xk), run.labels, reduction="none")
-                own = cross.diagonal(dim1=0, dim2=1).T.clamp_min(1e-12)  # [M, n]: L_k(x_k)
-                off = ~torch.eye(n_m, dtype=torch.bool, device=x.device)
-                if run.targeted:
-                    ratio = own.unsqueeze(1) / cross.clamp_min(1e-12)
+                if self.agm_reduction == "batch":
+                    rho = agm_ratio(cross.mean(-1), self.agm_ratio, run.targeted).unsqueeze(-1).expand(n_m, n)
                 else:
-                    ratio = cross / own.unsqueeze(1)
-                rho = (ratio * off.unsqueeze(-1)).sum(1) / (n_m - 1)  # [M, n]
-                w = torch.softmax(self.beta * rho, dim=0)  # per example
+                    rho = agm_ratio(cross, self.agm_ratio, run.targeted)  # [M, n]
+                w = torch.softmax(self.beta * rho, dim=0)
             fused = (w.unsqueeze(-1) * logits).sum(0)
             g = torch.autograd.grad(run.objective(fused).sum(), xg)[0]
             run.count_backward(n * n_m)
         # DRF: keep pixels where the members' gradient directions agree
-        unit = [F.normalize(gk, dim=1, eps=1e-12) for gk in grads]
-        sims = [(unit[i] * unit[j]).sum(1, keepdim=True) for i in range(n_m) for j in range(i + 1, n_m)]
-        sim = torch.stack(sims).mean(0)
+        sim = drf_similarity(grads, self.drf)
         return self.transform_gradient(run, g * (sim >= self.threshold).to(g.dtype))
 
 
-__all__ = ["CWA", "FUSIONS", "SVRE", "AdaEA", "Ens"]
+__all__ = ["CWA", "FUSIONS", "SVRE", "AdaEA", "Ens", "agm_ratio", "drf_similarity"]

@@ -3,14 +3,20 @@
 Paper: Gubri et al., "LGV: Boosting Adversarial Example Transferability from Large Geometric
 Vicinity", ECCV 2022 (https://arxiv.org/abs/2207.13129).
 
+Authors' code: Framartin/lgv-geometric-transferability (``lgv/imagenet/train_cSGD.sh`` and
+``train_swag_imagenet.py`` for the collection, ``attack_csgld_pgd_torch.py`` with
+``utils/attacks.py`` ``ExtendedProjectedGradientDescentPyTorch`` for the attack,
+``lgv/imagenet/attack_inter_arch.sh`` for the settings).
+
 Two parts:
 
 * :func:`lgv_collect` fine-tunes a copy of a trained model with SGD at a constant high learning
-  rate (paper: 4 epochs at 2x the original initial rate, 4 collected weights per epoch) and returns
-  the collected models as an :class:`~robust_ens.Ensemble`;
-* :class:`LGV` (registered ``"lgv"``) is I-FGSM where every iteration attacks one collected model,
-  visiting them in a random order that is reshuffled after each cycle (paper: 50 iterations,
-  alpha = eps / 10).
+  rate (authors: 10 epochs at 0.05 for an ImageNet ResNet-50, momentum 0.9, weight decay 1e-4,
+  4 collected weights per epoch) and returns the collected models as an
+  :class:`~robust_ens.Ensemble`;
+* :class:`LGV` (registered ``"lgv"``) is I-FGSM where every iteration attacks one collected model
+  (authors: 50 iterations, alpha = eps / 10), visiting them in one random order repeated cyclically
+  (``reshuffle=True`` draws a new order for every cycle).
 
 Example:
     >>> import torch
@@ -49,7 +55,7 @@ def lgv_collect(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    epochs: int = 4,
+    epochs: int = 10,
     samples_per_epoch: int = 4,
     lr: float = 0.05,
     momentum: float = 0.9,
@@ -67,9 +73,11 @@ def lgv_collect(
         model: The trained surrogate.
         x: Training images.
         y: Training labels.
-        epochs: Epochs of collection (paper: 4).
-        samples_per_epoch: Weights collected per epoch (paper: 4).
-        lr: Constant learning rate (paper: 2x the original initial rate; 0.05 for ImageNet ResNet-50).
+        epochs: Epochs of collection (default 10: ``EPOCHS=10`` in the authors'
+            ``lgv/imagenet/train_cSGD.sh``; this package used 4 before issue 15).
+        samples_per_epoch: Weights collected per epoch (authors: ``--swa_freq=4``).
+        lr: Constant learning rate (authors: ``LR=0.05`` for ImageNet ResNet-50 at batch 256;
+            choose it relative to the model's own training rate for other setups).
         momentum: SGD momentum.
         weight_decay: SGD weight decay.
         batch_size: Batch size.
@@ -111,12 +119,20 @@ class LGV(Attack):
     Vicinity", ECCV 2022 (https://arxiv.org/abs/2207.13129). Build the surrogate with
     :func:`lgv_collect` (any Ensemble works).
 
+    Order of the models (``reshuffle``, default False, the authors' code): the authors shuffle the
+    list of collected models once (``--shuffle`` in ``attack_csgld_pgd_torch.py``) and iteration
+    ``t`` attacks model ``t mod M`` of that list (``ExtendedProjectedGradientDescentPyTorch``),
+    so the order repeats every ``M`` iterations. Here the permutation is drawn once per call from
+    the attack's generator; ``reshuffle=True`` draws a new one after every cycle (this package's
+    behaviour before issue 15).
+
     Distance measure: Linf (L2 accepted).
 
     Args:
         eps: Maximum perturbation (default 4/255, the paper's ImageNet budget).
         alpha: Step size (default ``None``: eps / 10).
         steps: Iterations (default 50).
+        reshuffle: New random order after every cycle over the models (default False).
         random_start: Random start (default False).
         norm: ``"Linf"`` or ``"L2"``.
         transforms: Extra parts (DI, SI, TI, SGM).
@@ -128,6 +144,8 @@ class LGV(Attack):
     """
 
     ensemble_only = True
+    code_version = 2  # issue 15: one random order repeated cyclically by default
+    reshuffle: bool
 
     def __init__(
         self,
@@ -135,19 +153,26 @@ class LGV(Attack):
         eps: float = 4 / 255,
         alpha: float | None = None,
         steps: int = 50,
+        reshuffle: bool = False,
         random_start: bool = False,
         norm: str = "Linf",
         transforms: Sequence[Part] = (),
     ) -> None:
         super().__init__(eps=eps, alpha=alpha, steps=steps, random_start=random_start, norm=norm,
-                         transforms=transforms)
+                         transforms=transforms, reshuffle=bool(reshuffle))
+
+    def member_order(self, run: AttackRun, state: dict[str, Any]) -> int:
+        """The member attacked at this iteration (``state`` keeps the permutation between steps)."""
+        t = int(state.get("t", 0))
+        m = run.n_members
+        if "perm" not in state or (self.reshuffle and t % m == 0 and t > 0):
+            dev = run.generator.device
+            state["perm"] = torch.randperm(m, generator=run.generator, device=dev).tolist()
+        perm: list[int] = state["perm"]
+        return perm[t % m]
 
     def gradient(self, run: AttackRun, x: torch.Tensor, x_adv: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
-        order: list[int] = state.setdefault("order", [])
-        if not order:
-            dev = run.generator.device
-            order.extend(torch.randperm(run.n_members, generator=run.generator, device=dev).tolist())
-        k = order.pop(0)
+        k = self.member_order(run, state)
         g = self.input_gradient(run, x_adv, lambda z: run.objective(run.member_logit(k, z)))
         return self.transform_gradient(run, g)
 

@@ -182,11 +182,28 @@ class SGM(ModelHook):
     branch is down-weighted by ``gamma`` overall (the authors take ``sqrt(gamma)`` on the two
     ReLUs of a bottleneck, ``gamma`` on the one of a basic block). Residual blocks are found as
     modules owning a ``shortcut`` or ``downsample`` attribute (robust-ens, torchvision and timm
-    ResNets). Departure: the authors' code also rescales block gradients by their batch std to
-    avoid overflow; sign-based updates do not need it, so it is left out.
+    ResNets).
+
+    Authors' code: csdongxian/skip-connections-matter, ``utils_sgm.py``
+    ``register_hook_for_resnet`` (and ``attack_sgm.py``, whose README runs ``--gamma 0.2`` on
+    ResNet/DenseNet-201 and 0.5 on ResNet-152; the argparse default is 0.5). Compared with it:
+
+    * ``decay_first_block`` (default False, the authors' code): the authors hook every module
+      named ``*relu*`` except those whose name contains ``0.relu``, so the first block of every
+      stage (``layer1.0``, ``layer2.0``, ...; the blocks with the projection shortcut) keeps
+      its full residual gradient. Here the first block of a stage is the one whose module name
+      ends in ``.0``; ``decay_first_block=True`` decays every block (this package's behaviour
+      before issue 15). The name pattern also skips blocks ``10``, ``20``, ... of a stage with
+      more than ten blocks (ResNet-152's ``layer3``), an accident of the pattern not reproduced.
+    * The authors also scale the ReLU after the addition (torchvision reuses one ReLU module in
+      a block) and the stem ReLU by the same factor, and divide each block's gradient by its
+      standard deviation over the whole batch to avoid overflow. All of these multiply the
+      whole gradient by one positive number, which changes neither a sign step nor an
+      L1-normalized momentum, so they are left out (and the result stays batch independent).
 
     Args:
         gamma: Residual-gradient decay in (0, 1] (default 0.2; 1 = no effect).
+        decay_first_block: Also decay the first block of every stage (default False).
 
     Example:
         >>> from robust_ens.attacks import MIFGSM, SGM
@@ -194,14 +211,26 @@ class SGM(ModelHook):
         (SGM(gamma=0.2),)
     """
 
-    def __init__(self, *, gamma: float = 0.2) -> None:
+    def __init__(self, *, gamma: float = 0.2, decay_first_block: bool = False) -> None:
         if not 0 < gamma <= 1:
             raise RobustEnsError(f"gamma must be in (0, 1], got {gamma!r}")
         self.gamma = float(gamma)
+        self.decay_first_block = bool(decay_first_block)
+
+    def decayed_blocks(self, model: nn.Module) -> list[str]:
+        """Names of the residual blocks of ``model`` whose branch gradient SGM decays."""
+        names = {id(m): n for n, m in model.named_modules()}
+        blocks = [names[id(b)] for b in _residual_blocks(model)]
+        if self.decay_first_block:
+            return blocks
+        return [n for n in blocks if n.rsplit(".", 1)[-1] != "0"]
 
     def attach(self, model: nn.Module) -> list[Any]:
-        blocks = _residual_blocks(model)
-        if not blocks:
+        all_blocks = _residual_blocks(model)
+        keep = set(self.decayed_blocks(model))
+        names = {id(m): n for n, m in model.named_modules()}
+        blocks = [b for b in all_blocks if names[id(b)] in keep]
+        if not all_blocks:
             warnings.warn(
                 f"SGM found no residual blocks in {type(model).__name__}; it has no effect on this surrogate",
                 stacklevel=4,

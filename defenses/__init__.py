@@ -60,6 +60,8 @@ TIERS = ("small", "full")
 DEFAULT_TIER = "full"
 _TOP_KEYS = ("train_n", "eval_n")
 _SECTIONS = ("train", "defense", "warmup")
+PACKED_KEY = "packed"  # [tier.packed]: settings for packed:<arch> ensembles (shared weights)
+MEAN_OF_MEMBERS = "mean_of_members"  # [tier.packed] flag, see member_mean_config
 
 __all__ = [
     "DEFENSES",
@@ -74,6 +76,7 @@ __all__ = [
     "linf_pgd",
     "list_defenses",
     "load_recipe",
+    "member_mean_config",
     "mean_gradient_cosine",
     "resolve_recipe",
     "train_defense",
@@ -110,23 +113,42 @@ def _normalize(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
     out: dict[str, Any] = {s: dict(raw.get(s, {})) for s in _SECTIONS}
     for k in _TOP_KEYS:
         out[k] = raw.get(k)
-    unknown = set(raw) - set(_SECTIONS) - set(_TOP_KEYS)
+    out[PACKED_KEY] = _flatten_packed(raw.get(PACKED_KEY, {}), where)
+    unknown = set(raw) - set(_SECTIONS) - set(_TOP_KEYS) - {PACKED_KEY}
     if unknown:
         raise RobustEnsError(
             f"recipe {where} has unknown key(s) {sorted(unknown)}; a tier holds {list(_TOP_KEYS)} and the "
-            f"tables {list(_SECTIONS)}"
+            f"tables {[*_SECTIONS, PACKED_KEY]}"
         )
     return out
 
 
+def _flatten_packed(table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``[tier.packed]`` (and ``[tier.packed.warmup]``) as flat override names (``lr``, ``warmup.lr``)."""
+    flat: dict[str, Any] = {}
+    for k, v in dict(table).items():
+        if isinstance(v, Mapping):
+            if k != "warmup":
+                raise RobustEnsError(f"recipe {where}: [packed] may hold options and a [packed.warmup] table, not {k!r}")
+            flat.update({f"warmup.{wk}": wv for wk, wv in v.items()})
+        else:
+            flat[k] = v
+    return flat
+
+
 def resolve_recipe(
-    name: str, recipe: str | Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None
+    name: str, recipe: str | Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None,
+    *, packed: bool = False,
 ) -> dict[str, Any]:
     """Recipe tier (name, dict or ``None`` = ``"full"``) with flat ``overrides`` routed to their section.
 
     An override key is a :class:`~robust_ens.train.TrainConfig` field (goes to ``train``), a
     hyperparameter of the defense (goes to ``defense``), ``train_n``/``eval_n``, or
     ``warmup.<field>`` (DVERGE's warm-up recipe). Unknown keys raise listing all of them.
+
+    With ``packed=True`` (a ``packed:<arch>`` ensemble) the tier's ``[tier.packed]`` table is
+    applied first, as overrides in the same form, then ``overrides``: the settings where the
+    papers' independent-member recipes do not carry over to shared weights.
     """
     spec = DEFENSES.get(name)
     if recipe is None or isinstance(recipe, str):
@@ -142,6 +164,12 @@ def resolve_recipe(
         rec["tier"] = str(recipe.get("tier", "custom"))
     else:
         raise RobustEnsError(f"recipe must be a tier name {TIERS}, a dict or None, got {type(recipe).__name__}")
+    if packed and rec.get(PACKED_KEY):
+        table = dict(rec[PACKED_KEY])
+        mean = bool(table.pop(MEAN_OF_MEMBERS, False))
+        rec = _route(spec, rec, table, f"{name}:{rec.get('tier')}.packed")
+        rec["packed_applied"] = True
+        rec[MEAN_OF_MEMBERS] = mean
     if overrides:
         rec = _route(spec, rec, overrides, "overrides")
     return rec
@@ -149,7 +177,7 @@ def resolve_recipe(
 
 def _route(spec: DefenseSpec, base: Mapping[str, Any], flat: Mapping[str, Any], where: str) -> dict[str, Any]:
     rec: dict[str, Any] = {s: dict(base.get(s, {})) for s in _SECTIONS}
-    for k in (*_TOP_KEYS, "tier"):
+    for k in (*_TOP_KEYS, "tier", PACKED_KEY, "packed_applied", MEAN_OF_MEMBERS):
         if k in base:
             rec[k] = base[k]
     train_fields = [f.name for f in dataclasses.fields(TrainConfig)]
@@ -171,6 +199,23 @@ def _route(spec: DefenseSpec, base: Mapping[str, Any], flat: Mapping[str, Any], 
     for k in _TOP_KEYS:
         rec.setdefault(k, None)
     return rec
+
+
+def member_mean_config(cfg: TrainConfig, n_members: int) -> TrainConfig:
+    """Rates for shared weights: train on the *mean* of the members' losses, as TabM does.
+
+    Every defense's loss sums over members, so a weight shared by M members gets M members'
+    gradients. Optimizing ``sum / M`` at the recipe's rate and weight decay is the same as
+    optimizing the sum with SGD at ``lr / M`` and ``weight_decay * M``, and with Adam (invariant
+    to the loss scale; coupled L2) at ``lr`` and ``weight_decay * M``; AdamW's decoupled decay
+    needs no change. ``[tier.packed] mean_of_members = true`` turns this on.
+    """
+    m = max(1, int(n_members))
+    if cfg.optimizer == "sgd":
+        return cfg.replace(lr=cfg.lr / m, weight_decay=cfg.weight_decay * m)
+    if cfg.optimizer == "adam":
+        return cfg.replace(weight_decay=cfg.weight_decay * m)
+    return cfg
 
 
 def _train_config(values: Mapping[str, Any], seed: int) -> TrainConfig:
@@ -292,64 +337,98 @@ def train_defense(
 
     spec = DEFENSES.get(name)
     check_members(name, n_members, spec.min_members)
-    rec = resolve_recipe(name, recipe, overrides)
+    packed = _is_packed(arch, init)
+    rec = resolve_recipe(name, recipe, overrides, packed=packed)
     if epochs is not None:
         rec["train"]["epochs"] = int(epochs)
     if train_n is not None:
         rec["train_n"] = int(train_n)
     cfg = _train_config(rec["train"], seed)
+    member_mean = packed and bool(rec.get(MEAN_OF_MEMBERS))
+    if member_mean:
+        cfg = member_mean_config(cfg, n_members)
     params = make_params(spec.params_cls, rec["defense"], name)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(out_dir) if out_dir is not None else None
     record = _record(name, rec, cfg, params, arch if init is None else "init", n_members, dataset, init)
+    if packed:
+        record["packed_recipe"] = bool(rec.get("packed_applied"))
+        record["mean_of_members"] = member_mean
 
     ds = data.info(dataset, data_root)
-    if out is not None and all((out / f"member{i}.json").is_file() for i in range(n_members)):
-        loaded = [models.load_checkpoint(out / f"member{i}", device=dev) for i in range(n_members)]
-        if all(m.checkpoint.get("recipe") == record for m in loaded):  # type: ignore[union-attr]
+    if out is not None:
+        done = _load_finished(out, n_members, record, dev, packed)
+        if done is not None:
             log.info("%s ensemble already trained in %s; loading it", name, out)
-            ens = Ensemble(loaded)
-            ens.record = record  # type: ignore[assignment]
-            return ens
+            return done
 
     xtr, ytr = data.load_uint8(dataset, "train", root=data_root, progress=progress)
     idx = data.subset_indices(ytr, rec.get("train_n"), seed=seed)
     xtr, ytr = xtr[idx], ytr[idx]
 
     t0 = time.perf_counter()
+    packed_ens: Ensemble | None = None  # a PackedEnsemble: one network, members are views of it
+    warmup_seconds = 0.0
     if init is None:
         kw = dict(spec.arch_kwargs(params)) if spec.arch_kwargs else {}
-        family = models.MODELS.meta(arch).get("family") if arch in models.MODELS else None
+        base = arch[len(_PACKED) :] if packed else arch
+        family = models.MODELS.meta(base).get("family") if base in models.MODELS else None
         if kw and family != "cifar_resnet":
             log.warning("%s: architecture %r has no %s option; building it without", name, arch, sorted(kw))
             kw = {}
         kw.update(arch_kwargs or {})
         members: list[nn.Module] = []
-        for i in range(n_members):
-            torch.manual_seed(seed + i)
-            members.append(models.create(arch, num_classes=ds.num_classes, in_chans=ds.in_chans,
-                                         mean=ds.mean, std=ds.std, **kw))
+        if packed:
+            torch.manual_seed(seed)
+            packed_ens = models.create(arch, members=n_members, num_classes=ds.num_classes,  # type: ignore[assignment]
+                                       in_chans=ds.in_chans, mean=ds.mean, std=ds.std, **kw)
+            assert packed_ens is not None
+            members = list(packed_ens.members)
+        else:
+            for i in range(n_members):
+                torch.manual_seed(seed + i)
+                members.append(models.create(arch, num_classes=ds.num_classes, in_chans=ds.in_chans,
+                                             mean=ds.mean, std=ds.std, **kw))
         if spec.warm_start and rec["warmup"]:
             wcfg = _train_config(rec["warmup"], seed)
+            if member_mean:
+                wcfg = member_mean_config(wcfg, n_members)
             log.info("%s: baseline warm-up of %d epochs before the defense (init=None)", name, wcfg.epochs)
-            _train_independent(
-                members, xtr, ytr, wcfg, seed=seed, device=dev,
-                state_root=(out / "warmup") if out is not None else None, progress=progress,
-                stop_after_epoch=None, desc=f"{name}-warmup",
-            )
+            tw = time.perf_counter()
+            if packed_ens is not None:  # shared weights: the members' joint cross-entropy, one loop
+                base_spec = DEFENSES.get("baseline")
+                fit({"packed": packed_ens}, base_spec.make_step(members, base_spec.params_cls(), wcfg), xtr, ytr, wcfg,
+                    device=dev, state_dir=(out / "warmup") if out is not None else None, progress=progress,
+                    desc=f"{name}-warmup")
+            else:
+                _train_independent(
+                    members, xtr, ytr, wcfg, seed=seed, device=dev,
+                    state_root=(out / "warmup") if out is not None else None, progress=progress,
+                    stop_after_epoch=None, desc=f"{name}-warmup",
+                )
+            warmup_seconds = time.perf_counter() - tw
+    elif packed:
+        packed_ens = _init_packed(init, n_members)
+        members = list(packed_ens.members)
     else:
         members = _init_members(init, n_members, dev)
 
     history: list[dict[str, float]]
-    if spec.independent:
+    td = time.perf_counter()
+    if spec.independent and packed_ens is None:
         rows = _train_independent(
             members, xtr, ytr, cfg, seed=seed, device=dev, state_root=out, progress=progress,
             stop_after_epoch=stop_after_epoch, desc=name,
         )
         history = rows
         finished = all(r["epochs_done"] == cfg.epochs for r in rows)
+        epochs_run = sum(r["epochs_done"] for r in rows) / max(1, len(rows))
     else:
-        modules = {f"member{i}": m for i, m in enumerate(members)}
+        # A packed ensemble is one module (its members share the weights, so they must not
+        # enter the optimizer M times); the defense's step sees its members like any others.
+        modules: dict[str, nn.Module] = (
+            {"packed": packed_ens} if packed_ens is not None else {f"member{i}": m for i, m in enumerate(members)}
+        )
         step = spec.make_step(members, params, cfg)
         res = fit(
             modules, step, xtr, ytr, cfg, device=dev,
@@ -358,10 +437,12 @@ def train_defense(
         )
         history = res.history
         finished = len(res.history) == cfg.epochs
+        epochs_run = float(len(res.history) - (res.resumed_from or 0))
+    defense_seconds = time.perf_counter() - td
     seconds = time.perf_counter() - t0
     for m in members:
         m.eval()
-    ens = Ensemble(members)
+    ens = packed_ens if packed_ens is not None else Ensemble(members)
     ens.history = history  # type: ignore[assignment]
     ens.record = record  # type: ignore[assignment]
     if not finished:
@@ -374,17 +455,105 @@ def train_defense(
         tidx = data.subset_indices(yte, int(eval_n), seed=0)
         xte, yte = xte[tidx], yte[tidx]
     member_acc = [accuracy(m, xte, yte) for m in members]
-    ens_acc = accuracy(Ensemble(members, precision="fp32"), xte, yte, device=dev)
+    fp32 = _fp32_view(ens, members)
+    ens_acc = accuracy(fp32, xte, yte, device=dev)
     metrics = {"test_acc": ens_acc, "member_test_acc": member_acc, "eval_n": len(yte), "train_n": len(ytr),
-               "train_seconds": seconds}
+               "train_seconds": seconds, **_cost(fp32, xte, dev, defense_seconds, epochs_run, warmup_seconds, rec)}
     log.info("%s: ensemble test acc %.4f, members %s (%d test images, %.0f s)", name, ens_acc,
              [round(a, 4) for a in member_acc], len(yte), seconds)
     ens.metrics = metrics  # type: ignore[assignment]
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        for i, m in enumerate(members):
-            models.save_checkpoint(m, out / f"member{i}", dataset=dataset, recipe=record,
-                                   metrics={**metrics, "member": i, "member_test_acc": member_acc[i]})
+        if packed_ens is not None:
+            models.save_checkpoint(packed_ens, out / "packed", dataset=dataset, recipe=record, metrics=metrics)
+        else:
+            for i, m in enumerate(members):
+                models.save_checkpoint(m, out / f"member{i}", dataset=dataset, recipe=record,
+                                       metrics={**metrics, "member": i, "member_test_acc": member_acc[i]})
         (out / "summary.json").write_text(json.dumps(
             {"record": record, "metrics": metrics, "history": history}, indent=2, default=float) + "\n")
     return ens
+
+
+_PACKED = "packed:"
+
+
+def _is_packed(arch: str, init: Any) -> bool:
+    """Whether ``train_defense`` trains a packed ensemble (``packed:<arch>``, or one given as ``init``)."""
+    from robust_ens.models.packed import PackedEnsemble
+
+    if init is not None:
+        return isinstance(init, PackedEnsemble) or (
+            isinstance(init, str | Path) and (Path(init) / "packed.json").is_file()
+        )
+    return arch.startswith(_PACKED)
+
+
+def _init_packed(init: Any, n_members: int) -> Ensemble:
+    from robust_ens import models
+    from robust_ens.models.packed import PackedEnsemble
+
+    ens = init if isinstance(init, PackedEnsemble) else models.load_checkpoint(Path(init) / "packed")
+    if not isinstance(ens, PackedEnsemble) or len(ens) != n_members:
+        raise RobustEnsError(f"init holds a packed ensemble of {len(ens)} members but n_members={n_members}")  # type: ignore[arg-type]
+    return copy.deepcopy(ens)  # never train the caller's module in place
+
+
+def _load_finished(out: Path, n_members: int, record: Mapping[str, Any], dev: torch.device,
+                   packed: bool) -> Ensemble | None:
+    """The ensemble of a finished run in ``out`` with the same record, else ``None``."""
+    from robust_ens import models
+
+    ens: Ensemble
+    if packed:
+        if not (out / "packed.json").is_file():
+            return None
+        loaded = models.load_checkpoint(out / "packed", device=dev)
+        if not isinstance(loaded, Ensemble) or loaded.checkpoint.get("recipe") != record:  # type: ignore[union-attr]
+            return None
+        ens = loaded
+    else:
+        if not all((out / f"member{i}.json").is_file() for i in range(n_members)):
+            return None
+        members = [models.load_checkpoint(out / f"member{i}", device=dev) for i in range(n_members)]
+        if not all(m.checkpoint.get("recipe") == record for m in members):  # type: ignore[union-attr]
+            return None
+        ens = Ensemble(members)
+    ens.record = dict(record)  # type: ignore[assignment]
+    return ens
+
+
+def _fp32_view(ens: Ensemble, members: Sequence[nn.Module]) -> Ensemble:
+    """The trained ensemble evaluated in fp32 (a packed one keeps its batched forward)."""
+    if type(ens) is Ensemble:
+        return Ensemble(members, precision="fp32")
+    view = copy.copy(ens)  # shallow: same modules and weights, its own precision attribute
+    view.precision = "fp32"
+    return view
+
+
+def _cost(ens: Ensemble, x: torch.Tensor, dev: torch.device, defense_seconds: float, epochs: float,
+          warmup_seconds: float, rec: Mapping[str, Any]) -> dict[str, Any]:
+    """What the ensemble costs: parameters, training seconds per epoch, inference seconds per example."""
+    n_params = sum(p.numel() for p in ens.parameters())  # a shared weight counts once
+    xb = x[:256].to(dev).float().div(255)
+    with torch.no_grad():
+        ens(xb[:8])  # warm-up (allocations, kernel choice)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t = time.perf_counter()
+        ens(xb)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        per_example = (time.perf_counter() - t) / max(1, len(xb))
+    warm = rec.get("warmup") or {}
+    return {
+        "parameters": n_params,
+        "train_seconds_per_epoch": defense_seconds / epochs if epochs else None,
+        "warmup_seconds": warmup_seconds,
+        "warmup_seconds_per_epoch": warmup_seconds / warm["epochs"] if warmup_seconds and warm.get("epochs") else None,
+        "inference_seconds_per_example": per_example,
+        "inference_precision": "fp32",
+        "inference_batch": len(xb),
+        "device": str(dev),
+    }

@@ -59,6 +59,7 @@ def distill_features(
     momentum: bool = True,
     mu: float = 1.0,
     mode: DistillMode = "batched",
+    recompute_target: bool = False,
 ) -> list[torch.Tensor]:
     """DVERGE feature distillation of ``target`` into ``source`` for every model.
 
@@ -68,8 +69,9 @@ def distill_features(
     ``momentum`` the step direction is the sign of the accumulated L1-normalized gradients
     (``g <- mu * g + grad / ||grad||_1``), as in the authors' ``Linf_distillation``.
 
-    The models are used in whatever mode they are in; DVERGE training puts them in eval mode
-    (see :mod:`robust_ens.defenses.dverge`). Parameter gradients are never touched.
+    The models are used in whatever mode they are in; DVERGE training leaves them in train mode
+    by default, as the authors do (see :mod:`robust_ens.defenses.dverge`). Parameter gradients
+    are never touched.
 
     Args:
         models: The members (each distills its own copy of ``source``).
@@ -84,21 +86,33 @@ def distill_features(
         mode: ``"batched"`` advances all models in lock step (one autograd call and one vectorized
             update per step for all models); ``"loop"`` distills one model after the other, like
             the authors' code. Both give the same images.
+        recompute_target: Recompute the target features at every step, after the source
+            forward pass, as the authors' ``gradient_wrt_feature`` does. The features are the
+            same (in train mode BatchNorm uses batch statistics); what changes is that
+            BatchNorm's running statistics are updated in the authors' order and number.
+            Otherwise they are computed once, before the first step.
 
     Returns:
         One distilled batch per model, detached.
     """
     src = source.detach()
-    with torch.no_grad():
-        feats_t = [get_features(m, target.detach(), layer).detach() for m in models]
+    tgt = target.detach()
+
+    def target_features(m: nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return get_features(m, tgt, layer).detach()
+
+    feats_t: list[torch.Tensor | None] = [None if recompute_target else target_features(m) for m in models]
     if mode == "loop":
         outs = []
-        for m, ft in zip(models, feats_t, strict=True):
+        for m, ft0 in zip(models, feats_t, strict=True):
             x = src.clone()
             g = torch.zeros_like(x)
             for _ in range(steps):
                 x.requires_grad_(True)
-                loss = F.mse_loss(get_features(m, x, layer).float(), ft.float())
+                fs = get_features(m, x, layer)
+                ft = target_features(m) if ft0 is None else ft0
+                loss = F.mse_loss(fs.float(), ft.float())
                 (grad,) = torch.autograd.grad(loss, x)
                 with torch.no_grad():
                     if momentum:
@@ -117,9 +131,13 @@ def distill_features(
     src_k = src.unsqueeze(0).expand_as(xs)
     for _ in range(steps):
         xs.requires_grad_(True)
-        loss = tsum(
-            F.mse_loss(get_features(m, xs[i], layer).float(), feats_t[i].float()) for i, m in enumerate(models)
-        )
+        terms = []
+        for i, m in enumerate(models):
+            fs = get_features(m, xs[i], layer)
+            ft_i = feats_t[i]
+            ft = target_features(m) if ft_i is None else ft_i
+            terms.append(F.mse_loss(fs.float(), ft.float()))
+        loss = tsum(terms)
         (grad,) = torch.autograd.grad(loss, xs)  # member i's loss depends on xs[i] only
         with torch.no_grad():
             if momentum:
@@ -133,11 +151,17 @@ def distill_features(
 
 
 class _Callable(nn.Module):
-    """Expose a ``f(x) -> logits`` closure (e.g. a joint ensemble forward) as a module for the attack."""
+    """Expose a ``f(x) -> logits`` closure (e.g. a joint ensemble forward) as a module for the attack.
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    The closure's modules are not submodules, so the attack's eval-mode switch does not reach
+    them (how ``linf_pgd(keep_mode=True)`` keeps a member in train mode).
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], num_classes: int | None = None) -> None:
         super().__init__()
         self.fn = fn
+        if num_classes is not None:
+            self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)
@@ -153,6 +177,7 @@ def linf_pgd(
     steps: int,
     random_start: bool = True,
     generator: torch.Generator | None = None,
+    keep_mode: bool = False,
 ) -> torch.Tensor:
     """Untargeted L-inf PGD (Madry et al. 2018) for training-time adversarial terms.
 
@@ -169,15 +194,23 @@ def linf_pgd(
         steps: Number of steps.
         random_start: Start from a uniform point in the eps-ball.
         generator: CPU generator for the random start (``None``: a fixed seed of 0).
+        keep_mode: Attack ``model`` in the mode it is in (a member in train mode stays in train
+            mode, as in DVERGE's ``Linf_PGD``); by default the attack runs it in eval mode.
 
     Returns:
         Adversarial images, detached, within ``eps`` of the clipped ``x`` and in [0, 1].
     """
     from robust_ens.attacks import PGD
 
-    module = model if isinstance(model, nn.Module) else _Callable(model)
-    atk = PGD(eps=eps, alpha=alpha, steps=steps, random_start=random_start)
     x_box = x.detach().float().clamp(0.0, 1.0)
+    if keep_mode and isinstance(model, nn.Module):
+        with eval_mode([model]), torch.no_grad():  # class count without touching BatchNorm statistics
+            k = int(model(x_box[:1].to(next(model.parameters()).dtype)).shape[-1])
+        member = model
+        module: nn.Module = _Callable(lambda z: member(z), num_classes=k)  # a closure: not a submodule
+    else:
+        module = model if isinstance(model, nn.Module) else _Callable(model)
+    atk = PGD(eps=eps, alpha=alpha, steps=steps, random_start=random_start)
     if generator is not None:
         res = atk(module, x_box, y, generator=generator)
     else:

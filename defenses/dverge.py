@@ -18,12 +18,28 @@ A new layer is drawn each epoch (uniformly from the candidates; the epoch genera
 reproducible on resume). Layers are module names (see :mod:`robust_ens.defenses.features`); the
 default candidates for ResNet-20 are the authors' 20 pre-activation layers.
 
+Authors' code: zjysteven/DVERGE, ``train/train_dverge.py`` (``DVERGE_Trainer.train``),
+``distillation.py`` (``Linf_distillation``, ``gradient_wrt_feature``, ``Linf_PGD``) and
+``arguments.py`` (the defaults above).
+
+Fidelity switch (the rule: a default reproduces the authors' code unless the paper's text or batch
+independence says otherwise; training couples the examples of a batch anyway, so batch
+independence does not decide this one):
+
+* ``distill_train_mode`` (default True, the authors' code): members stay in **train mode** while
+  distilling and during plus_adv's PGD, as ``DVERGE_Trainer.train`` leaves them. BatchNorm then
+  normalizes with the statistics of the batch being perturbed, and each distillation step runs
+  two forward passes (the source images, then the target images, whose features
+  ``gradient_wrt_feature`` recomputes at every step), so the running statistics move 2 x
+  ``steps`` times per member and batch. Here the target features are recomputed at every step
+  too in this mode, so the running statistics follow the authors' sequence (their values do
+  not change between steps: train-mode BatchNorm does not read its running statistics).
+  False puts the members in **eval mode** for distillation and PGD (this package's behaviour
+  before issue 15): the distilled features are those of the deployed network and the running
+  statistics only see the training passes. Training passes (step 2) are in train mode either way.
+
 Departures from the authors' code, on purpose:
 
-* Members are in **eval mode** while distilling (and during plus_adv's PGD): the authors leave them
-  in train mode, so BatchNorm normalizes with the statistics of the batch being perturbed and
-  updates its running statistics 20 times per member and step with perturbed images. Eval mode makes
-  the distilled features those of the deployed network; training passes (step 2) stay in train mode.
 * Target images are the same augmented batch in another order (a random derangement drawn from
   the epoch generator) instead of a second, independently shuffled data loader; both pair every
   source with a random other training image.
@@ -39,6 +55,7 @@ same images; ``suites/bench_defenses.py`` times them against each other.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +90,8 @@ class DVERGEParams:
         adv_alpha: PGD step size.
         adv_steps: PGD steps.
         distill_mode: ``"batched"`` (all members in lock step) or ``"loop"`` (one after the other).
+        distill_train_mode: Members in train mode while distilling and during plus_adv's PGD
+            (default True, the authors' code; False: eval mode).
     """
 
     eps: float = 0.07
@@ -88,6 +107,7 @@ class DVERGEParams:
     adv_alpha: float = 2 / 255
     adv_steps: int = 10
     distill_mode: DistillMode = "batched"
+    distill_train_mode: bool = True
 
     def __post_init__(self) -> None:
         if self.distill_mode not in ("batched", "loop"):
@@ -155,14 +175,15 @@ def make_step(members: Sequence[nn.Module], params: DVERGEParams, config: TrainC
         layer = ctx.state["layer"]
         target = x[derangement(len(x), ctx.generator).to(x.device)]
         adv = None
-        with eval_mode(members):
+        train_mode = params.distill_train_mode
+        with contextlib.nullcontext() if train_mode else eval_mode(members):
             distilled = distill_features(
                 members, x, target, layer, eps=params.eps, alpha=params.alpha, steps=params.steps,
-                momentum=params.momentum, mode=params.distill_mode,
+                momentum=params.momentum, mode=params.distill_mode, recompute_target=train_mode,
             )
             if params.plus_adv:
                 adv = [linf_pgd(m, x, y, eps=params.adv_eps, alpha=params.adv_alpha, steps=params.adv_steps,
-                                generator=ctx.generator) for m in members]
+                                generator=ctx.generator, keep_mode=train_mode) for m in members]
         loss, metrics = dverge_loss(members, distilled, y, params, ctx.step, adv)
         metrics["layer_index"] = float(layers.index(layer))
         return loss, metrics

@@ -13,18 +13,46 @@ gradient magnitude (6 steps, step eps/3, random start), with eps ramping linearl
 ``init_eps`` to ``adv_eps`` (0.01 -> 0.03 on CIFAR-10).
 
 Defaults: coeff 40, lamda 2.5, scale 1, Adam lr 1e-3, weight decay 1e-4 (full tier: 120 epochs,
-x0.1 every 40, from scratch). Like the authors' ``--resume`` (which loads vanilla members), TRS can
-start from trained members: ``init=``, or a ``[tier.warmup]`` baseline phase (the small tier has one,
-because its budget cannot learn from scratch while ``coeff * |cos|`` dominates the cross-entropy). The authors' magnitude term uses gradients of the batch-mean loss (so it scales
-with 1/batch^2); kept as is. Departure: without ``plus_adv`` the authors recompute the same
-gradients with a second forward pass; here the first pass's gradients are reused (same values,
-one BatchNorm update instead of two). The authors' PGD runs members in train mode; here in eval
-mode, as for every attack inside training in this package.
+x0.1 every 40, from scratch). The CIFAR-10 values of the loss weights and of the PGD budget are
+not in the authors' scripts (``utils/Empirical/script_train.py`` and the argparse defaults of
+``train/Empirical/train_trs.py`` are MNIST's 2 / 2 / 5 and 0.1 -> 0.2): a maintainer gave them in
+AI-secure/Transferability-Reduced-Smooth-Ensemble issue #1 (2022-08-19: "lambda_a = 40,
+lambda_b = 2.5, delta_0 = 0.01, delta_m = 0.03" for CIFAR, with ``lambda_a = scale * coeff`` and
+``lambda_b = scale * lamda``), and said they are the paper's. Like the authors' ``--resume``
+(which loads vanilla members), TRS can start from trained members: ``init=``, or a
+``[tier.warmup]`` baseline phase (the small tier has one, because its budget cannot learn from
+scratch while ``coeff * |cos|`` dominates the cross-entropy). The authors' magnitude term uses
+gradients of the batch-mean loss (so it scales with 1/batch^2); kept as is.
+
+Fidelity switches (authors' code: ``train/Empirical/trainer.py``, ``PGD`` and ``TRS_Trainer``).
+The rule: a default reproduces the authors' code unless the paper's text or batch independence
+says otherwise. Training couples the examples of a batch anyway (BatchNorm in train mode, a
+batch loss), so batch independence does not apply to these; every default is the authors'.
+
+* ``pgd_accumulate`` (default True): the authors set ``requires_grad`` on the PGD tensor once and
+  never clear its ``.grad``, so step ``t`` moves along ``sign(g_1 + ... + g_t)``. False takes a
+  fresh gradient each step, ``sign(g_t)`` (this package before issue 15).
+* ``pgd_train_mode`` (default True): the authors' PGD runs the members in train mode (BatchNorm
+  on the statistics of the perturbed half batch, running statistics updated at every step).
+  False runs it in eval mode (this package before issue 15).
+* ``pgd_every_batch`` (default True): the authors run that PGD on every batch, also without
+  ``plus_adv`` where its result is unused; in train mode it then only moves BatchNorm's running
+  statistics. False skips it when ``plus_adv`` is off (saves ``adv_steps`` double-backward
+  passes per member and batch).
+* ``repeat_forwards`` (default True): without ``plus_adv`` the authors compute the smoothness
+  gradients with a second forward pass on the clean batch, and measure accuracy with one more
+  forward of the ensemble in train mode; both give the same values as the first pass and only
+  update BatchNorm's running statistics again. False reuses the first pass's gradients and
+  skips the accuracy pass (one BatchNorm update instead of three).
+
+Loss values do not depend on ``pgd_train_mode``, ``pgd_every_batch`` or ``repeat_forwards``
+(tested); the trained members' BatchNorm running statistics do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +78,10 @@ class TRSParams:
         init_eps: PGD budget in the first epoch.
         adv_eps: PGD budget reached in the last epoch.
         adv_steps: PGD steps (authors: 6, with step size eps / 3).
+        pgd_accumulate: Step along the sign of the accumulated PGD gradients (authors).
+        pgd_train_mode: Members in train mode during the PGD (authors).
+        pgd_every_batch: Run the PGD on every batch, also without ``plus_adv`` (authors).
+        repeat_forwards: The authors' extra clean forward passes (BatchNorm statistics only).
     """
 
     coeff: float = 40.0
@@ -59,6 +91,10 @@ class TRSParams:
     init_eps: float = 0.01
     adv_eps: float = 0.03
     adv_steps: int = 6
+    pgd_accumulate: bool = True
+    pgd_train_mode: bool = True
+    pgd_every_batch: bool = True
+    repeat_forwards: bool = True
 
 
 def magnitude(g: torch.Tensor) -> torch.Tensor:
@@ -73,13 +109,20 @@ def current_eps(params: TRSParams, epoch: int, epochs: int) -> float:
 
 def magnitude_pgd(
     members: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
-    generator: torch.Generator | None,
+    generator: torch.Generator | None, accumulate: bool = True,
 ) -> torch.Tensor:
-    """PGD that maximizes the members' mean gradient magnitude (TRS's smoothness attack)."""
+    """PGD that maximizes the members' mean gradient magnitude (TRS's smoothness attack).
+
+    Step size ``eps / 3`` from a uniform random start. With ``accumulate`` (the authors' code)
+    step ``t`` moves along ``sign(g_1 + ... + g_t)``, the sum of every gradient so far (their
+    ``adv.grad`` is never cleared); without it along ``sign(g_t)``. Members are used in the mode
+    they are in.
+    """
     alpha = eps / 3.0
     x_nat = x.detach()
     noise = torch.empty(x.shape, dtype=torch.float32).uniform_(-eps, eps, generator=generator)
     x_adv = (x_nat + noise.to(device=x.device, dtype=x.dtype)).clamp(0.0, 1.0)
+    total: torch.Tensor | None = None
     for _ in range(steps):
         x_adv.requires_grad_(True)
         mags = []
@@ -87,24 +130,36 @@ def magnitude_pgd(
             (g,) = torch.autograd.grad(F.cross_entropy(as_float(m(x_adv)), y), x_adv, create_graph=True)
             mags.append(magnitude(g.flatten(1)))
         (grad,) = torch.autograd.grad(tsum(mags) / len(members), x_adv)
+        total = grad if total is None or not accumulate else total + grad
         with torch.no_grad():
-            x_adv = _project(x_adv.detach() + alpha * grad.sign(), x_nat, eps)
+            x_adv = _project(x_adv.detach() + alpha * total.sign(), x_nat, eps)
     return x_adv.detach()
 
 
 def trs_loss(
     members: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, params: TRSParams,
     x_smooth: torch.Tensor | None = None,
+    smooth_batch: Callable[[], torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """TRS loss; ``x_smooth`` (the PGD batch of ``plus_adv``) replaces ``x`` in the smoothness term."""
+    """TRS loss; ``x_smooth`` (the PGD batch of ``plus_adv``) replaces ``x`` in the smoothness term.
+
+    ``smooth_batch``, when given, is called after the first forward pass (where the authors run
+    their PGD) and returns ``x_smooth``. Without ``x_smooth`` and with ``params.repeat_forwards``
+    the smoothness gradients come from a second forward pass on ``x``, as in the authors' code
+    (same values; one more BatchNorm update).
+    """
     logits, grads = input_gradients(members, x, y, create_graph=True)
     ce = tsum(F.cross_entropy(z, y) for z in logits)
     cos = pairwise_cosines(grads).abs().mean(0)  # per pair, batch mean of |cos|
     cos_loss = cos.mean()
-    if x_smooth is None:
-        smooth_grads = grads
-    else:
+    if smooth_batch is not None:
+        x_smooth = smooth_batch()
+    if x_smooth is not None:
         _, smooth_grads = input_gradients(members, x_smooth, y, create_graph=True)
+    elif params.repeat_forwards:
+        _, smooth_grads = input_gradients(members, x, y, create_graph=True)
+    else:
+        smooth_grads = grads
     smooth = tsum(magnitude(g) for g in smooth_grads) / len(members)
     loss = ce + params.scale * (params.coeff * cos_loss + params.lamda * smooth)
     metrics: dict[str, Any] = {"ce": ce.detach(), "cos": cos_loss.detach(), "smooth": smooth.detach(),
@@ -115,15 +170,25 @@ def trs_loss(
 def make_step(members: Sequence[nn.Module], params: TRSParams, config: TrainConfig) -> StepFn:
     """Training step of TRS."""
 
+    def smooth_batch(x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> torch.Tensor | None:
+        """The authors' PGD, run after the first forward pass; the smoothness batch (or None)."""
+        if not (params.plus_adv or params.pgd_every_batch):
+            return None
+        half = len(x) // 2
+        eps = current_eps(params, ctx.epoch, config.epochs)
+        with contextlib.nullcontext() if params.pgd_train_mode else eval_mode(members):
+            adv = magnitude_pgd(members, x[half:], y[half:], eps, params.adv_steps, ctx.generator,
+                                accumulate=params.pgd_accumulate)
+        return torch.cat([x[:half].detach(), adv]) if params.plus_adv else None
+
     def step(x: torch.Tensor, y: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x_smooth = None
-        if params.plus_adv:
-            half = len(x) // 2
-            eps = current_eps(params, ctx.epoch, config.epochs)
-            with eval_mode(members):
-                adv = magnitude_pgd(members, x[half:], y[half:], eps, params.adv_steps, ctx.generator)
-            x_smooth = torch.cat([x[:half].detach(), adv])
-        return trs_loss(members, x, y, params, x_smooth)
+        loss, metrics = trs_loss(members, x, y, params, smooth_batch=lambda: smooth_batch(x, y, ctx))
+        if params.repeat_forwards:
+            # the authors' accuracy pass: the ensemble's mean probability, a forward in train mode
+            with torch.no_grad():
+                probs = torch.stack([F.softmax(as_float(m(x)), dim=-1) for m in members]).mean(0)
+            metrics["train_acc"] = (probs.argmax(-1) == y).float().mean()
+        return loss, metrics
 
     return step
 

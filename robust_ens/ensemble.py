@@ -82,6 +82,21 @@ class Ensemble(nn.Module):
         check_inputs: bool = True,
     ) -> None:
         super().__init__()
+        self._init_ensemble(members, combine, precision, weights=weights, compile=compile, check_inputs=check_inputs)
+
+    def _init_ensemble(
+        self,
+        members: Sequence[nn.Module],
+        combine: Combine | str,
+        precision: _precision.Precision | str,
+        *,
+        weights: Sequence[float] | None,
+        compile: bool,
+        check_inputs: bool,
+        register: bool = True,
+    ) -> None:
+        """Validate and store the members and options (``register=False``: keep the members out of
+        the module tree, for members that are views of one shared network, see ``models.packed``)."""
         members = list(members)
         if not members:
             raise RobustEnsError("an Ensemble needs at least one member")
@@ -97,7 +112,7 @@ class Ensemble(nn.Module):
         if len(known) > 1:
             detail = ", ".join(f"member {i}: {n}" for i, n in classes.items())
             raise RobustEnsError(f"ensemble members disagree on the number of classes ({detail})")
-        self.members = nn.ModuleList(members)
+        self.members: nn.ModuleList | list[nn.Module] = nn.ModuleList(members) if register else members
         self.num_classes: int | None = known.pop() if known else None
         self.combine: str = combine
         self.precision: str = precision
@@ -128,7 +143,8 @@ class Ensemble(nn.Module):
         if bf16:
             if self._layout_device != x.device:
                 # channels_last is what oneDNN/cuDNN bf16 kernels want; converting once is enough.
-                self.members.to(memory_format=torch.channels_last)
+                for m in self.members:
+                    m.to(memory_format=torch.channels_last)
                 self._layout_device = x.device
             x = x.contiguous(memory_format=torch.channels_last)
         return x, bf16

@@ -304,7 +304,9 @@ def test_dverge_step_uses_eval_mode_for_distillation_and_train_mode_for_training
         m.train()
     seen = []
     hook = ms[0].net.bn1.register_forward_pre_hook(lambda mod, a: seen.append(mod.training))
-    step = make_step(ms, DVERGEParams(steps=2, layer="net.layer1.0.act1:in"), TrainConfig(epochs=1))
+    # the eval-mode switch (the default, distill_train_mode=True, is the authors' train mode: tests/test_fidelity.py)
+    step = make_step(ms, DVERGEParams(steps=2, layer="net.layer1.0.act1:in", distill_train_mode=False),
+                     TrainConfig(epochs=1))
     x = torch.rand(4, 3, 32, 32)
     loss, metrics = step(x, torch.arange(4), StepContext(0, 0, torch.Generator().manual_seed(0), torch.device("cpu")))
     hook.remove()

@@ -14,6 +14,7 @@ from robust_ens.registry import Registry
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 TIMM_PREFIX = "timm:"
+PACKED_PREFIX = "packed:"
 
 
 def register_model(name: str | None = None, **meta: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -35,6 +36,8 @@ def list_models(pattern: str | Sequence[str] = "*", exclude: str | Sequence[str]
     """Registered architecture names matching ``pattern`` (fnmatch), e.g. ``list_models("resnet*")``.
 
     ``timm:<name>`` architectures are not listed; any timm model name works through ``create``.
+    Neither are ``packed:<name>`` ones: any listed name (or ``timm:<name>``) packs into a packed
+    ensemble (``create("packed:resnet20", members=4)``, see :mod:`robust_ens.models.packed`).
     """
     return MODELS.list(pattern, exclude)
 
@@ -123,6 +126,9 @@ def create(
     """
     if not isinstance(num_classes, int) or num_classes < 2:
         raise RobustEnsError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if name.startswith(PACKED_PREFIX):
+        return _create_packed(name[len(PACKED_PREFIX) :], num_classes=num_classes, in_chans=in_chans, mean=mean,
+                              std=std, pretrained=pretrained, **kwargs)
     if name.startswith(TIMM_PREFIX):
         net = _create_timm(name[len(TIMM_PREFIX) :], num_classes, in_chans, pretrained, **kwargs)
     else:
@@ -136,3 +142,34 @@ def create(
     return Normalized(
         net, mean, std, arch=name, arch_kwargs=arch_kwargs, num_classes=num_classes, in_chans=in_chans
     )
+
+
+def _create_packed(
+    base: str,
+    *,
+    num_classes: int,
+    in_chans: int,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    pretrained: bool,
+    members: int = 4,
+    init: str = "random_signs",
+    heads: str = "shared",
+    seed: int | None = None,
+    **kwargs: Any,
+) -> Any:
+    """``packed:<base>``: build ``<base>`` (registry or timm name) and pack it into M members.
+
+    Returns a :class:`~robust_ens.models.packed.PackedEnsemble` (an ``Ensemble`` and a
+    ``Normalized`` model at once), so checkpoints round-trip through ``save``/``load_checkpoint``.
+    ``seed`` fixes the adapters' random signs (default: the global torch RNG, like every other
+    initialization).
+    """
+    from robust_ens.models.packed import build_packed
+
+    if base.startswith(PACKED_PREFIX) or not base:
+        raise RobustEnsError(f"packed:<name> needs one architecture name after the prefix, got {PACKED_PREFIX + base!r}")
+    inner = create(base, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs)
+    arch_kwargs = {k: v for k, v in kwargs.items() if k != "weights_file"}
+    return build_packed(base, inner.net, members=members, init=init, heads=heads, seed=seed, mean=mean, std=std,
+                        num_classes=num_classes, in_chans=in_chans, arch_kwargs=arch_kwargs)
