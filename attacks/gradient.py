@@ -441,11 +441,15 @@ def tidim(**kw: Any) -> TIFGSM:
 @register_attack("sgm", family="gradient")
 def sgm(
     *, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, gamma: float = 0.2, decay: float = 0.0,
-    random_start: bool = False, transforms: Sequence[Part] = (),
+    decay_first_block: bool = False, random_start: bool = False, transforms: Sequence[Part] = (),
 ) -> MIFGSM:
-    """SGM (Wu et al., ICLR 2020): I-FGSM (``decay=0``) or MI-FGSM with skip-gradient hooks, gamma 0.2."""
+    """SGM (Wu et al., ICLR 2020): I-FGSM (``decay=0``) or MI-FGSM with skip-gradient hooks, gamma 0.2.
+
+    ``decay_first_block`` is :class:`~robust_ens.attacks.SGM`'s switch (default False: the first
+    block of each stage keeps its residual gradient, as in the authors' ``utils_sgm.py``).
+    """
     return MIFGSM(eps=eps, alpha=alpha, steps=steps, decay=decay, random_start=random_start,
-                  transforms=(SGM(gamma=gamma), *transforms))
+                  transforms=(SGM(gamma=gamma, decay_first_block=decay_first_block), *transforms))
 
 
 __all__ = ["BIM", "DIFGSM", "FGSM", "MIFGSM", "NIFGSM", "PGD", "TIFGSM", "VMIFGSM"]
