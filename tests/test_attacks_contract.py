@@ -20,6 +20,7 @@ from torch import nn
 from robust_ens import Ensemble, models
 from robust_ens.attacks import ATTACKS, Attack, create_attack, list_attacks
 from tests.attack_fixtures import digits_ensemble, digits_model, digits_models, digits_test, single_thread  # noqa: F401
+from tests.packed_fixtures import digits_packed  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -153,3 +154,64 @@ def test_repr_and_keyword_only(name: str) -> None:
     # an attack holds no model, tensor or device
     for v in vars(atk).values():
         assert not isinstance(v, nn.Module | torch.Tensor | torch.device)
+
+
+# --------------------------------------------------------------------------- packed ensembles
+# A packed ensemble (models.create("packed:<arch>"), shared weights + rank-1 adapters) is an
+# Ensemble whose member_logits is one batched pass; every registered attack must work on it as on
+# any other surrogate.
+
+_PACKED_ANY = models.create("packed:small_cnn", members=3, in_chans=3, width=4, seed=0).eval()
+_PACKED_ANY.precision = "fp32"
+
+
+@pytest.mark.parametrize("name", ALL)
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 3),
+    h=st.integers(4, 10),
+    w=st.integers(4, 10),
+    eps=st.floats(1e-3, 1.0),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_packed_surrogate_budget_box_shape_dtype(name: str, n: int, h: int, w: int, eps: float, dtype: torch.dtype,
+                                                 seed: int) -> None:
+    norm_l2 = name == "pgdl2"
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, h, w, generator=g).to(dtype)
+    y = torch.randint(0, 10, (n,), generator=g)
+    atk = make(name, eps * (4.0 if norm_l2 else 1.0), steps=2)
+    with _no_sgm_warning():
+        res = atk(_PACKED_ANY, x, y, seed=seed)
+    xa = res.x_adv
+    assert xa.shape == x.shape and xa.dtype == x.dtype
+    d = xa.double() - x.double()
+    bound = float(d.reshape(n, -1).norm(dim=1).max()) if norm_l2 else float(d.abs().max())
+    assert bound <= atk.eps
+    assert float(xa.double().min()) >= 0.0 and float(xa.double().max()) <= 1.0
+    assert res.cost.forward > 0
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_packed_surrogate_same_seed_lowers_accuracy_and_targets(name: str, digits_packed: Ensemble, digits_test) -> None:  # noqa: F811
+    x, y = digits_test
+    sur = digits_packed
+    small = make(name, 0.2, steps=3)
+    with _no_sgm_warning():
+        a = small(sur, x[:16], y[:16], seed=5)
+        b = small(sur, x[:16], y[:16], seed=5)
+    assert torch.equal(a.x_adv, b.x_adv)
+    atk = make(name, 1.5 if name == "pgdl2" else 0.3)
+    with torch.no_grad():
+        clean = (sur(x).argmax(1) == y).float().mean().item()
+    with _no_sgm_warning():
+        res = atk(sur, x, y, seed=0)
+        t = (y + 1 + torch.randint(0, 9, y.shape, generator=torch.Generator().manual_seed(1))) % 10
+        tres = atk(sur, x, y, target=t, seed=0)
+    with torch.no_grad():
+        adv = (sur(res.x_adv).argmax(1) == y).float().mean().item()
+        hit = (sur(tres.x_adv).argmax(1) == t).float().mean().item()
+    assert clean > 0.85
+    assert adv < clean - 0.2, f"{name}: white-box accuracy {adv:.2f} vs clean {clean:.2f} on a packed ensemble"
+    assert hit > 1 / 9 + 0.1, f"{name}: targeted success {hit:.2f} on a packed ensemble"

@@ -89,3 +89,20 @@ def test_cli_train_defense(tmp_path, capsys):
     rc = main(["--quiet", "train", "--defense", "nope", "--data", "digits", "--out", str(tmp_path / "x")])
     assert rc == 2
     assert "Known defenses: adp, baseline, dverge, gal, trs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["baseline", "adp", "gal", "dverge", "trs"])
+def test_defense_trains_a_packed_ensemble_and_beats_chance(name):
+    """The same budgets on ``packed:small_cnn`` (two members sharing one network's weights)."""
+    from robust_ens.models.packed import PackedEnsemble
+
+    rec, over = BUDGETS[name]
+    ens = train_defense(name, arch="packed:small_cnn", n_members=2, dataset="digits", recipe=rec, overrides=over,
+                        progress=False, arch_kwargs=SMALL)
+    assert isinstance(ens, PackedEnsemble) and len(ens) == 2
+    assert ens.metrics["test_acc"] > 0.25, ens.metrics
+    from robust_ens import models
+
+    one = sum(p.numel() for p in models.create("small_cnn", in_chans=1, **SMALL).parameters())
+    assert one < ens.metrics["parameters"] < 2 * one  # two members for less than two networks
+    assert not ens.training
