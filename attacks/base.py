@@ -64,8 +64,10 @@ def create_attack(name: str, **kwargs: Any) -> Attack:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
         params = {}  # type: ignore[assignment]
-    if params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(set(kwargs) - set(params))
+    # A class's **extra only passes its subclasses' hyperparameters through: for the class
+    # itself an unknown name is a typo, never a hyperparameter.
+    if params and (isinstance(factory, type) or not any(p.kind is p.VAR_KEYWORD for p in params.values())):
+        unknown = sorted(set(kwargs) - {n for n, p in params.items() if p.kind is not p.VAR_KEYWORD})
         if unknown:
             raise RobustEnsError(
                 f"unknown hyperparameter(s) {', '.join(unknown)} for attack {name!r}; "

@@ -382,7 +382,7 @@ class Engine:
                                     device=self.device, seed=batch_seed(self.protocol.seed, cell["id"], b), **kw)
                     t0 = time.perf_counter()
                     with _quiet_logs("pyautoattack"):
-                        x_adv = aa.run_standard_evaluation(x, y, batch_size=len(y))
+                        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(y))
                     self.cost["attack_seconds"] += time.perf_counter() - t0
                     from robust_ens.attacks import enforce_budget
 

@@ -232,6 +232,13 @@ def check_target(target: Target, x: torch.Tensor, num_classes: int, dataset: str
         RobustEnsError: one line naming the target, the dataset's image shape and what went wrong.
     """
     shape = "x".join(map(str, x.shape[1:]))
+    declared = {int(c) for m in target.module.modules() if isinstance(c := getattr(m, "in_chans", None), int)}
+    if declared and declared != {x.shape[1]}:
+        # a 3-channel model would silently broadcast 1-channel images through its normalization
+        raise RobustEnsError(
+            f"target {target.name!r} takes {'/'.join(map(str, sorted(declared)))}-channel images but {dataset} has "
+            f"{x.shape[1]} ({shape}); pick a model trained on this dataset"
+        )
     try:
         with torch.no_grad(), eval_mode(target.module):
             out = target.module(x.to(model_device(target.module)))

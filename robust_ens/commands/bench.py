@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--store", default=None, help="adversarial-set store folder to share between runs (default <out>/advsets)")
     r.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     r.add_argument("--entries", action="store_true", help="also write leaderboard entries into <out>/entries/")
+    r.add_argument("--data", default=None, help="depth suites: the KITTI-C tree (robust-ens corrupt --preset kittic --clean)")
+    r.add_argument("--gt", default=None, help="depth suites: ground-truth depths (default <data>/gt_depths.npz)")
     r.set_defaults(func=run_run)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -113,6 +115,8 @@ def run_run(args: argparse.Namespace) -> int:
                          args.name[i] if i < len(args.name) else None) for i, spec in enumerate(args.target)]
     out = Path(args.out or f"runs/{proto.suite}-{args.tier}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if proto.task == "depth":
+        return _run_depth(proto, args, out, device)
     summary = run_suite(proto, args.tier, targets, out, device=device, store=args.store,
                         progress=progress.enabled())
     if not distributed.is_main():
@@ -125,4 +129,22 @@ def run_run(args: argparse.Namespace) -> int:
     print(f"\n{proto.suite} v{proto.version} tier {args.tier} on {summary['dataset']} (n={summary['n']}): "
           f"{c['seconds']:.1f} s on {c['device']}, {c['advsets_made']} adversarial batches made, "
           f"{c['advsets_reused']} reused; per-example results and summary.json in {out}")
+    return 0
+
+
+def _run_depth(proto: object, args: argparse.Namespace, out: Path, device: torch.device) -> int:
+    from tabulate import tabulate
+
+    from robust_ens.bench.depth_task import run_depth
+
+    if len(args.target) != 1 or args.data is None:
+        raise RobustEnsError("a depth suite takes one --target pkg.module:factory and --data KITTI_C_ROOT")
+    summary = run_depth(proto, args.tier, args.target[0], args.data, out, gt=args.gt, device=device)  # type: ignore[arg-type]
+    res = summary["depth"][args.target[0]]
+    rows = [[c, *(f"{m['abs_rel']:.4f}" for m in per_sev.values())] for c, per_sev in res["corrupted"].items()]
+    print(tabulate(rows, headers=["corruption", *(f"abs_rel s{s}" for s in next(iter(res["corrupted"].values())))],
+                   tablefmt="github"))
+    s = res.get("summary") or {}
+    print(f"clean abs_rel {res['clean']['abs_rel']:.4f}; mCE {s.get('mCE', float('nan')):.1f}, "
+          f"mRR {s.get('mRR', float('nan')):.1f} (RoboDepth, vs MonoDepth2); summary.json in {out}")
     return 0
