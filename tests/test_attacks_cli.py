@@ -24,24 +24,45 @@ def _zoo(k: int) -> str:
     return ",".join(f"zoo:{n}" for n in ZOO[:k])
 
 
-def test_attack_command_writes_set_and_record(tmp_path: Path) -> None:
+def test_attack_command_writes_set_and_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "sets" / "mi.safetensors"
-    rc = cli.main(["--quiet", "attack", "--attack", "mifgsm", "--param", "alpha=2/255", "--param", "steps=5",
-                   "--surrogate", _zoo(2), "--data", "digits", "--n", "12", "--eps", "8/255",
-                   "--precision", "fp32", "--batch-size", "5", "--out", str(out)])
+    argv = ["--quiet", "attack", "--attack", "mifgsm", "--param", "alpha=2/255", "--param", "steps=5",
+            "--surrogate", _zoo(2), "--data", "digits", "--n", "12", "--eps", "8/255",
+            "--precision", "fp32", "--batch-size", "5", "--out", str(out), "--store", str(tmp_path / "store")]
+    rc = cli.main(argv)
     assert rc == 0
+    line = capsys.readouterr().out.strip()
+    assert len(line.splitlines()) == 1 and str(out) in line  # --quiet still says what was written
     t = load_file(str(out))
-    assert t["x_adv"].shape == (12, 1, 8, 8) and t["x_adv"].dtype == torch.float32
+    assert t["x_adv"].shape == (12, 1, 8, 8) and t["x_adv"].dtype == torch.uint8
     xu, y = data.load_uint8("digits", "test")
     idx = t["indices"]
     assert torch.equal(t["labels"], y[idx])
-    x = xu[idx].float() / 255
-    assert float((t["x_adv"].double() - x.double()).abs().max()) <= 8 / 255
+    assert int((t["x_adv"].int() - xu[idx].int()).abs().max()) <= 8  # 8/255 is exactly 8 levels
     rec = json.loads(out.with_suffix(".json").read_text())
     assert rec["eps"] == 8 / 255 and rec["budget"]["within_budget"] and rec["budget"]["max_linf"] <= 8 / 255
-    assert rec["attack"]["class"] == "MIFGSM" and rec["attack"]["steps"] == 5
+    assert rec["attack"]["name"] == "mifgsm" and rec["attack"]["steps"] == 5
     assert rec["cost"]["forward_per_example"] == 10.0  # 5 steps x 2 members
-    assert rec["surrogate"]["ensemble"] is True
+    assert rec["surrogate"]["ensemble"] is True and len(rec["surrogate"]["sha256"]) == 2
+    assert {"adversarial", "adversarial_before_uint8"} <= set(rec["surrogate_accuracy"])
+    # the same command again reads every batch from the store, bit for bit
+    assert cli.main(argv) == 0
+    again = json.loads(out.with_suffix(".json").read_text())
+    assert again["cost"]["batches_from_store"] == 3 and torch.equal(load_file(str(out))["x_adv"], t["x_adv"])
+
+
+def test_attack_command_refuses_a_model_of_another_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli.main(["--quiet", "attack", "--attack", "pgd", "--surrogate", "tests.bench_models:flat_cifar",
+                   "--data", "digits", "--n", "4", "--out", str(tmp_path / "x.safetensors")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "does not take digits images (1x8x8)" in err
+
+
+def test_attack_command_unwritable_out_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli.main(["--quiet", "attack", "--attack", "pgd", "--surrogate", _zoo(1), "--data", "digits", "--n", "4",
+                   "--out", "/proc/nope/a.safetensors"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "--out /proc/nope/a.safetensors" in err
 
 
 def test_attack_command_targeted_single_model(tmp_path: Path) -> None:

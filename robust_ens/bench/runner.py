@@ -31,6 +31,7 @@ from robust_ens.attacks import create_attack
 from robust_ens.bench import aggregate as agg
 from robust_ens.bench import distributed as dd
 from robust_ens.bench.advsets import AdvSetStore, dataset_fingerprint, enforced_eps
+from robust_ens.bench.craft import attack_batch
 from robust_ens.bench.protocol import Protocol, Tier, get_suite
 from robust_ens.bench.runfolder import RunFolder
 from robust_ens.bench.targets import Target, check_target, resolve_target, resolve_trained
@@ -197,30 +198,16 @@ class Engine:
 
     def advset(self, cell: dict[str, Any], b: int, sl: slice) -> torch.Tensor:
         """The uint8 adversarial batch ``b`` of ``cell`` (from the store, or made now)."""
-        spec = self.protocol.attacks[cell["attack"]]
-        atk = spec.build(cell["eps"], steps=self.tier.steps)
-        sur = self.surrogate(cell["surrogate"])
-        seed = batch_seed(self.protocol.seed, cell["id"], b)
-        xu, x, y = self._xb(sl)
-        fields = {"attack": atk.config(), "code_version": type(atk).code_version, "surrogate": sur.sha256s,
-                  "eps": cell["eps"], "norm": self.protocol.norm, "data": self.ex.fingerprint,
-                  "indices": self.ex.indices[sl].tolist(), "seed": seed, "targeted": False}
+        atk = self.protocol.attacks[cell["attack"]].build(cell["eps"], steps=self.tier.steps)
 
-        def make() -> tuple[torch.Tensor, dict[str, Any]]:
-            res = atk(sur.module, x, y, seed=seed)
-            with torch.no_grad():
-                acc_float = float(correct(sur.module, res.x_adv, y).float().mean())
-            self.cost["attack_seconds"] += res.cost.seconds
-            self.cost["forward"] += res.cost.forward * len(y)
-            self.cost["backward"] += res.cost.backward * len(y)
-            return res.x_adv, {"cost": res.cost.as_dict(), "surrogate_acc_float": acc_float,
-                               "robust_ens": __version__}
+        def on_cost(c: dict[str, float]) -> None:
+            self.cost["attack_seconds"] += c["seconds"]
+            self.cost["forward"] += c["forward"]
+            self.cost["backward"] += c["backward"]
 
-        def measure(q: torch.Tensor) -> dict[str, Any]:
-            # what quantization cost, measured once per set, on the surrogate it was made on
-            return {"surrogate_acc_uint8": float(correct(sur.module, q.to(self.device), y).float().mean())}
-
-        got = self.store.get_or_make(fields, xu, make, cell["eps"], measure=measure)
+        got = attack_batch(self.store, atk, self.surrogate(cell["surrogate"]), self.ex.x_u8[sl], self.ex.y[sl],
+                           self.ex.indices[sl], batch_seed(self.protocol.seed, cell["id"], b), self.ex.fingerprint,
+                           device=self.device, on_cost=on_cost)
         self.cost["advsets_reused" if got.hit else "advsets_made"] += 1
         return got.x_adv
 

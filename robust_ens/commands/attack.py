@@ -5,22 +5,23 @@ Example:
         --surrogate zoo:digits_small_cnn_s0,zoo:digits_small_cnn_s1 --data digits --n 200 \\
         --eps 8/255 --out runs/mifgsm_digits.safetensors
 
-writes ``runs/mifgsm_digits.safetensors`` (``x_adv`` float32 NCHW, ``labels``, ``indices`` into the
-split, ``target`` when targeted) and ``runs/mifgsm_digits.json`` (the attack's configuration, the
-surrogate, data subset, the budget check -- max |delta| measured on the saved tensor -- the
-surrogate's clean and white-box adversarial accuracy, and the cost in passes and seconds).
-Several comma-separated surrogates are attacked as one logit-averaging Ensemble.
+writes ``runs/mifgsm_digits.safetensors`` (``x_adv`` uint8 NCHW like the clean images, ``labels``,
+``indices`` into the split, ``target`` when targeted) and ``runs/mifgsm_digits.json`` (the attack's
+canonical configuration, the surrogate and the sha256 of its weights, the data subset, the budget
+measured on the saved tensor and the budget uint8 storage enforces -- floor(255 eps) levels -- the
+surrogate's clean accuracy and its accuracy on the float and on the stored set, and the cost).
+Batches are made through the adversarial-set store (``--store``, default the cache), so the same
+command run again reads them instead of attacking. Several comma-separated surrogates are
+attacked as one logit-averaging Ensemble.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from robust_ens.attacks import Attack, create_attack, list_attacks
 from robust_ens.commands.common import parse_number, parse_params, progress_enabled
 from robust_ens.ensemble import Ensemble
 from robust_ens.errors import RobustEnsError
+from robust_ens.evaluation import correct, predict
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--param", action="append", default=[], metavar="K=V",
                    help="attack hyperparameter, repeatable (alpha=2/255, steps=20, decay=1.0, fusion=loss)")
     p.add_argument("--surrogate", required=True,
-                   help="comma-separated checkpoint paths or zoo:NAME; several form an Ensemble")
+                   help="comma-separated checkpoint paths, zoo:NAME or pkg.module:factory; several form an Ensemble")
     p.add_argument("--combine", default="logits", help="how an ensemble surrogate combines members (logits, probs)")
     p.add_argument("--data", default="cifar10", help="dataset: cifar10, digits or imagefolder:<path>")
     p.add_argument("--split", default="test", help="split to attack (default test)")
@@ -61,35 +63,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="auto", help="ensemble precision: auto, fp32 or bf16")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--out", required=True, help="output .safetensors path (a .json record is written beside it)")
+    p.add_argument("--store", default=None, help="adversarial-set store folder (default: $ROBUST_ENS_CACHE/advsets)")
     p.set_defaults(func=run)
 
 
-def load_surrogate(spec: str, *, combine: str = "logits", precision: str = "auto",
-                   device: torch.device | str = "cpu") -> torch.nn.Module:
-    """``"a.safetensors,zoo:b"`` -> one model (eval mode) or an :class:`Ensemble` of them."""
-    from robust_ens import models
-
-    parts = [s.strip() for s in spec.split(",") if s.strip()]
-    if not parts:
-        raise RobustEnsError("--surrogate needs at least one checkpoint path or zoo:NAME")
-    loaded = [models.load(s, device=device).eval() for s in parts]
-    if len(loaded) == 1 and precision in ("auto", "fp32"):
-        return loaded[0]
-    return Ensemble(loaded, combine=combine, precision=precision).to(device).eval()
-
-
-def _targets(kind: str, sur: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, seed: int) -> torch.Tensor | None:
+def _targets(kind: str, sur: torch.nn.Module, k: int, seed: int) -> Any:
+    """A ``(batch, x, y) -> target labels`` function for ``--target`` (None when untargeted)."""
     if kind == "none":
         return None
-    if kind == "random":
-        g = torch.Generator().manual_seed(seed + 1)
-        return ((y.cpu() + 1 + torch.randint(0, k - 1, y.shape, generator=g)) % k).to(y.device)
-    with torch.no_grad():
-        return sur(x).argmin(-1)
+
+    def pick(b: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if kind == "random":
+            g = torch.Generator().manual_seed(seed + 1 + b)
+            return ((y.cpu() + 1 + torch.randint(0, k - 1, y.shape, generator=g)) % k).to(y.device)
+        return predict(sur, x).argmin(-1).to(y.device)
+
+    return pick
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the ``attack`` subcommand; returns the exit status."""
+    from robust_ens.bench.advsets import AdvSetStore, dataset_fingerprint
+    from robust_ens.bench.craft import budget_check, check_writable, craft_set, write_set
+    from robust_ens.bench.runner import dataset_label
+    from robust_ens.bench.targets import check_target, resolve_target
+
     eps = parse_number(str(args.eps), "--eps")
     params: dict[str, Any] = parse_params(args.param)
     if "eps" in params:
@@ -99,86 +97,57 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise RobustEnsError(f"--batch-size must be a positive integer, got {args.batch_size}")
     atk: Attack = create_attack(args.attack, eps=eps, **params)
+    check_writable(args.out)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    sur = load_surrogate(args.surrogate, combine=args.combine, precision=args.precision, device=device)
-    if atk.ensemble_only and not (isinstance(sur, Ensemble) and len(sur) >= 2):
+    sur = resolve_target(args.surrogate, dataset=args.data, device=device, combine=args.combine,
+                         precision=args.precision)
+    if atk.ensemble_only and not (isinstance(sur.module, Ensemble) and len(sur.module) >= 2):
         raise RobustEnsError(f"--surrogate must list at least 2 models for the ensemble strategy {args.attack!r}")
     xu, yall = data.load_uint8(args.data, args.split)
     idx = data.subset_indices(yall, args.n, args.data_seed)
-    x_all = xu[idx].to(device)
-    y_all = yall[idx].to(device)
-    k = int(getattr(sur, "num_classes", None) or data.info(args.data).num_classes)
-
-    out_x, out_t = [], []
-    fwd = bwd = secs = 0.0
-    clean_ok = adv_ok = hit = 0
-    from tqdm import tqdm
-
-    batches = tqdm(range(0, len(idx), args.batch_size), desc=f"attack {args.attack}", unit="batch",
-                   file=sys.stderr, disable=not progress_enabled())
+    x_u8, y = xu[idx].contiguous(), yall[idx].contiguous()
+    k = data.info(args.data).num_classes
+    label = dataset_label(args.data)
+    check_target(sur, x_u8[:2].float().div(255), k, label)
+    store = AdvSetStore(args.store or data.cache_dir() / "advsets")
     t0 = time.perf_counter()
-    for b, i in enumerate(batches):
-        x = x_all[i : i + args.batch_size].float().div_(255.0)
-        y = y_all[i : i + args.batch_size]
-        t = _targets(args.target, sur, x, y, k, args.seed + b)
-        res = atk(sur, x, y, target=t, seed=args.seed + b)
-        n = len(y)
-        fwd += res.cost.forward * n
-        bwd += res.cost.backward * n
-        secs += res.cost.seconds
-        with torch.no_grad():
-            clean_ok += int((sur(x).argmax(-1) == y).sum())
-            pred = sur(res.x_adv).argmax(-1)
-            adv_ok += int((pred == y).sum())
-            if t is not None:
-                hit += int((pred == t).sum())
-                out_t.append(t.cpu())
-        out_x.append(res.x_adv.float().cpu())
+    crafted = craft_set(store, atk, sur, x_u8, y, idx, dataset_fingerprint(x_u8, y, label), seed=args.seed,
+                        batch_size=args.batch_size, device=device,
+                        targets=_targets(args.target, sur.module, k, args.seed), progress=progress_enabled())
     wall = time.perf_counter() - t0
-
-    x_adv = torch.cat(out_x)
-    x_clean = xu[idx].float().div_(255.0)
-    delta = (x_adv.double() - x_clean.double()).flatten(1)
-    linf = float(delta.abs().max()) if len(delta) else 0.0
-    l2 = float(delta.norm(dim=1).max()) if len(delta) else 0.0
-    within = (linf <= eps) if atk.norm == "Linf" else (l2 <= eps)
-    in_box = bool(x_adv.min() >= 0 and x_adv.max() <= 1)
-    if not (within and in_box):  # the base class guarantees it; refuse to write a set that breaks it
-        raise RobustEnsError(f"budget check failed (max Linf {linf}, max L2 {l2}, eps {eps}); not writing {args.out}")
-
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        out = out.with_suffix(out.suffix + ".safetensors") if out.suffix else out.with_suffix(".safetensors")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {"x_adv": x_adv.contiguous(), "labels": yall[idx].contiguous(), "indices": idx.to(torch.int64).contiguous()}
-    if out_t:
-        tensors["target"] = torch.cat(out_t).contiguous()
-    from safetensors.torch import save_file
-
-    save_file(tensors, str(out), metadata={"format": "robust-ens adversarial set", "attack": args.attack})
+    budget = budget_check(x_u8, crafted.x_adv, eps)
+    if not budget["within_budget"]:  # the store guarantees it; refuse to write a set that breaks it
+        raise RobustEnsError(f"budget check failed ({budget}); not writing {args.out}")
     n = len(idx)
+    clean = float(correct(sur.module, x_u8.to(device), y.to(device)).float().mean())
+    acc = crafted.surrogate_accuracy()
+    hit = None
+    if crafted.target is not None:
+        pred = predict(sur.module, crafted.x_adv.to(device)).argmax(-1).cpu()
+        hit = float((pred == crafted.target).float().mean())
+    costs = [r.get("cost", {}) for r in crafted.records]
     record = {
-        "format": "robust-ens adversarial set v1",
-        "file": out.name,
-        "attack": {"name": args.attack, "repr": repr(atk), **atk.config()},
-        "surrogate": {"spec": args.surrogate, "ensemble": isinstance(sur, Ensemble),
-                      "combine": args.combine if isinstance(sur, Ensemble) else None,
-                      "precision": sur.resolved_precision(device) if isinstance(sur, Ensemble) else "fp32"},
-        "data": {"name": args.data, "split": args.split, "n": n, "seed": args.data_seed},
+        "format": "robust-ens adversarial set v2 (uint8)",
+        "attack": {"repr": repr(atk), **atk.config()},
+        "surrogate": {"spec": args.surrogate, "sha256": sur.sha256s, "ensemble": isinstance(sur.module, Ensemble),
+                      "combine": args.combine if isinstance(sur.module, Ensemble) else None, "precision": args.precision},
+        "data": {"name": args.data, "label": label, "split": args.split, "n": n, "seed": args.data_seed},
         "eps": eps,
         "norm": atk.norm,
         "targeted": args.target,
         "seed": args.seed,
-        "budget": {"max_linf": linf, "max_l2": l2, "eps": eps, "within_budget": within, "in_box": in_box},
-        "surrogate_accuracy": {"clean": clean_ok / n, "adversarial": adv_ok / n,
-                               **({"target_hit_rate": hit / n} if out_t else {})},
-        "cost": {"forward_per_example": fwd / n, "backward_per_example": bwd / n,
-                 "attack_seconds": secs, "wall_seconds": wall, "device": str(device)},
+        "budget": {**budget, "in_box": True},
+        "surrogate_accuracy": {"clean": clean, "adversarial": acc["surrogate_acc_uint8"],
+                               "adversarial_before_uint8": acc["surrogate_acc_float"],
+                               **({"target_hit_rate": hit} if hit is not None else {})},
+        "cost": {"forward_per_example": sum(c.get("forward", 0) * c.get("examples", 0) for c in costs) / max(n, 1),
+                 "backward_per_example": sum(c.get("backward", 0) * c.get("examples", 0) for c in costs) / max(n, 1),
+                 "attack_seconds": sum(c.get("seconds", 0.0) for c in costs), "wall_seconds": wall,
+                 "batches_from_store": crafted.hits, "device": str(device)},
         "provenance": {"robust_ens": __version__, "torch": torch.__version__, "python": platform.python_version(),
                        "command": sys.argv},
     }
-    side = out.with_suffix(".json")
-    side.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    log.info("wrote %s and %s: surrogate accuracy %.3f -> %.3f (max Linf %.5f)", out, side,
-             clean_ok / n, adv_ok / n, linf)
+    out, side = write_set(args.out, crafted, record)
+    print(f"wrote {out} and {side.name}: {n} images, eps {eps:.6g} (stored within {budget['max_change_levels']}/255), "
+          f"surrogate accuracy {clean:.3f} -> {acc['surrogate_acc_uint8']:.3f}")
     return 0
