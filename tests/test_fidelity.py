@@ -38,13 +38,15 @@ def frac_differ(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-6) -> float:
 
 def reference_cwa(
     members: list[nn.Module], x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int, alpha: float,
-    r: float, beta: float, carry: bool, summed: bool, batch_norm: bool,
+    r: float, beta: float, carry: bool, summed: bool, batch_norm: bool, smooth: Any = None,
 ) -> torch.Tensor:
     """MI-CWA written out as ``MI_CommonWeakness.attack`` runs it (untargeted, mu = 1).
 
     Batch-mean cross-entropy everywhere, as the authors' ``nn.CrossEntropyLoss()``; the outer
     change is normalized by its L1 norm per example, or over the whole batch (``batch_norm``).
+    ``smooth`` (TI) acts on the reverse gradient and on every inner gradient, as with ``TI=True``.
     """
+    sm = smooth or (lambda t: t)
     lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
     x_adv, m_out, m_in = x.clone(), torch.zeros_like(x), torch.zeros_like(x)
     n = len(x)
@@ -55,10 +57,11 @@ def reference_cwa(
         logits = torch.stack([m(xg) for m in members])
         fused = logits.sum(0) if summed else logits.mean(0)
         (g,) = torch.autograd.grad(F.cross_entropy(fused, y), xg)
-        z = torch.min(torch.max(x_adv - r * g.sign(), lo), hi)
+        z = torch.min(torch.max(x_adv - r * sm(g).sign(), lo), hi)
         for m in members:
             zg = z.clone().requires_grad_(True)
             (g,) = torch.autograd.grad(F.cross_entropy(m(zg), y), zg)
+            g = sm(g)
             m_in = m_in + g / g.reshape(n, -1).norm(dim=1).view(n, 1, 1, 1)
             z = torch.min(torch.max(z + beta * m_in, lo), hi)
         d = z - x_adv
@@ -94,6 +97,24 @@ def test_cwa_matches_the_authors_algorithm(switches, ref, digits_ensemble: Ensem
     for key in ref:
         other = reference_cwa(list(digits_ensemble.members), x, y, **kw, **{**ref, key: not ref[key]})
         assert frac_differ(got, other) > 0.02, key
+
+
+def test_cwa_smooths_every_gradient_like_the_authors_ti(digits_ensemble: Ensemble, digits_test) -> None:  # noqa: F811
+    from robust_ens.attacks import TI
+
+    x, y = digits_test
+    x, y = x[:32], y[:32]
+    ti = TI(len_kernel=3)
+    kw = dict(eps=0.1, steps=8, alpha=0.02, r=0.03, beta=0.05, carry=True, summed=True, batch_norm=False)
+    want = reference_cwa(list(digits_ensemble.members), x, y, **kw, smooth=lambda g: ti.apply(g, None))
+    got = CWA(**CWA_KW, transforms=[ti])(digits_ensemble, x, y, seed=0).x_adv
+    assert frac_differ(got, want) < 0.005
+    old = CWA(**CWA_KW, transforms=[ti], transform_placement="update")(digits_ensemble, x, y, seed=0).x_adv
+    assert frac_differ(old, want) > 0.02
+    # without parts the placement does not matter
+    a = CWA(**CWA_KW)(digits_ensemble, x, y, seed=0).x_adv
+    b = CWA(**CWA_KW, transform_placement="update")(digits_ensemble, x, y, seed=0).x_adv
+    assert torch.equal(a, b)
 
 
 class _SpyCWA(CWA):
