@@ -12,20 +12,10 @@ outputs are kept, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from robust_ens.corruptions.tree import IMAGE_EXTS, SPLIT_FILE_CANDIDATES, resolve_split  # noqa: F401 - re-exported
 from robust_ens.errors import RobustEnsError
-
-log = logging.getLogger(__name__)
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
-SPLIT_FILE_CANDIDATES = (
-    "splits/eigen.txt", "splits/eigen/test_files.txt", "eigen.txt", "eigen_test_files.txt", "test_files.txt",
-)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,76 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _parse_split_line(line: str) -> str | None:
-    parts = line.split()
-    if not parts:
-        return None
-    if len(parts) == 1 or Path(parts[0]).suffix.lower() in IMAGE_EXTS:
-        return parts[0]
-    folder, frame = parts[0], parts[1]
-    side = parts[2] if len(parts) > 2 else "l"
-    cam = {"l": "image_02", "r": "image_03"}.get(side, "image_02")
-    return f"{folder}/{cam}/data/{int(frame):010d}"
-
-
-def resolve_split(src: Path, split: str, split_file: str | None) -> list[str]:
-    """Relative image paths (without extension when the split file gives frame numbers)."""
-    if split == "all" and split_file is None:
-        files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
-        if not files:
-            raise RobustEnsError(f"no images ({', '.join(IMAGE_EXTS)}) under {src}")
-        return files
-    path: Path | None = Path(split_file) if split_file else None
-    if path is None and split not in ("eigen", "all"):
-        path = Path(split)
-    if path is None:
-        for cand in SPLIT_FILE_CANDIDATES:
-            if (src / cand).is_file():
-                path = src / cand
-                break
-    if path is None or not path.is_file():
-        looked = ", ".join(str(src / c) for c in SPLIT_FILE_CANDIDATES)
-        raise RobustEnsError(
-            f"split file for {split!r} not found (looked in: {looked}). Pass --split-file PATH with the Eigen "
-            "test split (697 lines 'DATE/DRIVE FRAME l', e.g. MonoDepth2's splits/eigen/test_files.txt or "
-            "RoboDepth's splits/eigen.txt), or use --split all"
-        )
-    entries = [e for e in (_parse_split_line(ln) for ln in path.read_text().splitlines()) if e]
-    if not entries:
-        raise RobustEnsError(f"split file {path} lists no images")
-    return entries
-
-
-def _find_image(src: Path, rel: str) -> Path:
-    p = src / rel
-    if p.suffix.lower() in IMAGE_EXTS and p.is_file():
-        return p
-    for ext in IMAGE_EXTS:
-        if (src / (rel + ext)).is_file():
-            return src / (rel + ext)
-    raise RobustEnsError(f"image {rel} listed in the split is missing under {src} (tried {', '.join(IMAGE_EXTS)})")
-
-
-def _parse_size(text: str | None, preset: str) -> tuple[int, int] | None:
-    if text is None:
-        return (192, 640) if preset == "kittic" else None
-    if text.lower() in ("none", "native"):
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError as err:
-        raise RobustEnsError(f"--size must look like 192x640 (HxW), got {text!r}") from err
-    return h, w
-
-
 def run(args: argparse.Namespace) -> int:
-    """Corrupt the split and write PNGs; returns 0 on success."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
+    """Parse the options, write the corrupted tree; returns 0 on success."""
     from robust_ens.commands.common import progress_enabled
-    from robust_ens.corruptions import corrupt, list_corruptions
+    from robust_ens.corruptions import list_corruptions
+    from robust_ens.corruptions.tree import parse_size, write_corrupted_tree
 
     src = Path(args.src).expanduser()
     if not src.is_dir():
@@ -151,84 +76,15 @@ def run(args: argparse.Namespace) -> int:
     level = int(getattr(args, "png_compression", 1))
     if level not in range(10):
         raise RobustEnsError(f"--png-compression must be within 0..9, got {level}")
-    size = _parse_size(args.size, args.preset)
-    rels = resolve_split(src, args.split, args.split_file)
-    files = [_find_image(src, r) for r in rels]
-    out_rel = [f.relative_to(src).with_suffix(".png").as_posix() for f in files]
-    out = Path(args.out).expanduser()
-    device = torch.device(args.device)
-
-    def load(path: Path) -> np.ndarray:
-        with Image.open(path) as f:
-            im = f.convert("RGB")
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.Resampling.LANCZOS)  # RoboDepth's ANTIALIAS
-            return np.asarray(im, dtype=np.uint8)
-
-    def save(arr: np.ndarray, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(arr).save(tmp, compress_level=level)
-            tmp.replace(path)
-        except OSError as err:
-            raise RobustEnsError(f"cannot write {path}: {err}; finished images are kept, rerun to resume") from err
-
-    from tqdm.auto import tqdm
-
-    jobs = [(n, s) for n in names for s in sevs]
-    bar = tqdm(total=len(jobs) * len(files), disable=not progress_enabled(), unit="img", desc="corrupt")
-    written = 0
-    # PNG encoding (Pillow releases the GIL) runs in writer threads while the next corruption is
-    # computed; at most ``max_pending`` images wait to be written, so memory stays bounded
-    workers = max(2, min(16, os.cpu_count() or 2))
-    max_pending = max(2 * args.batch_size, 4 * workers)
-    pending: deque[Future[None]] = deque()
-
-    def write(arr: np.ndarray, path: Path) -> None:
-        pending.append(pool.submit(save, arr, path))
-        while len(pending) > max_pending:
-            pending.popleft().result()  # also re-raises a failed write
-
     threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
         raise RobustEnsError(f"--threads must be at least 1, got {threads}")
-    torch_threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(threads or 1)
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for start in range(0, len(files), args.batch_size):
-                idx = list(range(start, min(start + args.batch_size, len(files))))
-                todo = [(n, s) for n, s in jobs
-                        if args.overwrite or not all((out / n / str(s) / out_rel[i]).is_file() for i in idx)]
-                want_clean = args.clean and (args.overwrite or not all((out / "clean" / out_rel[i]).is_file() for i in idx))
-                if not todo and not want_clean:
-                    bar.update(len(jobs) * len(idx))
-                    continue
-                arrays = list(pool.map(lambda i: load(files[i]), idx))
-                shapes = {a.shape for a in arrays}
-                if len(shapes) != 1:
-                    raise RobustEnsError(f"images of different sizes {sorted(shapes)} in one batch; pass --size HxW")
-                x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device).float().div_(255.0)
-                index = torch.tensor(idx)
-                if want_clean:
-                    for i, a in zip(idx, arrays, strict=True):
-                        write(a, out / "clean" / out_rel[i])
-                for n, s in jobs:
-                    if (n, s) in todo:
-                        y = corrupt(x, n, s, preset=args.preset, seed=args.seed, index=index)
-                        y8 = (y * 255.0 + 0.5).clamp_(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
-                        for i, a in zip(idx, y8, strict=True):
-                            write(a, out / n / str(s) / out_rel[i])
-                        written += len(idx)
-                    bar.update(len(idx))
-            while pending:
-                pending.popleft().result()
-    finally:
-        torch.set_num_threads(torch_threads)
-    bar.close()
-    log.info("wrote %d corrupted images (%d corruptions x %d severities x %d images) under %s",
-             written, len(names), len(sevs), len(files), out)
-    print(f"{len(files)} images x {len(names)} corruptions x {len(sevs)} severities -> {out} ({written} written)")
+    out = Path(args.out).expanduser()
+    n_files, written = write_corrupted_tree(
+        src, out, names, sevs, preset=args.preset, split=args.split, split_file=args.split_file,
+        size=parse_size(args.size, args.preset), seed=args.seed, batch_size=args.batch_size, device=args.device,
+        overwrite=args.overwrite, clean=args.clean, threads=threads, png_compression=level,
+        progress=progress_enabled(),
+    )
+    print(f"{n_files} images x {len(names)} corruptions x {len(sevs)} severities -> {out} ({written} written)")
     return 0

@@ -84,61 +84,12 @@ def parse_severities(text: str) -> list[int]:
     return sorted(out)
 
 
-class Upscaled(torch.nn.Module):
-    """Runs ``model`` on images average-pooled by ``factor`` (undoing an integer upsampling)."""
-
-    def __init__(self, model: torch.nn.Module, factor: int) -> None:
-        super().__init__()
-        self.model = model
-        self.factor = int(factor)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of ``model`` on ``avg_pool2d(x, factor)``."""
-        return self.model(torch.nn.functional.avg_pool2d(x, self.factor) if self.factor > 1 else x)
-
-
-def load_models(spec: str, *, combine: str, precision: str, device: torch.device) -> tuple[torch.nn.Module, list[Any]]:
-    """``"a,zoo:b"`` -> (one model or an Ensemble, the members' checkpoint records)."""
-    from robust_ens import models
-    from robust_ens.ensemble import Ensemble
-
-    parts = [s.strip() for s in spec.split(",") if s.strip()]
-    if not parts:
-        raise RobustEnsError("--model needs at least one checkpoint path or zoo:NAME")
-    loaded = [models.load(s, device=device).eval() for s in parts]
-    records = [getattr(m, "checkpoint", {}) or {} for m in loaded]
-    if len(loaded) == 1:
-        return loaded[0], records
-    return Ensemble(loaded, combine=combine, precision=precision).to(device).eval(), records
-
-
-def _upscale_factor(text: str, h: int, w: int) -> int:
-    if text == "auto":
-        side = min(h, w)
-        return 1 if side >= 32 else -(-32 // side)
-    try:
-        k = int(text)
-    except ValueError as err:
-        raise RobustEnsError(f"--upscale must be 'auto' or a positive integer, got {text!r}") from err
-    if k < 1:
-        raise RobustEnsError(f"--upscale must be a positive integer, got {k}")
-    return k
-
-
-def _default_name(spec: str) -> str:
-    import re
-
-    parts = [s.strip() for s in spec.split(",") if s.strip()]
-    stems = [p.removeprefix("zoo:").replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".safetensors").removesuffix(".json")
-             for p in parts]
-    name = stems[0] if len(stems) == 1 else "ens-" + "+".join(stems)
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", name)[:120]
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``corruptions evaluate``; returns the exit status."""
     from robust_ens import data
     from robust_ens import leaderboard as lb
+    from robust_ens.bench.runner import dataset_label
+    from robust_ens.bench.targets import check_target, resolve_target
     from robust_ens.commands.common import progress_enabled
     from robust_ens.corruptions import evaluate as ev
     from robust_ens.corruptions import list_corruptions
@@ -166,16 +117,15 @@ def run(args: argparse.Namespace) -> int:
         if baseline["protocol"].get("preset") not in (None, args.preset):
             raise RobustEnsError(f"the baseline used preset {baseline['protocol'].get('preset')!r}, not {args.preset!r}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, records = load_models(args.model, combine=args.combine, precision=args.precision, device=device)
-
+    target = resolve_target(args.model, dataset=args.data, device=device, combine=args.combine,
+                            precision=args.precision)
     xu, yall = data.load_uint8(args.data, args.split)
     idx = data.subset_indices(yall, args.n, args.data_seed)
     x, y = xu[idx], yall[idx]
-    factor = _upscale_factor(str(args.upscale), x.shape[-2], x.shape[-1])
-    if factor > 1:
-        up = torch.nn.functional.interpolate(x.float(), scale_factor=factor, mode="bilinear", align_corners=False)
-        x = up.round_().clamp_(0, 255).to(torch.uint8)
-        model = Upscaled(model, factor).eval()
+    label = args.dataset_label or dataset_label(args.data)
+    check_target(target, x[:2].float().div(255), data.info(args.data).num_classes, label)
+    factor = ev.upscale_factor(str(args.upscale), x.shape[-2], x.shape[-1])
+    x, model = ev.upscale(x, target.module, factor)
     log.info("evaluating %s on %d %s images (%dx%d) under %d corruptions x %d severities",
              args.model, len(y), args.data, x.shape[-2], x.shape[-1], len(names), len(severities))
     res = ev.evaluate_corruptions(
@@ -183,19 +133,18 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, device=device, cache=not args.no_cache, baseline=baseline,
         baseline_name=baseline["name"] if baseline else None, progress=progress_enabled(),
     )
-    inner = model.model if isinstance(model, Upscaled) else model
+    inner = target.module
     members = list(inner.members) if isinstance(inner, Ensemble) else [inner]
-    arches = [str(r.get("arch", type(m).__name__)) for r, m in zip(records, members, strict=False)]
-    arch = arches[0] if len(set(arches)) == 1 and len(arches) == 1 else f"ensemble({','.join(arches)})"
+    arch = target.architecture if len(members) == 1 else f"ensemble({target.architecture})"
     settings: dict[str, Any] = {"split": args.split, "data_seed": args.data_seed, "upscale": factor,
                                 "models": args.model}
     if isinstance(inner, Ensemble):
         settings.update({"combine": args.combine, "precision": args.precision})
     entry = ev.to_entry(
-        res, name=args.name or _default_name(args.model), architecture=arch, n_members=len(members),
-        checkpoint_sha256=[str(r["sha256"]) for r in records if r.get("sha256")],
+        res, name=args.name or ev.default_entry_name(args.model), architecture=arch, n_members=len(members),
+        checkpoint_sha256=target.sha256s,
         parameters={"n_parameters": int(sum(p.numel() for p in inner.parameters()))},
-        dataset=args.dataset_label or args.data, settings=settings, device=str(device),
+        dataset=label, settings=settings, device=str(device),
         forward_passes=len(y) * (1 + len(names) * len(severities)) * len(members),
         command=" ".join(["robust-ens", *sys.argv[1:]]) if sys.argv else None,
     )

@@ -296,3 +296,51 @@ def result_from_entry(entry: Any) -> dict[str, Any]:
             acc.setdefault(parts[1], {})[int(parts[2])] = float(value)
     return {"name": e.name, "clean_accuracy": e.results.clean_accuracy, "accuracy": acc,
             "protocol": dict(e.protocol.settings, n_examples=e.protocol.n_examples, seed=e.protocol.seed)}
+
+# --------------------------------------------------------------------------- small images
+
+
+class Upscaled(torch.nn.Module):
+    """Runs ``model`` on images average-pooled by ``factor`` (undoing an integer upsampling)."""
+
+    def __init__(self, model: torch.nn.Module, factor: int) -> None:
+        super().__init__()
+        self.model = model
+        self.factor = int(factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``model`` on ``avg_pool2d(x, factor)``."""
+        return self.model(torch.nn.functional.avg_pool2d(x, self.factor) if self.factor > 1 else x)
+
+
+def upscale_factor(text: str, h: int, w: int) -> int:
+    """``"auto"``: the smallest integer factor that brings the shorter side to 32 px (the corruptions' minimum)."""
+    if text == "auto":
+        side = min(h, w)
+        return 1 if side >= 32 else -(-32 // side)
+    try:
+        k = int(text)
+    except ValueError as err:
+        raise RobustEnsError(f"--upscale must be 'auto' or a positive integer, got {text!r}") from err
+    if k < 1:
+        raise RobustEnsError(f"--upscale must be a positive integer, got {k}")
+    return k
+
+
+def upscale(x_u8: torch.Tensor, model: torch.nn.Module, factor: int) -> tuple[torch.Tensor, torch.nn.Module]:
+    """Bilinearly upsample a uint8 set by ``factor`` and wrap ``model`` to pool it back (identity for 1)."""
+    if factor <= 1:
+        return x_u8, model
+    up = torch.nn.functional.interpolate(x_u8.float(), scale_factor=factor, mode="bilinear", align_corners=False)
+    return up.round_().clamp_(0, 255).to(torch.uint8), Upscaled(model, factor).eval()
+
+
+def default_entry_name(spec: str) -> str:
+    """An entry name from a model spec: the checkpoint stem, or ``ens-a+b`` for an ensemble."""
+    import re
+
+    parts = [s.strip() for s in spec.split(",") if s.strip()]
+    stems = [p.removeprefix("zoo:").replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".safetensors").removesuffix(".json")
+             for p in parts]
+    name = stems[0] if len(stems) == 1 else "ens-" + "+".join(stems)
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name)[:120]
