@@ -53,7 +53,7 @@ def to_entries(summary: dict[str, Any], command: str | None = None) -> list[Entr
             cleans = [t["clean"]["acc"] for t in summary["targets"].values()]
             entries.append(Entry(
                 name=entry_name(attack),
-                model=ModelInfo(name=attack, architecture="attack",
+                model=ModelInfo(name=attack, architecture="attack", n_members=1,
                                 parameters={"surrogates": summary.get("surrogates", [])}),
                 protocol=_protocol(summary).model_copy(update={"attacks": [attack]}),
                 results=Results(clean_accuracy=sum(cleans) / len(cleans), robust_accuracy=robust, metrics=metrics),
