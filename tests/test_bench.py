@@ -370,3 +370,18 @@ def test_kittic_smoke_on_a_synthetic_tree(tmp_path: Path, capsys: pytest.Capture
     res = s["depth"]["tests.bench_models:ramp_depth"]
     assert s["n"] == 2 and res["clean"]["abs_rel"] < 1e-6  # the smoke tier takes the first 2 images
     assert set(res["corrupted"]) == {"gaussian_noise", "brightness"} and "mCE" in res["summary"]
+
+
+def test_a_tampered_result_file_is_recomputed_not_trusted(tmp_path: Path, smoke_run: tuple[Path, dict]) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(smoke_run[0], out)
+    victim = next((out / "results").rglob("mifgsm@zoo2@0.2.safetensors"))
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(str(victim))
+    save_file({"correct": torch.ones_like(t["correct"]), "indices": t["indices"]}, str(victim))  # "all robust"
+    with pytest.warns(RuntimeWarning, match="does not match the manifest"):
+        s = run_suite("digits-transfer", "smoke", [DIGITS], out, progress=False)
+    assert _numbers(s) == _numbers(smoke_run[1]) and s["cost"]["advsets_made"] == 0
