@@ -16,6 +16,7 @@ batch index); under ``torchrun`` rank ``r`` takes the batches ``b % world == r``
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -340,7 +341,24 @@ class Engine:
                 "surrogate": c["surrogate"], "per_target": rates, "mean": sum(succ) / len(succ), "min": min(succ)}
         return view
 
-    # ---- white-box (AutoAttack)
+    # ---- white-box and corruptions: each target attacked (or corrupted) on its own
+    def _per_target(self, targets: list[Target], cells: list[dict[str, Any]],
+                    compute: Callable[[Target, dict[str, Any], int, slice], torch.Tensor],
+                    ) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """``{target: (clean vector, {cell id: vector})}``, each cell computed per batch by ``compute``."""
+        out: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+        bar = _progress(len(targets) * (len(cells) + 1), f"{self.protocol.suite}/{self.tier.name}", self.progress)
+        for t in targets:
+            clean = self.clean(t)
+            bar.update(1)
+            results: dict[str, torch.Tensor] = {}
+            for cell in cells:
+                results[cell["id"]] = self._cell(t.name, cell["id"], functools.partial(compute, t, cell))
+                bar.update(1)
+            out[t.name] = (clean, results)
+        bar.close()
+        return out
+
     def _run_whitebox(self, targets: list[Target]) -> dict[str, Any]:
         try:
             from pyautoattack import AutoAttack
@@ -349,69 +367,57 @@ class Engine:
                 "cifar10-whitebox needs the original AutoAttack: pip install 'robust-ens[autoattack]' "
                 "(the package pyautoattack)"
             ) from None
+        from robust_ens.attacks import enforce_budget
+
         summary = self._header()
         opts = dict(self.tier.options)
         version = str(opts.get("version", "standard"))
-        cells: list[dict[str, Any]] = [{"id": f"autoattack-{version}@{e:.6g}", "attack": f"autoattack-{version}", "surrogate": "white-box",
-                  "eps": e} for e in self.tier.eps]
+        cells: list[dict[str, Any]] = [{"id": f"autoattack-{version}@{e:.6g}", "attack": f"autoattack-{version}",
+                                        "surrogate": "white-box", "eps": e} for e in self.tier.eps]
         summary["cells"] = cells
         summary["autoattack"] = {"package": "pyautoattack", "version": version, **opts}
-        bar = _progress(len(targets) * (len(cells) + 1), f"{self.protocol.suite}/{self.tier.name}", self.progress)
-        for t in targets:
-            clean = self.clean(t)
-            bar.update(1)
-            results: dict[str, torch.Tensor] = {}
-            for cell in cells:
-                def compute(b: int, sl: slice, cell: dict[str, Any] = cell, t: Target = t) -> torch.Tensor:
-                    _, x, y = self._xb(sl)
-                    kw: dict[str, Any] = {"attacks": list(opts["attacks"])} if version == "custom" else {}
-                    aa = AutoAttack(t.module.eval(), norm=self.protocol.norm, eps=cell["eps"], version=version,
-                                    device=self.device, seed=batch_seed(self.protocol.seed, cell["id"], b), **kw)
-                    t0 = time.perf_counter()
-                    with _quiet_logs("pyautoattack"):
-                        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(y))
-                    self.cost["attack_seconds"] += time.perf_counter() - t0
-                    from robust_ens.attacks import enforce_budget
 
-                    x_adv = enforce_budget(x, x_adv, cell["eps"], self.protocol.norm)
-                    return correct(t.module, x_adv, y)
-                results[cell["id"]] = self._cell(t.name, cell["id"], compute)
-                bar.update(1)
+        def compute(t: Target, cell: dict[str, Any], b: int, sl: slice) -> torch.Tensor:
+            _, x, y = self._xb(sl)
+            kw: dict[str, Any] = {"attacks": list(opts["attacks"])} if version == "custom" else {}
+            aa = AutoAttack(t.module.eval(), norm=self.protocol.norm, eps=cell["eps"], version=version,
+                            device=self.device, seed=batch_seed(self.protocol.seed, cell["id"], b), **kw)
+            t0 = time.perf_counter()
+            with _quiet_logs("pyautoattack"):
+                x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(y))
+            self.cost["attack_seconds"] += time.perf_counter() - t0
+            return correct(t.module, enforce_budget(x, x_adv, cell["eps"], self.protocol.norm), y)
+
+        for name, (clean, results) in self._per_target(targets, cells, compute).items():
+            t = next(t for t in targets if t.name == name)
             row = self._target_summary(t, clean, cells, results)
             row["flags"] += agg.eps_flags({float(k): v["acc"] for k, v in row["worst_case"].items()}, len(self.ex.y))
-            summary["targets"][t.name] = row
-        bar.close()
+            summary["targets"][name] = row
         return summary
 
-    # ---- corruptions
     def _run_corruptions(self, targets: list[Target]) -> dict[str, Any]:
         from robust_ens.corruptions.evaluate import corrupted_set
 
         summary = self._header()
         preset = str(self.tier.options.get("preset", "cifar10c"))
         cells: list[dict[str, Any]] = [{"id": f"{c}@{s}", "corruption": c, "severity": s}
-                 for c in self.tier.corruptions for s in self.tier.severities]
+                                       for c in self.tier.corruptions for s in self.tier.severities]
         summary["cells"] = cells
         summary["preset"] = preset
-        bar = _progress(len(targets) * (len(cells) + 1), f"{self.protocol.suite}/{self.tier.name}", self.progress)
-        for t in targets:
-            clean = self.clean(t)
-            bar.update(1)
-            results: dict[str, torch.Tensor] = {}
-            for cell in cells:
-                def compute(b: int, sl: slice, cell: dict[str, Any] = cell, t: Target = t) -> torch.Tensor:
-                    xc = corrupted_set(self.ex.x_u8, cell["corruption"], cell["severity"], preset=preset,
-                                       seed=self.protocol.seed, fingerprint=self.ex.fingerprint)
-                    return correct(t.module, xc[sl].to(self.device), self.ex.y[sl].to(self.device))
-                results[cell["id"]] = self._cell(t.name, cell["id"], compute)
-                bar.update(1)
+
+        def compute(t: Target, cell: dict[str, Any], b: int, sl: slice) -> torch.Tensor:
+            xc = corrupted_set(self.ex.x_u8, cell["corruption"], cell["severity"], preset=preset,
+                               seed=self.protocol.seed, fingerprint=self.ex.fingerprint)
+            return correct(t.module, xc[sl].to(self.device), self.ex.y[sl].to(self.device))
+
+        for name, (clean, results) in self._per_target(targets, cells, compute).items():
+            t = next(t for t in targets if t.name == name)
             row: dict[str, Any] = {"model": t.describe(), "clean": agg.rate(clean),
-                   "per_class": {"clean": agg.per_class(clean, self.ex.y, self.ex.num_classes)},
-                   "cells": agg.summarize_cells(cells, results), "flags": []}
+                                   "per_class": {"clean": agg.per_class(clean, self.ex.y, self.ex.num_classes)},
+                                   "cells": agg.summarize_cells(cells, results), "flags": []}
             accs = [r["acc"] for r in row["cells"]]
             row["mean_corruption_accuracy"] = sum(accs) / len(accs) if accs else None
-            summary["targets"][t.name] = row
-        bar.close()
+            summary["targets"][name] = row
         return summary
 
 
