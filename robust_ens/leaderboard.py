@@ -1,46 +1,78 @@
 """Leaderboard entries: a typed, versioned JSON schema, validation and rendered tables.
 
-One JSON file per entry at ``leaderboards/<dataset>/<suite>/<Name>.json``. Numbers are JSON
-numbers (RobustBench stores strings; we refuse them). Tables are rendered from entries, never
-edited by hand.
+One JSON file per entry at ``<root>/<dataset>/<suite>/<Name>.json``, where ``<root>`` is
+``--root``, else ``$ROBUST_ENS_LEADERBOARD``, else ``./leaderboards`` (:func:`leaderboard_root`).
+Numbers are JSON numbers (RobustBench stores strings; we refuse them). Tables, pages and plots are
+rendered from entries (:func:`render_all`), never edited by hand.
+
+Schema 2 (:class:`Entry`, ``schema_version: "2"``) records one cell per (attack, surrogate, eps)
+with ``k`` of ``n`` examples robust and a 95% Wilson interval, the worst case per eps (the
+per-example worst case over every cell of that eps, which can only be at or below the minimum of
+the cells; the minimum itself is recorded and checked), per-class accuracy, sanity flags, cost,
+provenance, the paper, the target it was evaluated on (spec, weights and sha256: enough to re-run
+it, see ``robust-ens regress``) and the sha256 of the per-example results. Schema 1
+(:class:`EntryV1`, ``schema_version: "1.0"`` or absent) is kept: such files still validate and
+render.
 
 Example:
-    >>> from robust_ens.leaderboard import Entry
-    >>> e = Entry.model_validate({
+    >>> from robust_ens.leaderboard import validate
+    >>> e = validate({
     ...     "name": "demo", "model": {"name": "demo", "architecture": "small_cnn"},
     ...     "protocol": {"suite": "quickstart", "suite_version": "1", "dataset": "digits", "n_examples": 10, "seed": 0},
     ...     "results": {"clean_accuracy": 0.9},
     ... })
-    >>> e.results.clean_accuracy
-    0.9
+    >>> e.schema_version, e.results.clean_accuracy
+    ('1.0', 0.9)
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from robust_ens.errors import RobustEnsError
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2"
+SCHEMA_VERSIONS = ("1.0", "2")
 LEADERBOARD_DIR = Path(__file__).resolve().parent.parent / "leaderboards"
+ENV_ROOT = "ROBUST_ENS_LEADERBOARD"
+SCHEMA_DIRNAME = "schema"
 
 _Strict = ConfigDict(extra="forbid", strict=True)
+_StrictNS = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+
+
+def leaderboard_root(root: str | Path | None = None) -> Path:
+    """The leaderboard folder: ``root``, else ``$ROBUST_ENS_LEADERBOARD``, else ``./leaderboards``.
+
+    The checkout's folder is never guessed from the package's location, so an installed wheel
+    reads and writes where the user is, not in site-packages.
+    """
+    if root is not None and str(root) != "":
+        return Path(root)
+    env = os.environ.get(ENV_ROOT)
+    return Path(env) if env else Path.cwd() / "leaderboards"
+
+
+# =========================================================================== schema 1 (kept)
 
 
 class ModelInfo(BaseModel):
-    """What was evaluated."""
+    """What was evaluated (schema 1)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+    model_config = _StrictNS
 
     name: str
     architecture: str
@@ -52,7 +84,7 @@ class ModelInfo(BaseModel):
 
 
 class Protocol(BaseModel):
-    """How it was evaluated."""
+    """How it was evaluated (schema 1)."""
 
     model_config = _Strict
 
@@ -73,7 +105,7 @@ class Results(BaseModel):
 
     model_config = _Strict
 
-    clean_accuracy: float = Field(ge=0, le=1)
+    clean_accuracy: float = Field(ge=0, le=1, allow_inf_nan=False)
     robust_accuracy: dict[str, dict[str, float]] = Field(default_factory=dict)
     worst_case: dict[str, float] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -87,17 +119,29 @@ class Results(BaseModel):
                     raise ValueError(f"robust accuracy of {attack} at eps {eps} is {acc}, outside [0, 1]")
         return v
 
+    @field_validator("worst_case")
+    @classmethod
+    def _worst_in_unit_interval(cls, v: dict[str, float]) -> dict[str, float]:
+        for eps, acc in v.items():
+            if not 0 <= acc <= 1:
+                raise ValueError(f"worst case at eps {eps} is {acc}, outside [0, 1]")
+        return v
+
 
 class Cost(BaseModel):
+    """What an evaluation spent."""
+
     model_config = _Strict
 
-    seconds: float = Field(0.0, ge=0)
+    seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
     device: str = "cpu"
     forward_passes: int = Field(0, ge=0)
     backward_passes: int = Field(0, ge=0)
 
 
 class Provenance(BaseModel):
+    """Where an entry came from."""
+
     model_config = _Strict
 
     robust_ens_version: str
@@ -108,12 +152,12 @@ class Provenance(BaseModel):
     created: str
 
 
-class Entry(BaseModel):
-    """One leaderboard entry (schema version :data:`SCHEMA_VERSION`)."""
+class EntryV1(BaseModel):
+    """One leaderboard entry of schema 1 (``schema_version: "1.0"``), still accepted."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+    model_config = _StrictNS
 
-    schema_version: str = SCHEMA_VERSION
+    schema_version: Literal["1.0"] = "1.0"
     name: str = Field(pattern=r"^[A-Za-z0-9._+-]+$")
     model: ModelInfo
     protocol: Protocol
@@ -121,13 +165,322 @@ class Entry(BaseModel):
     cost: Cost | None = None
     provenance: Provenance | None = None
 
-    def with_worst_case(self) -> Entry:
+    def with_worst_case(self) -> EntryV1:
         """A copy whose ``worst_case`` is the minimum robust accuracy over attacks per eps."""
         worst: dict[str, float] = {}
         for per_eps in self.results.robust_accuracy.values():
             for eps, acc in per_eps.items():
                 worst[eps] = min(acc, worst.get(eps, 1.0))
         return self.model_copy(update={"results": self.results.model_copy(update={"worst_case": worst})})
+
+
+# =========================================================================== schema 2
+
+Unit = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+_SHA = r"^[0-9a-f]{64}$"
+
+
+def eps_key(eps: float) -> str:
+    """The engine's spelling of an eps (``0.1``, ``0.0313725``): 6 significant digits."""
+    return f"{eps:.6g}"
+
+
+def _check_rate(acc: float, k: int | None, n: int, ci95: list[float], what: str) -> None:
+    lo, hi = ci95
+    if not 0 <= lo <= hi <= 1:
+        raise ValueError(f"{what}: ci95 {ci95} is not an interval within [0, 1]")
+    if k is None:
+        return
+    if k > n:
+        raise ValueError(f"{what}: k={k} is more than n={n}")
+    if abs(acc - k / n) > 1e-9:
+        raise ValueError(f"{what}: accuracy {acc} is not k/n = {k}/{n}")
+
+
+class Rate(BaseModel):
+    """An accuracy measured on ``n`` examples: ``acc = k / n`` and its 95% Wilson interval."""
+
+    model_config = _Strict
+
+    acc: Unit
+    k: int | None = Field(ge=0)
+    n: int = Field(ge=1)
+    ci95: list[float] = Field(min_length=2, max_length=2)
+    per_class: list[float | None] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rate:
+        _check_rate(self.acc, self.k, self.n, self.ci95, "acc")
+        for i, v in enumerate(self.per_class):
+            if v is not None and not (math.isfinite(v) and 0 <= v <= 1):
+                raise ValueError(f"per_class[{i}] is {v}, outside [0, 1]")
+        return self
+
+
+class Cell(BaseModel):
+    """Robust accuracy of one (attack, surrogate, eps) cell (for attack entries, also per target)."""
+
+    model_config = _Strict
+
+    attack: str
+    surrogate: str
+    eps: float = Field(gt=0, allow_inf_nan=False)
+    target: str | None = None
+    robust_acc: Unit
+    k: int | None = Field(ge=0)
+    n: int = Field(ge=1)
+    ci95: list[float] = Field(min_length=2, max_length=2)
+    success_rate: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Cell:
+        _check_rate(self.robust_acc, self.k, self.n, self.ci95, "robust_acc")
+        return self
+
+    @property
+    def id(self) -> str:
+        """``attack@surrogate@eps`` (``@target`` appended for attack entries)."""
+        base = f"{self.attack}@{self.surrogate}@{eps_key(self.eps)}"
+        return base if self.target is None else f"{base}@{self.target}"
+
+
+class CorruptionCell(BaseModel):
+    """Accuracy under one (corruption, severity)."""
+
+    model_config = _Strict
+
+    corruption: str
+    severity: int = Field(ge=1)
+    acc: Unit
+    k: int = Field(ge=0)
+    n: int = Field(ge=1)
+    ci95: list[float] = Field(min_length=2, max_length=2)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CorruptionCell:
+        _check_rate(self.acc, self.k, self.n, self.ci95, "acc")
+        return self
+
+
+class WorstCase(BaseModel):
+    """The worst case at one eps: an example counts only if it survives every cell of that eps.
+
+    ``min_cell_acc`` is the minimum of the cells' robust accuracies at this eps; ``robust_acc``
+    (per example) is at or below it.
+    """
+
+    model_config = _Strict
+
+    eps: float = Field(gt=0, allow_inf_nan=False)
+    robust_acc: Unit
+    k: int | None = Field(ge=0)
+    n: int = Field(ge=1)
+    ci95: list[float] = Field(min_length=2, max_length=2)
+    min_cell_acc: Unit
+    per_class: list[float | None] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WorstCase:
+        _check_rate(self.robust_acc, self.k, self.n, self.ci95, "robust_acc")
+        for i, v in enumerate(self.per_class):
+            if v is not None and not (math.isfinite(v) and 0 <= v <= 1):
+                raise ValueError(f"per_class[{i}] is {v}, outside [0, 1]")
+        return self
+
+
+class TargetRecord(BaseModel):
+    """How to rebuild the evaluated model: an engine target spec, its weights and their sha256."""
+
+    model_config = _Strict
+
+    spec: str = Field(min_length=1)
+    weights: str | None = None
+    weights_sha256: str | None = Field(None, pattern=_SHA)
+
+
+class ModelInfo2(BaseModel):
+    """What was evaluated (a model for defense entries; an attack for attack entries)."""
+
+    model_config = _StrictNS
+
+    name: str
+    architecture: str
+    n_members: int = Field(1, ge=1)
+    parameters: int | None = Field(None, ge=0)
+    checkpoint_sha256: list[str] = Field(default_factory=list)
+    defense: str | None = None
+    description: str = ""
+    target: TargetRecord | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class Protocol2(BaseModel):
+    """How it was evaluated: the suite at its version and tier, and what that tier contains."""
+
+    model_config = _Strict
+
+    suite: str
+    suite_version: int = Field(ge=1)
+    tier: str
+    task: str = "transfer"
+    dataset: str
+    split: str = "test"
+    n_examples: int = Field(ge=1)
+    seed: int
+    threat_model: str = "Linf"
+    eps: list[float] = Field(default_factory=list)
+    attacks: list[str] = Field(default_factory=list)
+    surrogates: list[str] = Field(default_factory=list)
+    digest: str | None = Field(None, pattern=_SHA)
+
+    @field_validator("eps")
+    @classmethod
+    def _finite_eps(cls, v: list[float]) -> list[float]:
+        for e in v:
+            if not math.isfinite(e) or e <= 0:
+                raise ValueError(f"eps {e} is not a positive finite number")
+        return v
+
+
+class Results2(BaseModel):
+    """What was measured; every accuracy is in [0, 1] with its ``k`` and ``n``."""
+
+    model_config = _Strict
+
+    clean: Rate
+    cells: list[Cell] = Field(default_factory=list)
+    worst_case: list[WorstCase] = Field(default_factory=list)
+    corruptions: list[CorruptionCell] = Field(default_factory=list)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    flags: list[str] = Field(default_factory=list)
+    sanity: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metrics")
+    @classmethod
+    def _finite_metrics(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, x in v.items():
+            if not math.isfinite(x):
+                raise ValueError(f"metric {k} is {x}; metrics are finite numbers")
+        return v
+
+
+class Cost2(BaseModel):
+    """What the evaluation spent."""
+
+    model_config = _Strict
+
+    seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
+    device: str = "cpu"
+    forward_passes: float = Field(0, ge=0, allow_inf_nan=False)
+    backward_passes: float = Field(0, ge=0, allow_inf_nan=False)
+    attack_seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
+    eval_seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
+
+
+class Paper(BaseModel):
+    """The paper behind the model or attack."""
+
+    model_config = _Strict
+
+    title: str = ""
+    url: str | None = None
+    venue: str | None = None
+    authors: str | None = None
+
+
+class External(BaseModel):
+    """Where an imported reference entry came from (not measured by robust-ens)."""
+
+    model_config = _Strict
+
+    source: str
+    path: str
+    fields: dict[str, Any] = Field(default_factory=dict)
+
+
+class Entry(BaseModel):
+    """One leaderboard entry of schema :data:`SCHEMA_VERSION`.
+
+    ``kind`` is ``defense`` (a model ranked by its worst case), ``attack`` (an attack ranked by
+    the success it transfers) or ``reference`` (imported from RobustBench; not measured here).
+    """
+
+    model_config = _StrictNS
+
+    schema_version: Literal["2"]
+    kind: Literal["defense", "attack", "reference"]
+    name: str = Field(pattern=r"^[A-Za-z0-9._+-]+$")
+    model: ModelInfo2
+    protocol: Protocol2
+    results: Results2
+    cost: Cost2 | None = None
+    provenance: Provenance | None = None
+    paper: Paper | None = None
+    results_sha256: str | None = Field(None, pattern=_SHA)
+    external: External | None = None
+
+    @model_validator(mode="after")
+    def _cells_agree(self) -> Entry:
+        r, p = self.results, self.protocol
+        if r.cells:
+            cell_eps = sorted({c.eps for c in r.cells})
+            if sorted(set(p.eps)) != cell_eps:
+                raise ValueError(f"protocol.eps: {sorted(p.eps)} does not match the eps of results.cells {cell_eps}")
+            for i, c in enumerate(r.cells):
+                if c.n != p.n_examples:
+                    raise ValueError(f"results.cells[{i}].n: {c.n} but protocol.n_examples is {p.n_examples}")
+            ids = [c.id for c in r.cells]
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            if dup:
+                raise ValueError(f"results.cells: cell {dup[0]} appears twice")
+        if self.kind != "reference":
+            if self.kind == "defense" and r.clean.n != p.n_examples:
+                raise ValueError(f"results.clean.n: {r.clean.n} but protocol.n_examples is {p.n_examples}")
+            unknown = (["results.clean.k"] if r.clean.k is None else []) + [
+                f"results.cells[{i}].k" for i, c in enumerate(r.cells) if c.k is None] + [
+                f"results.worst_case[{i}].k" for i, w in enumerate(r.worst_case) if w.k is None]
+            if unknown:
+                raise ValueError(f"{unknown[0]}: required for a measured entry (only imported references may omit it)")
+        worst_eps = [w.eps for w in r.worst_case]
+        if len(set(worst_eps)) != len(worst_eps):
+            raise ValueError("results.worst_case: an eps appears twice")
+        if r.cells and sorted(worst_eps) != sorted({c.eps for c in r.cells}):
+            raise ValueError(f"results.worst_case: eps {sorted(worst_eps)} do not match the cells' eps "
+                             f"{sorted({c.eps for c in r.cells})}")
+        for i, w in enumerate(r.worst_case):
+            at = [c.robust_acc for c in r.cells if c.eps == w.eps]
+            if not at:
+                continue
+            lo = min(at)
+            if abs(w.min_cell_acc - lo) > 1e-12:
+                raise ValueError(f"results.worst_case[{i}].min_cell_acc: {w.min_cell_acc} at eps {eps_key(w.eps)} "
+                                 f"is not the minimum of its cells ({lo})")
+            if w.robust_acc > lo + 1e-12:
+                raise ValueError(f"results.worst_case[{i}].robust_acc: {w.robust_acc} at eps {eps_key(w.eps)} is "
+                                 f"above the minimum of its cells ({lo}); a worst case cannot beat a cell")
+            if self.kind == "defense" and w.robust_acc > r.clean.acc + 1e-12:
+                raise ValueError(f"results.worst_case[{i}].robust_acc: {w.robust_acc} is above the clean accuracy")
+        return self
+
+    # ---- views used by tables, plots and regress
+    def worst(self, eps: float) -> WorstCase | None:
+        """The worst case at ``eps`` (``None`` when not measured)."""
+        return next((w for w in self.results.worst_case if w.eps == eps), None)
+
+    def numbers(self) -> dict[str, tuple[float, int]]:
+        """Every recorded number as ``{label: (value, n)}``: clean, each cell, each worst case, each corruption."""
+        r = self.results
+        out: dict[str, tuple[float, int]] = {"clean": (r.clean.acc, r.clean.n)}
+        for c in r.cells:
+            out[c.id] = (c.robust_acc, c.n)
+        for w in r.worst_case:
+            out[f"worst@{eps_key(w.eps)}"] = (w.robust_acc, w.n)
+        for cc in r.corruptions:
+            out[f"{cc.corruption}@{cc.severity}"] = (cc.acc, cc.n)
+        return out
+
+
+AnyEntry = Entry | EntryV1
 
 
 def provenance(command: str | None = None) -> Provenance:
@@ -148,117 +501,245 @@ def provenance(command: str | None = None) -> Provenance:
     )
 
 
-def json_schema() -> dict[str, Any]:
-    """The JSON Schema of :class:`Entry`, versioned by ``$id``."""
-    schema = Entry.model_json_schema()
-    schema["$id"] = f"https://robust-ens/schema/entry-{SCHEMA_VERSION}.json"
+def json_schema(version: str = SCHEMA_VERSION) -> dict[str, Any]:
+    """The JSON Schema of an entry of ``version`` (``"2"`` or ``"1.0"``), versioned by ``$id``."""
+    if version not in SCHEMA_VERSIONS:
+        raise RobustEnsError(f"schema version must be one of {', '.join(SCHEMA_VERSIONS)}, got {version!r}")
+    model = Entry if version == "2" else EntryV1
+    schema = model.model_json_schema()
+    schema["$id"] = f"https://robust-ens/schema/entry-{version.split('.')[0]}.json"
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
 
 
-def validate(entry: str | Path | dict[str, Any]) -> Entry:
-    """Validate a JSON file or dict against the schema; raise with every problem listed."""
+def schema_files(root: str | Path) -> dict[Path, dict[str, Any]]:
+    """The schema files a leaderboard folder carries: ``schema/entry-1.json`` and ``schema/entry-2.json``."""
+    folder = Path(root) / SCHEMA_DIRNAME
+    return {folder / f"entry-{v.split('.')[0]}.json": json_schema(v) for v in SCHEMA_VERSIONS}
+
+
+def _loc(loc: Sequence[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _problems(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        where = _loc(e["loc"])
+        if where and re.match(r"^[A-Za-z_][\w\[\]]*: ", msg) and not msg.startswith(("results.", "protocol.")):
+            parts.append(f"{where}.{msg}")  # a model check naming a field of this object
+        else:
+            parts.append(f"{where}: {msg}" if where and not msg.startswith(where) else msg)
+    return "; ".join(parts)
+
+
+def read_json(path: str | Path, what: str = "leaderboard entry") -> Any:
+    """A JSON file's content, or one line naming the file when it is missing, not UTF-8 or not JSON."""
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise RobustEnsError(f"{what} {path} does not exist") from None
+    except OSError as err:
+        raise RobustEnsError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RobustEnsError(f"{what} {path} is not UTF-8 text (byte {err.start}); it is corrupt") from None
+    try:
+        return json.loads(text, parse_constant=lambda c: float(c))
+    except json.JSONDecodeError as err:
+        raise RobustEnsError(f"{what} {path} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise RobustEnsError(f"{what} {path} is nested too deeply to be an entry") from None
+
+
+def validate(entry: str | Path | dict[str, Any] | AnyEntry) -> AnyEntry:
+    """Validate a JSON file or dict against its schema version; raise one line naming file and field.
+
+    A payload with ``schema_version: "2"`` is checked as :class:`Entry`; ``"1.0"`` (or none) as
+    :class:`EntryV1`.
+
+    Raises:
+        RobustEnsError: ``<file>: <field>: <problem>`` for every problem found.
+    """
+    if isinstance(entry, Entry | EntryV1):
+        return entry
     if isinstance(entry, str | Path):
-        path = Path(entry)
-        try:
-            payload = json.loads(path.read_text())
-        except FileNotFoundError as err:
-            raise RobustEnsError(f"leaderboard entry {path} does not exist") from err
-        except json.JSONDecodeError as err:
-            raise RobustEnsError(f"leaderboard entry {path} is not valid JSON: {err}") from err
-        where = str(path)
+        payload, where = read_json(entry), str(entry)
     else:
         payload, where = entry, "entry"
+    if not isinstance(payload, dict):
+        raise RobustEnsError(f"{where}: an entry is a JSON object, got {type(payload).__name__}")
+    version = payload.get("schema_version", "1.0")
+    if version not in SCHEMA_VERSIONS:
+        raise RobustEnsError(f"{where}: schema_version: {version!r} is not one of {', '.join(map(repr, SCHEMA_VERSIONS))}")
+    model: type[BaseModel] = Entry if version == "2" else EntryV1
     try:
-        return Entry.model_validate(payload)
+        return model.model_validate(payload)  # type: ignore[return-value]
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise RobustEnsError(f"{where} does not match the leaderboard schema {SCHEMA_VERSION}: {problems}") from err
+        raise RobustEnsError(f"{where} does not match the leaderboard schema {version}: {_problems(err)}") from None
 
 
-def entry_path(entry: Entry, root: str | Path = LEADERBOARD_DIR) -> Path:
+def entry_path(entry: AnyEntry, root: str | Path | None = None) -> Path:
     """``<root>/<dataset>/<suite>/<name>.json``."""
-    return Path(root) / entry.protocol.dataset / entry.protocol.suite / f"{entry.name}.json"
+    return leaderboard_root(root) / entry.protocol.dataset / entry.protocol.suite / f"{entry.name}.json"
 
 
-def write(entry: Entry, root: str | Path = LEADERBOARD_DIR) -> Path:
-    """Validate and write an entry; returns its path."""
+def dumps(entry: AnyEntry) -> str:
+    """An entry's JSON text as committed (2-space indent, trailing newline)."""
+    return json.dumps(entry.model_dump(mode="json"), indent=2, allow_nan=False) + "\n"
+
+
+def write(entry: AnyEntry, root: str | Path | None = None) -> Path:
+    """Validate and write an entry atomically; returns its path."""
     validate(entry.model_dump(mode="json"))
     path = entry_path(entry, root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(entry.model_dump(mode="json"), indent=2) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(dumps(entry), encoding="utf-8")
+    tmp.replace(path)
     return path
 
 
-def load_entries(root: str | Path = LEADERBOARD_DIR) -> list[Entry]:
-    """Every entry under ``root``, validated."""
-    return [validate(p) for p in sorted(Path(root).rglob("*.json")) if p.name != "schema.json"]
+def entry_files(root: str | Path | None = None) -> list[Path]:
+    """Every entry file under ``root`` (schema files and the generated folders excluded)."""
+    base = leaderboard_root(root)
+    return [p for p in sorted(base.rglob("*.json")) if _is_entry_file(p, base)]
 
 
-def headline_metrics(entries: Sequence[Entry]) -> list[str]:
-    """Summary metrics shown as table columns: top-level ``metrics`` keys (no ``/`` in the name)."""
-    return sorted({k for e in entries for k in e.results.metrics if "/" not in k})
+def _is_entry_file(p: Path, base: Path) -> bool:
+    try:
+        rel = p.relative_to(base)
+    except ValueError:
+        rel = p
+    return p.name != "schema.json" and rel.parts[:1] != (SCHEMA_DIRNAME,) and not p.name.startswith(".")
 
 
-def render(entries: Sequence[Entry], fmt: str = "markdown") -> str:
-    """A table of entries, best first (``fmt``: markdown or html).
+def validate_tree(files: Sequence[Path]) -> list[AnyEntry]:
+    """Validate files one by one, then across them: a name appears once within a suite.
 
-    Entries with robust accuracies rank by their worst case over eps; suites without eps (e.g.
-    common corruptions) rank by their first headline metric, then by clean accuracy.
+    Raises:
+        RobustEnsError: naming the file and field of the first problem.
     """
-    from tabulate import tabulate
+    entries = [validate(p) for p in files]
+    seen: dict[tuple[str, str, str], Path] = {}
+    for path, e in zip(files, entries, strict=True):
+        key = (e.protocol.dataset, e.protocol.suite, e.name)
+        if key in seen:
+            raise RobustEnsError(f"{path}: name: {e.name!r} is already the name of {seen[key]} in suite "
+                                 f"{e.protocol.suite} ({e.protocol.dataset}); names are unique within a suite")
+        seen[key] = path
+    return entries
 
-    if fmt not in ("markdown", "html"):
-        raise RobustEnsError(f"fmt must be 'markdown' or 'html', got {fmt!r}")
-    eps_keys = sorted({k for e in entries for k in e.results.worst_case}, key=float)
+
+def load_entries(root: str | Path | None = None) -> list[AnyEntry]:
+    """Every entry under ``root``, validated (names unique within each suite)."""
+    return validate_tree(entry_files(root))
+
+
+def iter_json(paths: Iterable[str | Path]) -> Iterable[Path]:
+    """JSON files named by ``paths`` (files, or every entry file under folders)."""
+    for p in map(Path, paths):
+        yield from ([q for q in sorted(p.rglob("*.json")) if _is_entry_file(q, p)] if p.is_dir() else [p])
+
+
+# =========================================================================== tables
+
+
+def headline_metrics(entries: Sequence[AnyEntry]) -> list[str]:
+    """Summary metrics shown as table columns: top-level ``metrics`` keys (no ``/`` in the name)."""
+    keys: set[str] = set()
+    for e in entries:
+        keys |= {k for k in e.results.metrics if "/" not in k}
+    return sorted(keys)
+
+
+def row_view(e: AnyEntry) -> dict[str, Any]:
+    """What a table shows of an entry, for both schema versions.
+
+    Returns:
+        ``{"name", "kind", "architecture", "members", "defense", "clean", "worst": {eps: acc},
+        "worst_ci": {eps: (lo, hi)}, "metrics", "flags", "imported", "paper_url", "tier", "n"}``.
+    """
+    if isinstance(e, EntryV1):
+        return {"name": e.name, "kind": "defense", "architecture": e.model.architecture, "members": e.model.n_members,
+                "defense": e.model.defense or "-", "clean": e.results.clean_accuracy,
+                "worst": {float(k): v for k, v in e.results.worst_case.items()}, "worst_ci": {},
+                "metrics": dict(e.results.metrics), "flags": list(e.protocol.settings.get("flags", [])),
+                "imported": False, "paper_url": None, "tier": str(e.protocol.settings.get("tier", "-")),
+                "n": e.protocol.n_examples}
+    return {"name": e.name, "kind": e.kind, "architecture": e.model.architecture, "members": e.model.n_members,
+            "defense": e.model.defense or "-", "clean": e.results.clean.acc,
+            "worst": {w.eps: w.robust_acc for w in e.results.worst_case},
+            "worst_ci": {w.eps: (w.ci95[0], w.ci95[1]) for w in e.results.worst_case},
+            "metrics": dict(e.results.metrics), "flags": [f.split(":")[0] for f in e.results.flags],
+            "imported": e.external is not None, "paper_url": e.paper.url if e.paper else None,
+            "tier": e.protocol.tier, "n": e.protocol.n_examples}
+
+
+def table_rows(entries: Sequence[AnyEntry]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of a suite's table, best first.
+
+    Entries with robust accuracies rank by their worst case over eps (lowest eps' worst case breaks
+    ties, then clean accuracy); attack entries by their mean success; suites without eps (common
+    corruptions) by their first headline metric, then clean accuracy.
+    """
+    views = [row_view(e) for e in entries]
+    eps_keys = sorted({k for v in views for k in v["worst"]})
     metric_keys = headline_metrics(entries)
+    attacks = all(v["kind"] == "attack" for v in views) and views
 
-    def key(e: Entry) -> tuple[float, float]:
-        worst = [e.results.worst_case[k] for k in eps_keys if k in e.results.worst_case]
+    def key(v: dict[str, Any]) -> tuple[float, ...]:
+        if attacks:
+            succ = [x for k, x in v["metrics"].items() if k.startswith("mean_success@")]
+            return (-(sum(succ) / len(succ)) if succ else 0.0, v["clean"])
+        worst = [v["worst"][k] for k in eps_keys if k in v["worst"]]
         if worst:
-            return (-min(worst), -e.results.clean_accuracy)
-        first = e.results.metrics.get(metric_keys[0], 0.0) if metric_keys else 0.0
-        return (-first, -e.results.clean_accuracy)
+            return (-min(worst), *(-v["worst"].get(k, 0.0) for k in eps_keys), -v["clean"])
+        first = v["metrics"].get(metric_keys[0], 0.0) if metric_keys else 0.0
+        return (-first, -v["clean"])
 
     def fmt_metric(name: str, value: float | None) -> str:
         if value is None:
             return "-"
-        return f"{100 * value:.2f}" if "acc" in name.lower() and 0 <= value <= 1 else f"{value:.2f}"
+        return f"{100 * value:.2f}" if ("acc" in name.lower() or "success" in name.lower()) and 0 <= value <= 1 \
+            else f"{value:.2f}"
 
     rows = []
-    for rank, e in enumerate(sorted(entries, key=key), 1):
+    for rank, v in enumerate(sorted(views, key=key), 1):
+        name = v["name"] + (" (imported)" if v["imported"] else "")
         rows.append(
-            [rank, e.name, e.model.architecture, e.model.n_members, e.model.defense or "-",
-             f"{100 * e.results.clean_accuracy:.2f}"]
-            + [f"{100 * e.results.worst_case[k]:.2f}" if k in e.results.worst_case else "-" for k in eps_keys]
-            + [fmt_metric(k, e.results.metrics.get(k)) for k in metric_keys]
+            [str(rank), name, v["architecture"], str(v["members"]), v["defense"], v["tier"], str(v["n"]),
+             f"{100 * v['clean']:.2f}"]
+            + [f"{100 * v['worst'][k]:.2f}" if k in v["worst"] else "-" for k in eps_keys]
+            + [fmt_metric(k, v["metrics"].get(k)) for k in metric_keys]
+            + [", ".join(v["flags"]) or "-"]
         )
-    headers = (["#", "name", "architecture", "members", "defense", "clean %"]
-               + [f"worst @ {k} %" for k in eps_keys] + metric_keys)
+    headers = (["#", "name", "architecture", "members", "defense", "tier", "n", "clean %"]
+               + [f"worst @ {eps_key(k)} %" for k in eps_keys] + metric_keys + ["flags"])
+    return headers, rows
+
+
+def render(entries: Sequence[AnyEntry], fmt: str = "markdown") -> str:
+    """A table of entries, best first (``fmt``: markdown or html); see :func:`table_rows`."""
+    from tabulate import tabulate
+
+    if fmt not in ("markdown", "html"):
+        raise RobustEnsError(f"fmt must be 'markdown' or 'html', got {fmt!r}")
+    headers, rows = table_rows(entries)
     return tabulate(rows, headers=headers, tablefmt="github" if fmt == "markdown" else "html", disable_numparse=True)
 
 
-def render_all(root: str | Path = LEADERBOARD_DIR) -> list[Path]:
-    """Write ``README.md`` and ``index.html`` next to each suite's entries; return the files written."""
-    by_suite: dict[Path, list[Entry]] = {}
-    for p in sorted(Path(root).rglob("*.json")):
-        if p.name == "schema.json":
-            continue
-        by_suite.setdefault(p.parent, []).append(validate(p))
-    written = []
-    for folder, entries in by_suite.items():
-        title = f"{entries[0].protocol.dataset} / {entries[0].protocol.suite}"
-        md = folder / "README.md"
-        md.write_text(f"# {title}\n\nGenerated from the JSON entries by `robust-ens leaderboard render`; do not edit.\n\n"
-                      + render(entries, "markdown") + "\n")
-        html = folder / "index.html"
-        html.write_text(f"<!doctype html><meta charset='utf-8'><title>{title}</title><h1>{title}</h1>\n"
-                        + render(entries, "html") + "\n")
-        written += [md, html]
-    return written
+def render_all(root: str | Path | None = None, *, plots: bool = True) -> list[Path]:
+    """Render ``README.md``, one sortable ``index.html`` per suite and PNG plots; return the files written.
 
+    See :mod:`robust_ens.leaderboard_pages`. Unchanged files are not rewritten.
+    """
+    from robust_ens.leaderboard_pages import render_tree
 
-def iter_json(paths: Iterable[str | Path]) -> Iterable[Path]:
-    """JSON files named by ``paths`` (files, or every JSON file under folders)."""
-    for p in map(Path, paths):
-        yield from (sorted(p.rglob("*.json")) if p.is_dir() else [p])
+    return render_tree(leaderboard_root(root), plots=plots)

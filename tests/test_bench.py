@@ -288,7 +288,7 @@ def test_cli_list_show_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     from robust_ens.leaderboard import validate
 
     entry = validate(tmp_path / "r" / "entries" / "zoo_digits_small_cnn_s2.json")
-    assert entry.protocol.suite == "digits-transfer" and entry.results.worst_case["0.2"] < 1
+    assert entry.protocol.suite == "digits-transfer" and entry.worst(0.2).robust_acc < 1
 
 
 def test_whitebox_task_on_digits(tmp_path: Path) -> None:

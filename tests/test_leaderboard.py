@@ -41,8 +41,9 @@ def test_write_render_and_cli_validate(tmp_path, capsys):
     path = lb.write(e, tmp_path)
     assert path == tmp_path / "cifar10-jpeg" / "transfer" / "r20x3-baseline.json"
     written = lb.render_all(tmp_path)
-    md = (tmp_path / "cifar10-jpeg" / "transfer" / "README.md").read_text()
-    assert "r20x3-baseline" in md and "40.00" in md and len(written) == 2
+    md = (tmp_path / "README.md").read_text()
+    assert "r20x3-baseline" in md and "40.00" in md
+    assert tmp_path / "pages" / "transfer.html" in written
     assert main(["leaderboard", "validate", str(tmp_path)]) == 0
     assert "1 entries valid" in capsys.readouterr().out
     path.write_text(json.dumps({**json.loads(path.read_text()), "results": {"clean_accuracy": "high"}}))
@@ -51,10 +52,10 @@ def test_write_render_and_cli_validate(tmp_path, capsys):
 
 
 def test_committed_schema_is_current_and_entries_validate():
-    committed = json.loads((lb.LEADERBOARD_DIR / "schema.json").read_text())
-    assert committed == lb.json_schema(), "run: robust-ens leaderboard schema --out leaderboards/schema.json"
-    for entry in lb.load_entries():
-        assert entry.results.clean_accuracy >= 0
+    committed = json.loads((lb.LEADERBOARD_DIR / "schema" / "entry-1.json").read_text())
+    assert committed == lb.json_schema("1.0"), "run: robust-ens leaderboard render"
+    for entry in lb.load_entries(lb.LEADERBOARD_DIR):
+        assert entry.schema_version in lb.SCHEMA_VERSIONS
 
 
 def test_suites_without_eps_show_and_rank_by_headline_metrics():

@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
 from robust_ens.canonical import sha256_json
-from robust_ens.leaderboard import Cost, Entry, ModelInfo, Protocol, Results, provenance
+from robust_ens.leaderboard import (
+    Cell,
+    CorruptionCell,
+    Cost2,
+    Entry,
+    ModelInfo2,
+    Paper,
+    Protocol2,
+    Rate,
+    Results2,
+    TargetRecord,
+    WorstCase,
+    eps_key,
+    provenance,
+)
 
 
 def entry_name(name: str) -> str:
@@ -16,75 +33,168 @@ def entry_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_") or "model"
 
 
-def _protocol(summary: dict[str, Any]) -> Protocol:
-    return Protocol(
-        suite=summary["suite"], suite_version=str(summary["version"]), dataset=summary["dataset"],
+def _protocol(summary: dict[str, Any]) -> Protocol2:
+    return Protocol2(
+        suite=summary["suite"], suite_version=int(summary["version"]), tier=str(summary["tier"]),
+        task=str(summary["task"]), dataset=summary["dataset"], split=str(summary.get("split", "test")),
         n_examples=int(summary["n"]), seed=int(summary["seed"]), threat_model=summary["norm"],
-        eps=[float(e) for e in summary.get("eps", [])], attacks=list(summary.get("attacks", [])),
-        surrogates=list(summary.get("surrogates", [])),
-        settings={"tier": summary["tier"], "protocol_digest": summary["digest"], "task": summary["task"]},
+        eps=[float(e) for e in summary.get("eps", [])] if summary["task"] != "corruptions" else [],
+        attacks=list(summary.get("attacks", [])), surrogates=list(summary.get("surrogates", [])),
+        digest=summary.get("digest"),
     )
 
 
-def _cost(summary: dict[str, Any]) -> Cost:
+def _cost(summary: dict[str, Any]) -> Cost2:
     c = summary.get("cost", {})
-    return Cost(seconds=float(c.get("seconds", 0.0)), device=str(c.get("device", "cpu")),
-                forward_passes=int(c.get("forward", 0)), backward_passes=int(c.get("backward", 0)))
+    return Cost2(seconds=float(c.get("seconds", 0.0)), device=str(c.get("device", "cpu")),
+                 forward_passes=float(c.get("forward", 0)), backward_passes=float(c.get("backward", 0)),
+                 attack_seconds=float(c.get("attack_seconds", 0.0)), eval_seconds=float(c.get("eval_seconds", 0.0)))
 
 
-def to_entries(summary: dict[str, Any], command: str | None = None) -> list[Entry]:
-    """Leaderboard entries of a run: one per target (defense suites) or per attack (attack suites).
+def _rate(r: dict[str, Any], per_class: list[float | None] | None = None) -> Rate:
+    return Rate(acc=float(r["acc"]), k=int(r["k"]), n=int(r["n"]), ci95=[float(x) for x in r["ci95"]],
+                per_class=list(per_class or []))
 
-    Per-cell robust accuracy is keyed ``attack@surrogate`` then eps; ``worst_case`` is the per-example
-    worst case (not the minimum of the cells' accuracies, which can be higher); ``metrics`` holds
-    the 95% Wilson interval bounds, and the sanity flags go into ``protocol.settings``.
+
+def _manifest(run_dir: str | Path | None) -> dict[str, Any]:
+    if run_dir is None:
+        return {}
+    path = Path(run_dir) / "manifest.json"
+    try:
+        got = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return got.get("cells", {}) if isinstance(got, dict) else {}
+
+
+def results_sha256(manifest_cells: dict[str, Any], targets: Sequence[str]) -> str | None:
+    """sha256 of the per-example result files a number was aggregated from.
+
+    It is the sha256 of the canonical JSON ``{target: {cell: sha256 of results/<target>/<cell>.safetensors}}``
+    of the run folder's manifest, so it changes when any example's correctness changes.
+    """
+    got = {t: manifest_cells[t] for t in targets if t in manifest_cells}
+    return sha256_json(got) if got and len(got) == len(targets) else None
+
+
+def _transfer_cells(row: dict[str, Any]) -> list[Cell]:
+    return [Cell(attack=str(c["attack"]), surrogate=str(c["surrogate"]), eps=float(c["eps"]), robust_acc=float(c["acc"]),
+                 k=int(c["k"]), n=int(c["n"]), ci95=[float(x) for x in c["ci95"]]) for c in row["cells"]]
+
+
+def _worst(row: dict[str, Any], cells: list[Cell]) -> list[WorstCase]:
+    out = []
+    for e in sorted({c.eps for c in cells}):
+        w = row["worst_case"][eps_key(e)]
+        out.append(WorstCase(eps=e, robust_acc=float(w["acc"]), k=int(w["k"]), n=int(w["n"]),
+                             ci95=[float(x) for x in w["ci95"]],
+                             min_cell_acc=min(c.robust_acc for c in cells if c.eps == e),
+                             per_class=list(row.get("per_class", {}).get(eps_key(e), []))))
+    return out
+
+
+def to_entries(
+    summary: dict[str, Any],
+    command: str | None = None,
+    *,
+    run_dir: str | Path | None = None,
+    targets: Sequence[Any] = (),
+    paper: Paper | None = None,
+) -> list[Entry]:
+    """Schema-2 leaderboard entries of a run: one per target (defense suites) or per attack (attack suites).
+
+    Args:
+        summary: What :func:`~robust_ens.bench.runner.run_suite` returned.
+        command: The command line for the provenance (default ``sys.argv``).
+        run_dir: The run folder; its manifest gives each entry's ``results_sha256``.
+        targets: The :class:`~robust_ens.bench.runner.TargetArg` the run was given; their spec and
+            weights path are recorded so ``robust-ens regress`` can re-run the entry.
+        paper: The paper, for every entry.
+
+    Cells are per (attack, surrogate, eps) with ``k`` of ``n``; the worst case per eps is per
+    example (an example counts only if it survives clean and every cell of that eps), so it is at
+    or below the minimum cell, which is recorded beside it.
     """
     prov = provenance(command)
+    manifest = _manifest(run_dir)
+    by_name = {(a.name or a.spec): a for a in targets}
+    proto = _protocol(summary)
+    cost = _cost(summary)
+    if summary.get("kind") == "attack" and summary.get("task") == "transfer":
+        return _attack_entries(summary, proto, cost, prov, manifest, paper)
     entries: list[Entry] = []
-    if summary.get("kind") == "attack" and "attack_view" in summary:
-        for attack, per_eps in summary["attack_view"].items():
-            robust: dict[str, dict[str, float]] = {}
-            metrics: dict[str, float] = {}
-            for eps, v in per_eps.items():
-                for tname, r in v["per_target"].items():
-                    robust.setdefault(entry_name(tname), {})[eps] = 1.0 - r["success"]
-                metrics[f"mean_success@{eps}"] = v["mean"]
-                metrics[f"min_success@{eps}"] = v["min"]
-            cleans = [t["clean"]["acc"] for t in summary["targets"].values()]
-            entries.append(Entry(
-                name=entry_name(attack),
-                model=ModelInfo(name=attack, architecture="attack", n_members=1,
-                                parameters={"surrogates": summary.get("surrogates", [])}),
-                protocol=_protocol(summary).model_copy(update={"attacks": [attack]}),
-                results=Results(clean_accuracy=sum(cleans) / len(cleans), robust_accuracy=robust, metrics=metrics),
-                cost=_cost(summary), provenance=prov,
-            ))
-        return entries
     for tname, row in summary["targets"].items():
-        robust = {}
-        for c in row["cells"]:
-            key = f"{c['attack']}@{c['surrogate']}" if "attack" in c else str(c["corruption"])
-            col = f"{c['eps']:.6g}" if "eps" in c else str(c["severity"])
-            robust.setdefault(key, {})[col] = float(c["acc"])
-        metrics = {"clean_ci95_low": row["clean"]["ci95"][0], "clean_ci95_high": row["clean"]["ci95"][1]}
-        worst = {}
-        for eps, w in row.get("worst_case", {}).items():
-            worst[eps] = float(w["acc"])
-            metrics[f"worst_case_ci95_low@{eps}"] = w["ci95"][0]
-            metrics[f"worst_case_ci95_high@{eps}"] = w["ci95"][1]
-        if row.get("mean_corruption_accuracy") is not None:
-            metrics["mean_corruption_accuracy"] = float(row["mean_corruption_accuracy"])
         model = row["model"]
-        proto = _protocol(summary)
-        proto.settings.update({"flags": list(row.get("flags", [])), "results_sha256": sha256_json(row["cells"])})
+        arg = by_name.get(tname)
+        weights = getattr(arg, "weights", None) if arg is not None else None
+        record = TargetRecord(spec=str(model.get("spec", tname)), weights=str(weights) if weights else None,
+                              weights_sha256=(list(model["sha256"]) or [None])[0] if weights else None)
+        clean = _rate(row["clean"], row.get("per_class", {}).get("clean"))
+        metrics: dict[str, float] = {}
+        if summary["task"] == "corruptions":
+            cells: list[Cell] = []
+            corr = [CorruptionCell(corruption=str(c["corruption"]), severity=int(c["severity"]), acc=float(c["acc"]),
+                                   k=int(c["k"]), n=int(c["n"]), ci95=[float(x) for x in c["ci95"]])
+                    for c in row["cells"]]
+            worst: list[WorstCase] = []
+            if row.get("mean_corruption_accuracy") is not None:
+                metrics["mean_corruption_accuracy"] = float(row["mean_corruption_accuracy"])
+        else:
+            cells, corr = _transfer_cells(row), []
+            worst = _worst(row, cells)
         entries.append(Entry(
-            name=entry_name(tname),
-            model=ModelInfo(name=tname, architecture=str(model["architecture"]), n_members=int(model["n_members"]),
-                            checkpoint_sha256=list(model["sha256"]), parameters={"count": int(model["parameters"])}),
+            schema_version="2", kind="defense", name=entry_name(tname),
+            model=ModelInfo2(name=tname, architecture=str(model["architecture"]), n_members=int(model["n_members"]),
+                             parameters=int(model["parameters"]), checkpoint_sha256=list(model["sha256"]),
+                             target=record),
             protocol=proto,
-            results=Results(clean_accuracy=float(row["clean"]["acc"]), robust_accuracy=robust, worst_case=worst,
-                            metrics=metrics),
-            cost=_cost(summary), provenance=prov,
+            results=Results2(clean=clean, cells=cells, worst_case=worst, corruptions=corr, metrics=metrics,
+                             flags=list(row.get("flags", [])), sanity=dict(row.get("sanity", {}))),
+            cost=cost, provenance=prov, paper=paper, results_sha256=results_sha256(manifest, [tname]),
+        ))
+    return entries
+
+
+def _attack_entries(summary: dict[str, Any], proto: Protocol2, cost: Cost2, prov: Any, manifest: dict[str, Any],
+                    paper: Paper | None) -> list[Entry]:
+    """One entry per attack of an attack suite: a cell per (surrogate, eps, target)."""
+    view = summary.get("attack_view", {})
+    tnames = list(summary["targets"])
+    entries = []
+    for attack in summary.get("attacks", []):
+        cells: list[Cell] = []
+        metrics: dict[str, float] = {}
+        for tname in tnames:
+            for c in summary["targets"][tname]["cells"]:
+                if c["attack"] != attack:
+                    continue
+                v = view.get(attack, {}).get(eps_key(float(c["eps"])), {})
+                succ = v.get("per_target", {}).get(tname, {}).get("success") if len(proto.surrogates) == 1 else None
+                cells.append(Cell(attack=attack, surrogate=str(c["surrogate"]), eps=float(c["eps"]), target=tname,
+                                  robust_acc=float(c["acc"]), k=int(c["k"]), n=int(c["n"]),
+                                  ci95=[float(x) for x in c["ci95"]], success_rate=succ))
+        for e, v in view.get(attack, {}).items():
+            metrics[f"mean_success@{e}"] = float(v["mean"])
+            metrics[f"min_success@{e}"] = float(v["min"])
+        worst = []
+        for e in sorted({c.eps for c in cells}):
+            lo = min((c for c in cells if c.eps == e), key=lambda c: c.robust_acc)
+            worst.append(WorstCase(eps=e, robust_acc=lo.robust_acc, k=lo.k, n=lo.n, ci95=lo.ci95,
+                                   min_cell_acc=lo.robust_acc))
+        k = sum(int(summary["targets"][t]["clean"]["k"]) for t in tnames)
+        n = sum(int(summary["targets"][t]["clean"]["n"]) for t in tnames)
+        from robust_ens.bench.aggregate import wilson
+
+        entries.append(Entry(
+            schema_version="2", kind="attack", name=entry_name(attack),
+            model=ModelInfo2(name=attack, architecture="attack", n_members=1,
+                             description=f"attack {attack} from surrogates {', '.join(proto.surrogates)}",
+                             config={"targets": {t: summary["targets"][t]["model"] for t in tnames}}),
+            protocol=proto.model_copy(update={"attacks": [attack]}),
+            results=Results2(clean=Rate(acc=k / n, k=k, n=n, ci95=list(wilson(k, n))), cells=cells, worst_case=worst,
+                             metrics=metrics,
+                             flags=sorted({f for t in tnames for f in summary["targets"][t].get("flags", [])})),
+            cost=cost, provenance=prov, paper=paper, results_sha256=results_sha256(manifest, tnames),
         ))
     return entries
 

@@ -122,7 +122,7 @@ def run_run(args: argparse.Namespace) -> int:
     if not distributed.is_main():
         return 0
     if args.entries:
-        for e in to_entries(summary, " ".join(["robust-ens", *sys.argv[1:]])):
+        for e in to_entries(summary, " ".join(["robust-ens", *sys.argv[1:]]), run_dir=out, targets=targets):
             atomic_write_json(out / "entries" / f"{e.name}.json", e.model_dump(mode="json"))
     print(summary_table(summary))
     c = summary["cost"]
