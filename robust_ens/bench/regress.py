@@ -1,0 +1,197 @@
+"""Regression check: re-run committed entries' protocols from their recorded targets and compare.
+
+``robust-ens regress`` only parses arguments and calls :func:`regress`. Entries are grouped by
+(suite, tier) and each group is run once with all its targets (a fresh adversarial-set store, so
+a change in an attack's code cannot hide behind a cached set). Every recorded number (clean, each
+cell, each worst case, each corruption) is compared with the re-run:
+
+- on the same device (the entry's ``cost.device``) and seed the tolerance is 0, and the sha256 of
+  the per-example results must match too;
+- across devices the tolerance is a binomial bound from ``n``: ``Z * sqrt(2 p (1 - p) / n) + 1 / n``
+  (two independent measurements of a proportion ``p`` on ``n`` examples, ``Z = 3``).
+
+The suite's version and protocol digest must still be the ones recorded (a changed protocol
+makes every number incomparable; bump the version and re-submit), and the checkpoint sha256s too.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robust_ens import leaderboard as lb
+from robust_ens.errors import RobustEnsError
+
+Z = 3.0
+
+
+@dataclass
+class Moved:
+    """One number (or record) that left its tolerance."""
+
+    entry: str
+    cell: str
+    recorded: str
+    now: str
+    tolerance: str
+
+
+@dataclass
+class RegressReport:
+    """What :func:`regress` found."""
+
+    checked: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    moved: list[Moved] = field(default_factory=list)
+    numbers: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """No number moved."""
+        return not self.moved
+
+    def table(self) -> str:
+        """What moved: entry, cell, recorded, now, tolerance (tabulate, GitHub style)."""
+        from tabulate import tabulate
+
+        return tabulate([[m.entry, m.cell, m.recorded, m.now, m.tolerance] for m in self.moved],
+                        headers=["entry", "cell", "recorded", "now", "tolerance"], tablefmt="github",
+                        disable_numparse=True)
+
+
+def tolerance(p: float, n: int, same_device: bool) -> float:
+    """0 on the same device and seed; else a binomial bound on the difference of two measurements."""
+    if same_device:
+        return 0.0
+    return Z * math.sqrt(2 * max(p * (1 - p), 0.25 / n) / n) + 1.0 / n
+
+
+def _device_name(device: torch.device) -> str:
+    from robust_ens.bench.runner import _device_name as name
+
+    return name(device)
+
+
+def _compare(old: lb.Entry, new: lb.Entry, same: bool, report: RegressReport) -> None:
+    rec, now = old.numbers(), new.numbers()
+    for label in list(rec) + [k for k in now if k not in rec]:
+        if label not in now:
+            report.moved.append(Moved(old.name, label, f"{rec[label][0]:.4f}", "(not measured)", "-"))
+            continue
+        if label not in rec:
+            report.moved.append(Moved(old.name, label, "(not recorded)", f"{now[label][0]:.4f}", "-"))
+            continue
+        (a, n), (b, _) = rec[label], now[label]
+        tol = tolerance(a, n, same)
+        report.numbers += 1
+        if abs(a - b) > tol + 1e-12:
+            report.moved.append(Moved(old.name, label, f"{a:.4f}", f"{b:.4f}",
+                                      "exact (same device and seed)" if same else f"±{tol:.4f} (binomial, n={n})"))
+    if same and old.results_sha256 and new.results_sha256 and old.results_sha256 != new.results_sha256:
+        report.moved.append(Moved(old.name, "per-example results (sha256)", old.results_sha256[:16],
+                                  new.results_sha256[:16], "exact (same device and seed)"))
+    if old.model.checkpoint_sha256 != new.model.checkpoint_sha256:
+        report.moved.append(Moved(old.name, "checkpoint sha256", ",".join(s[:12] for s in old.model.checkpoint_sha256),
+                                  ",".join(s[:12] for s in new.model.checkpoint_sha256), "exact"))
+
+
+def regress(
+    paths: Sequence[str | Path] = (),
+    *,
+    root: str | Path | None = None,
+    tier: str | None = None,
+    device: str | torch.device | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+) -> RegressReport:
+    """Re-run committed entries and list every number that left its tolerance.
+
+    Args:
+        paths: Entry files or folders (default: every entry under ``root``).
+        root: The leaderboard folder (see :func:`~robust_ens.leaderboard.leaderboard_root`).
+        tier: Only entries recorded at this tier.
+        device: Torch device of the re-run (default: cuda if available).
+        out: Where the re-runs' folders go (default: a temporary folder, removed afterwards).
+        progress: Progress bars.
+
+    Raises:
+        RobustEnsError: when no entry can be re-run, or an entry's target does not resolve.
+    """
+    from robust_ens.bench.protocol import get_suite
+    from robust_ens.bench.report import to_entries
+    from robust_ens.bench.runner import TargetArg, run_suite
+
+    t0 = time.perf_counter()
+    files = list(lb.iter_json(paths)) if paths else lb.entry_files(root)
+    for p in paths:
+        if not Path(p).exists():
+            raise RobustEnsError(f"paths: {p} does not exist (give entry files or folders)")
+    entries = lb.validate_tree(files)
+    report = RegressReport()
+    groups: dict[tuple[str, str], list[lb.Entry]] = {}
+    for path, e in zip(files, entries, strict=True):
+        if not isinstance(e, lb.Entry):
+            report.skipped.append(f"{path}: schema 1 records no target to re-run")
+        elif e.kind != "defense":
+            report.skipped.append(f"{path}: a {e.kind} entry" + (" (imported)" if e.external else ""))
+        elif e.model.target is None:
+            report.skipped.append(f"{path}: no recorded target")
+        elif tier is not None and e.protocol.tier != tier:
+            report.skipped.append(f"{path}: tier {e.protocol.tier}, not {tier}")
+        else:
+            groups.setdefault((e.protocol.suite, e.protocol.tier), []).append(e)
+    if not groups:
+        raise RobustEnsError("paths: no entry to re-run (schema-2 defense entries with a recorded target"
+                             + (f" at tier {tier}" if tier else "") + ")")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    here = _device_name(dev)
+    with tempfile.TemporaryDirectory(prefix="robust-ens-regress-") as tmp:
+        base = Path(out) if out is not None else Path(tmp)
+        for (suite, tier_name), group in sorted(groups.items()):
+            try:
+                proto = get_suite(suite)
+            except RobustEnsError as err:
+                for e in group:
+                    report.moved.append(Moved(e.name, "suite", suite, f"unknown ({err})", "-"))
+                continue
+            runnable = []
+            for e in group:
+                if e.protocol.suite_version != proto.version:
+                    report.moved.append(Moved(e.name, "suite version", str(e.protocol.suite_version), str(proto.version),
+                                              "exact (re-submit at the new version)"))
+                elif e.protocol.digest is not None and e.protocol.digest != proto.digest(tier_name):
+                    report.moved.append(Moved(e.name, "protocol digest", e.protocol.digest[:16],
+                                              proto.digest(tier_name)[:16], "exact (the protocol changed; bump its version)"))
+                else:
+                    runnable.append(e)
+            if not runnable:
+                continue
+            args = [TargetArg(e.model.target.spec, e.model.target.weights, e.model.name)  # type: ignore[union-attr]
+                    for e in runnable]
+            for e, a in zip(runnable, args, strict=True):
+                rec = e.model.target
+                if a.weights and rec is not None and rec.weights_sha256:
+                    from robust_ens.models.checkpoint import sha256_file
+
+                    if not Path(a.weights).is_file():
+                        raise RobustEnsError(f"{e.name}: model.target.weights {a.weights} does not exist")
+                    if sha256_file(Path(a.weights)) != rec.weights_sha256:
+                        report.moved.append(Moved(e.name, "weights sha256", rec.weights_sha256[:16],
+                                                  sha256_file(Path(a.weights))[:16], "exact"))
+            run_dir = base / f"{suite}-{tier_name}"
+            summary = run_suite(proto, tier_name, args, run_dir, device=dev, store=base / "advsets", progress=progress)
+            fresh = {n.model.name: n for n in to_entries(summary, "robust-ens regress", run_dir=run_dir, targets=args)}
+            for e in runnable:
+                same = e.cost is not None and e.cost.device == here
+                _compare(e, fresh[e.model.name], same, report)
+                report.checked.append(e.name)
+    report.seconds = time.perf_counter() - t0
+    return report

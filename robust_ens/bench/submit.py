@@ -1,0 +1,150 @@
+"""Submit a model: evaluate it under a suite, write its schema-2 entry, re-render the leaderboard.
+
+``robust-ens submit`` only parses arguments and calls :func:`submit`.
+
+Example:
+    >>> from robust_ens.bench.submit import submit                      # doctest: +SKIP
+    >>> res = submit("zoo:digits_small_cnn_s2", "digits-transfer", "smoke", "my-cnn", root="leaderboards")
+    >>> res.path                                                       # doctest: +SKIP
+    PosixPath('leaderboards/digits/digits-transfer/my-cnn.json')
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from robust_ens import leaderboard as lb
+from robust_ens.errors import RobustEnsError
+
+NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
+
+
+@dataclass
+class Submission:
+    """What :func:`submit` did.
+
+    Attributes:
+        entry: The entry written.
+        path: Its file.
+        rendered: The generated files that changed.
+        run_dir: The run folder with the per-example results.
+    """
+
+    entry: lb.Entry
+    path: Path
+    rendered: list[Path] = field(default_factory=list)
+    run_dir: Path = Path()
+
+
+def recorded_path(path: str | Path) -> str:
+    """How a weights path is recorded: relative to the working folder when it is inside it."""
+    p = Path(path).expanduser().resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
+def existing_entry(root: Path, suite: str, name: str) -> Path | None:
+    """The file of an entry named ``name`` in ``suite`` (any dataset), if there is one."""
+    for path in sorted(root.glob(f"*/{suite}/*.json")):
+        if path.stem == name:
+            return path
+        try:
+            if lb.validate(path).name == name:
+                return path
+        except RobustEnsError:
+            continue
+    return None
+
+
+def preflight(spec: str, weights: str | None, suite: str, device: torch.device) -> None:
+    """Refuse, before any attack runs, a model that does not take the suite's images or classes."""
+    from robust_ens import data
+    from robust_ens.bench.protocol import get_suite
+    from robust_ens.bench.runner import dataset_label
+    from robust_ens.bench.targets import check_target, resolve_target
+
+    proto = get_suite(suite)
+    xu, _ = data.load_uint8(proto.dataset, proto.split)
+    t = resolve_target(spec, weights=weights, dataset=proto.dataset, device=device)
+    check_target(t, xu[:2].float().div(255), data.info(proto.dataset).num_classes, dataset_label(proto.dataset))
+
+
+def submit(
+    model: str,
+    suite: str,
+    tier: str,
+    name: str,
+    *,
+    weights: str | None = None,
+    paper: lb.Paper | None = None,
+    defense: str | None = None,
+    description: str = "",
+    root: str | Path | None = None,
+    replace: bool = False,
+    out: str | Path | None = None,
+    store: str | Path | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> Submission:
+    """Evaluate ``model`` under one tier of ``suite`` and write its entry into ``<root>/<dataset>/<suite>/``.
+
+    Args:
+        model: An engine target spec (``zoo:NAME``, a checkpoint, ``pkg.module:factory``, ``timm:NAME``).
+        suite: A registered suite that ranks defenses (models).
+        tier: ``smoke``, ``small`` or ``full``.
+        name: The entry's name (unique within the suite).
+        weights: Weights for a factory or timm spec (safetensors or a tensors-only pickle; never
+            unpickled as code); recorded with its sha256.
+        paper: The paper (title, url, venue).
+        defense: The defense's name, for the table.
+        description: One line about the model.
+        root: The leaderboard folder (see :func:`~robust_ens.leaderboard.leaderboard_root`).
+        replace: Overwrite an entry of the same name.
+        out: The run folder (default ``runs/submit-<suite>-<tier>-<name>``; resumable).
+        store: Adversarial-set store to share between runs.
+        device: Torch device (default: cuda if available).
+        progress: Progress bars.
+        command: Command line for the provenance.
+
+    Raises:
+        RobustEnsError: one line, before any work, for a bad name, an existing entry, a suite
+            that ranks attacks or a model that does not take the suite's data.
+    """
+    from robust_ens.bench.protocol import get_suite
+    from robust_ens.bench.report import to_entries
+    from robust_ens.bench.runner import TargetArg, run_suite
+
+    if not NAME.match(name):
+        raise RobustEnsError(f"--name {name!r}: use letters, digits and . _ + - only")
+    proto = get_suite(suite)
+    proto.tier(tier)
+    if proto.kind != "defense" or proto.task not in ("transfer", "whitebox", "corruptions"):
+        raise RobustEnsError(f"--suite {suite}: it ranks {proto.kind}s ({proto.task}); submit evaluates a model "
+                             "under a suite that ranks defenses")
+    base = lb.leaderboard_root(root)
+    old = existing_entry(base, suite, name)
+    if old is not None and not replace:
+        raise RobustEnsError(f"--name {name}: {old} already holds an entry of that name; give --replace to overwrite it")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if weights is not None and not Path(weights).expanduser().is_file():
+        raise RobustEnsError(f"--weights {weights} does not exist")
+    preflight(model, weights, suite, dev)
+    run_dir = Path(out or f"runs/submit-{suite}-{tier}-{name}")
+    arg = TargetArg(model, recorded_path(weights) if weights else None, name)
+    summary = run_suite(proto, tier, [arg], run_dir, device=dev, store=store, progress=progress)
+    (entry,) = to_entries(summary, command, run_dir=run_dir, targets=[arg], paper=paper)
+    entry = entry.model_copy(update={"name": name, "model": entry.model.model_copy(
+        update={"defense": defense, "description": description})})
+    entry = lb.validate(entry.model_dump(mode="json"))  # type: ignore[assignment]
+    if old is not None and old != lb.entry_path(entry, base):
+        old.unlink()
+    path = lb.write(entry, base)
+    rendered = lb.render_all(base)
+    return Submission(entry, path, rendered, run_dir)  # type: ignore[arg-type]

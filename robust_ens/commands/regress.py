@@ -1,0 +1,47 @@
+"""``robust-ens regress``: re-run committed leaderboard entries and fail when a number moved.
+
+Example:
+    robust-ens regress                                    # every entry under ./leaderboards
+    robust-ens regress --tier smoke leaderboards/digits   # only smoke-tier entries under a folder
+
+Exit status 0 when every number is within its tolerance (exact on the same device and seed, a
+binomial bound from n across devices), 1 with a table of what moved otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``regress`` subcommand."""
+    p = sub.add_parser("regress", help="re-run committed leaderboard entries; exit 1 with a table when a number moved",
+                       description=__doc__.split("Example:")[0].strip() if __doc__ else None)
+    p.add_argument("paths", nargs="*", default=[], help="entry files or folders (default: every entry under --root)")
+    p.add_argument("--tier", default=None, help="only entries recorded at this tier (smoke, small, full)")
+    p.add_argument("--root", default=None, help="leaderboard folder (default: $ROBUST_ENS_LEADERBOARD, else ./leaderboards)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--out", default=None, help="keep the re-runs' folders here (default: a temporary folder)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``regress``; returns 0 when nothing moved, 1 otherwise."""
+    from robust_ens import progress
+    from robust_ens.bench.regress import regress
+
+    if args.tier is not None and args.tier not in ("smoke", "small", "full"):
+        from robust_ens.errors import RobustEnsError
+
+        raise RobustEnsError(f"--tier {args.tier!r}: use smoke, small or full")
+    rep = regress(args.paths, root=args.root, tier=args.tier, device=args.device, out=args.out,
+                  progress=progress.enabled())
+    for line in rep.skipped:
+        print(f"skipped {line}")
+    if rep.moved:
+        print(rep.table())
+        print(f"\n{len(rep.moved)} numbers moved out of their tolerance ({len(rep.checked)} entries, "
+              f"{rep.numbers} numbers, {rep.seconds:.1f} s)")
+        return 1
+    print(f"{len(rep.checked)} entries re-run, {rep.numbers} numbers within tolerance ({rep.seconds:.1f} s)")
+    return 0
