@@ -67,12 +67,27 @@ def readme_text(by_suite: dict[str, list[Any]]) -> str:
                   f"Dataset{'s' if len(datasets) > 1 else ''} as measured: {', '.join(datasets)}; suite version "
                   f"{', '.join(versions)}; {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}. "
                   f"Sortable page: [pages/{suite}.html](pages/{suite}.html). "
-                  f"Entries sha256 `{_digest(entries)[:16]}`.", "",
-                  lb.render(entries, "markdown"), ""]
+                  f"Entries sha256 `{_digest(entries)[:16]}`.", ""]
+        for tier, group in _by_tier(entries):
+            parts += [f"### {suite}, tier {tier}", "", lb.render(group, "markdown"), ""]
         plots = _plot_names(entries)
         if plots:
             parts += [" ".join(f"![{p}](plots/{suite}/{p})" for p in plots), ""]
     return "\n".join(parts)
+
+
+TIER_ORDER = ("full", "small", "smoke")
+
+
+def _by_tier(entries: Sequence[Any]) -> list[tuple[str, list[Any]]]:
+    """Entries grouped by tier, the largest tier first (numbers of different tiers are not ranked together)."""
+    from robust_ens import leaderboard as lb
+
+    groups: dict[str, list[Any]] = {}
+    for e in entries:
+        groups.setdefault(lb.row_view(e)["tier"], []).append(e)
+    order = {t: i for i, t in enumerate(TIER_ORDER)}
+    return sorted(groups.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
 
 
 # --------------------------------------------------------------------------- html
@@ -98,10 +113,14 @@ document.querySelectorAll('table.sortable').forEach(table => {
     sortTable(table, i, dir);
   }));
 });
-(function () {
+(function () {  // #table=ID picks a table (default: the first); #sort=COL&dir=asc|desc sorts it; #click=COL,COL clicks its headers
+  const id = /table=([\\w.+-]+)/.exec(location.hash);
+  const t = id ? document.getElementById(id[1]) : document.querySelector('table.sortable');
+  if (!t) return;
   const m = /sort=(\\d+)(?:&dir=(asc|desc))?/.exec(location.hash);
-  const t = document.querySelector('table.sortable');
-  if (m && t) sortTable(t, parseInt(m[1], 10), m[2] || 'asc');
+  if (m) sortTable(t, parseInt(m[1], 10), m[2] || 'asc');
+  const c = /click=([\\d,]+)/.exec(location.hash);
+  if (c) c[1].split(',').forEach(i => t.tHead.rows[0].cells[parseInt(i, 10)].click());
 })();
 """
 
@@ -133,8 +152,6 @@ def page_html(suite: str, entries: Sequence[Any]) -> str:
     """The suite's self-contained page: main table, the cells of every entry, the plots."""
     from robust_ens import leaderboard as lb
 
-    headers, rows = lb.table_rows(entries)
-    classes = ["imported" if "(imported)" in r[1] else "" for r in rows]
     cell_rows = []
     for e in entries:
         if isinstance(e, lb.Entry):
@@ -147,8 +164,11 @@ def page_html(suite: str, entries: Sequence[Any]) -> str:
         f"<title>{html.escape(suite)} leaderboard</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(suite)}</h1>", f"<p>{html.escape(GENERATED)} Entries sha256 "
         f"<code>{_digest(entries)[:16]}</code>. Click a column header to sort.</p>",
-        _table_html(headers, rows, "leaderboard", classes),
     ]
+    for tier, group in _by_tier(entries):
+        headers, rows = lb.table_rows(group)
+        classes = ["imported" if "(imported)" in r[1] else "" for r in rows]
+        parts += [f"<h2>Tier {html.escape(tier)}</h2>", _table_html(headers, rows, f"leaderboard-{tier}", classes)]
     if cell_rows:
         parts += ["<h2>Cells</h2>", _table_html(["entry", "attack", "surrogate", "target", "eps", "robust acc %",
                                                  "ci95 low", "ci95 high", "n"], cell_rows, "cells")]
@@ -236,7 +256,7 @@ def plots(suite: str, entries: Sequence[Any]) -> dict[str, bytes]:
         ax.set_title(f"{e.name}: robust accuracy (%) per attack@surrogate")
         fig.colorbar(im, ax=ax, label="robust accuracy (%)")
         fig.tight_layout()
-        out[f"{_slug(e.name)}-transfer.png"] = _png(fig, digest)
+        out[f"{_slug(e.name)}-transfer.png"] = _png(fig, _digest([e]))  # its own entry only: no churn
     return out
 
 

@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
                  command=" ".join(["robust-ens", *sys.argv[1:]]))
     print(lb.render([res.entry]))
     print(f"\nwrote {res.path} (per-example results in {res.run_dir})")
-    files = [res.path, *res.rendered]
-    print("to commit:\n  git add " + " ".join(str(f) for f in files))
+    from robust_ens.bench.submit import recorded_path
+
+    files = [recorded_path(f) for f in (res.path, *res.rendered)]
+    print("to commit:\n  git add " + " ".join(files))
     return 0
