@@ -1,8 +1,18 @@
 """Repository-wide pytest options.
 
-``pytest suites/ --benchmark`` runs the benchmark suites at full size with pytest-benchmark
-timing. Without ``--benchmark`` (as in ``make test``) the suites run once each at smoke size with
-timing disabled, so they are still checked for correctness on every change.
+``pytest suites/ --benchmark`` runs the benchmark protocols (``suites/protocols/``) at their
+``small`` tier and the speed benchmarks (``suites/speed/``) at full size, timed with
+pytest-benchmark. Without ``--benchmark`` (as in ``make test``) every protocol runs its ``smoke``
+tier and every speed benchmark its smoke size once, with timing disabled, so they are still
+checked for correctness on every change.
+
+Our options (clear of pytest-benchmark's ``--benchmark-*``):
+
+* ``--benchmark``: real sizes and timing.
+* ``--tier smoke|small|full``: the protocols' tier (default: ``small`` with ``--benchmark``, else ``smoke``).
+* ``--target SPEC`` (repeatable): the targets a defense protocol evaluates (default: the suite's
+  committed zoo models); any engine target spec.
+* ``--bench-out DIR``: where each protocol's run folder and entries go (default: a temporary folder).
 """
 
 from __future__ import annotations
@@ -17,8 +27,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--benchmark",
         action="store_true",
         default=False,
-        help="run suites/ at full size and time them with pytest-benchmark (slow)",
+        help="run suites/ at real size and time them with pytest-benchmark (slow)",
     )
+    parser.addoption("--tier", default=None, choices=("smoke", "small", "full"),
+                     help="tier of the benchmark protocols (default: small with --benchmark, else smoke)")
+    parser.addoption("--target", action="append", default=[], metavar="SPEC",
+                     help="a target for the defense protocols (repeatable; default: the committed zoo)")
+    parser.addoption("--bench-out", default=None, metavar="DIR",
+                     help="folder for the protocols' run folders and entries (default: a temporary folder)")
 
 
 def pytest_configure(config: pytest.Config) -> None:

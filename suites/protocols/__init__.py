@@ -1,0 +1,1 @@
+"""The benchmark protocols as pytest modules: one module per registered suite."""

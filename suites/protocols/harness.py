@@ -1,0 +1,108 @@
+"""Running one protocol under pytest-benchmark: one timed round, numbers in ``extra_info``, entries written.
+
+Each protocol module calls :func:`run_protocol`; the run folder is ``<bench-out>/<suite>-<tier>``
+(resumable, like ``robust-ens bench run``), entries go to its ``entries/`` folder, and
+``benchmark.extra_info`` holds the headline numbers, every cell and the cost, so
+``--benchmark-json``, ``--benchmark-autosave`` and ``--benchmark-compare`` carry them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from robust_ens.bench import get_suite
+from robust_ens.bench.advsets import atomic_write_json
+from robust_ens.bench.report import to_entries
+from robust_ens.bench.runner import TargetArg, run_suite
+from robust_ens.leaderboard import validate
+
+
+def needs_data(dataset: str) -> None:
+    """Skip (locally) or fail (under CI) when a protocol's dataset is missing."""
+    if dataset == "cifar10":
+        from tests.conftest import require_cifar10
+
+        require_cifar10()
+
+
+def extra_info(summary: dict[str, Any]) -> dict[str, Any]:
+    """What pytest-benchmark stores for a protocol run: headline numbers, cells and cost."""
+    info: dict[str, Any] = {"suite": summary["suite"], "version": summary["version"], "tier": summary["tier"],
+                            "dataset": summary["dataset"], "n": summary["n"], "cost": summary.get("cost", {})}
+    targets: dict[str, Any] = {}
+    for name, row in summary.get("targets", {}).items():
+        targets[name] = {
+            "clean": row["clean"]["acc"],
+            "worst_case": {e: w["acc"] for e, w in row.get("worst_case", {}).items()},
+            "cells": {c["id"]: c["acc"] for c in row.get("cells", [])},
+            "flags": row.get("flags", []),
+            **({"mean_corruption_accuracy": row["mean_corruption_accuracy"]}
+               if "mean_corruption_accuracy" in row else {}),
+        }
+    info["targets"] = targets
+    if "attack_view" in summary:
+        info["attacks"] = {a: {e: {"mean": v["mean"], "min": v["min"]} for e, v in per.items()}
+                           for a, per in summary["attack_view"].items()}
+    return info
+
+
+def run_protocol(benchmark: Any, suite: str, tier: str, targets: list[str], out: Path) -> dict[str, Any]:
+    """Run ``suite`` at ``tier`` once under pytest-benchmark and write its summary and entries.
+
+    Returns:
+        The engine's summary.
+    """
+    proto = get_suite(suite)
+    needs_data(proto.dataset)
+    if proto.task == "whitebox":
+        pytest.importorskip("pyautoattack")
+    run_dir = out / f"{suite}-{tier}"
+    args = [TargetArg(spec=t) for t in targets]
+    result: dict[str, Any] = {}
+
+    def once() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # third-party deprecations; the engine's own warnings are tested elsewhere
+            result["summary"] = run_suite(suite, tier, args, run_dir, progress=False)
+
+    benchmark.pedantic(once, rounds=1, iterations=1, warmup_rounds=0)
+    summary = result["summary"]
+    benchmark.extra_info.update(extra_info(summary))
+    for e in to_entries(summary, f"pytest suites --tier {tier}", run_dir=run_dir, targets=args):
+        path = run_dir / "entries" / f"{e.name}.json"
+        atomic_write_json(path, json.loads(e.model_dump_json()))
+        validate(path)
+    if os.environ.get("ROBUST_ENS_BENCH_PRINT"):
+        print(json.dumps(benchmark.extra_info, indent=1))
+    return summary
+
+
+def default_targets(suite: str, tier: str, given: list[str]) -> list[str]:
+    """``--target`` when given, else the suite's committed default.
+
+    The untrained test models stand in for the CIFAR-10 zoo only at the smoke tier: a small or
+    full run of a CIFAR-10 defense suite without ``--target`` is skipped, never run on them.
+    """
+    if given:
+        return given
+    targets = DEFAULT_TARGETS.get(suite, [])
+    if tier != "smoke" and any(t.startswith("tests.") for t in targets):
+        pytest.skip(f"{suite} {tier}: no cifar10-jpeg zoo model is committed yet; pass --target SPEC")
+    return targets
+
+
+#: Targets a defense protocol evaluates when no ``--target`` is given: committed zoo models, or
+#: tiny test models for the CIFAR-10 suites until the cifar10-jpeg zoo is committed.
+DEFAULT_TARGETS: dict[str, list[str]] = {
+    "digits-transfer": ["zoo:digits_small_cnn_s2", "zoo:digits_small_cnn_s1,zoo:digits_small_cnn_s2"],
+    "cifar10-transfer": ["tests.bench_models:tiny_cifar"],
+    "cifar10-attacks": [],  # the protocol's own target panel
+    "cifar10-whitebox": ["tests.bench_models:tiny_cifar"],
+    "cifar10-corruptions": ["tests.bench_models:tiny_cifar"],
+}
