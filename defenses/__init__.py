@@ -52,7 +52,8 @@ from robust_ens.defenses.metrics import (
 from robust_ens.ensemble import Ensemble
 from robust_ens.errors import RobustEnsError
 from robust_ens.evaluation import accuracy
-from robust_ens.train import TrainConfig, fit, train_classifier
+from robust_ens.overrides import coerce
+from robust_ens.train import TrainConfig, check_train_n, fit, locks_out_dir, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ __all__ = [
     "get_features",
     "gradient_cosine",
     "linf_pgd",
+    "defense_plan",
     "list_defenses",
     "load_recipe",
     "member_mean_config",
@@ -142,9 +144,12 @@ def resolve_recipe(
 ) -> dict[str, Any]:
     """Recipe tier (name, dict or ``None`` = ``"full"``) with flat ``overrides`` routed to their section.
 
-    An override key is a :class:`~robust_ens.train.TrainConfig` field (goes to ``train``), a
-    hyperparameter of the defense (goes to ``defense``), ``train_n``/``eval_n``, or
-    ``warmup.<field>`` (DVERGE's warm-up recipe). Unknown keys raise listing all of them.
+    An override key is dotted, naming its section: ``train.<field>`` (a
+    :class:`~robust_ens.train.TrainConfig` field of the defense's training), ``warmup.<field>``
+    (the baseline warm-up of DVERGE/TRS), ``defense.<field>`` (a hyperparameter of the defense);
+    or ``train_n``/``eval_n``; or a bare name that exists in exactly one of ``train`` and
+    ``defense`` (a bare training option never reaches the warm-up). A bare name that is both
+    (DVERGE's ``momentum``) is refused with both candidates; unknown keys raise listing all.
 
     With ``packed=True`` (a ``packed:<arch>`` ensemble) the tier's ``[tier.packed]`` table is
     applied first, as overrides in the same form, then ``overrides``: the settings where the
@@ -182,20 +187,33 @@ def _route(spec: DefenseSpec, base: Mapping[str, Any], flat: Mapping[str, Any], 
             rec[k] = base[k]
     train_fields = [f.name for f in dataclasses.fields(TrainConfig)]
     defense_fields = param_names(spec.params_cls)
+    known = {"train": train_fields, "warmup": train_fields, "defense": defense_fields}
     for key, value in flat.items():
-        if key in _TOP_KEYS:
+        section, dot, option = key.partition(".")
+        if dot:  # dotted: train.<option>, defense.<option>, warmup.<option>
+            if section not in known or option not in known[section]:
+                raise RobustEnsError(
+                    f"unknown option {key!r} in {where} for defense {spec.name!r}; dotted options are "
+                    f"train.<{'|'.join(train_fields)}>, warmup.<the same>, defense.<{'|'.join(defense_fields)}>"
+                )
+            rec[section][option] = value
+        elif key in _TOP_KEYS:
             rec[key] = value
-        elif key.startswith("warmup."):
-            rec["warmup"][key.split(".", 1)[1]] = value
-        elif key in defense_fields:
-            rec["defense"][key] = value
-        elif key in train_fields:
-            rec["train"][key] = value
         else:
-            raise RobustEnsError(
-                f"unknown option {key!r} in {where} for defense {spec.name!r}; training options: {train_fields}; "
-                f"{spec.name} hyperparameters: {defense_fields}; also {list(_TOP_KEYS)} and warmup.<training option>"
-            )
+            homes = [s for s in ("train", "defense") if key in known[s]]
+            if len(homes) > 1:
+                raise RobustEnsError(
+                    f"option {key!r} is ambiguous for defense {spec.name!r}: it is both a training option "
+                    f"(train.{key}) and a {spec.name} hyperparameter (defense.{key}); pass train.{key}=... or "
+                    f"defense.{key}=..."
+                )
+            if not homes:
+                raise RobustEnsError(
+                    f"unknown option {key!r} in {where} for defense {spec.name!r}; training options: {train_fields}; "
+                    f"{spec.name} hyperparameters: {defense_fields}; also {list(_TOP_KEYS)}, and train.<option>, "
+                    "defense.<option>, warmup.<training option>"
+                )
+            rec[homes[0]][key] = value
     for k in _TOP_KEYS:
         rec.setdefault(k, None)
     return rec
@@ -218,10 +236,70 @@ def member_mean_config(cfg: TrainConfig, n_members: int) -> TrainConfig:
     return cfg
 
 
+def _apply_run_options(rec: dict[str, Any], spec: DefenseSpec, epochs: Any, train_n: Any,
+                       warmup_epochs: Any) -> None:
+    """Apply ``epochs`` / ``train_n`` / ``warmup_epochs`` (0 disables the warm-up) to a recipe."""
+    for label, value in (("epochs", epochs), ("train_n", train_n), ("warmup_epochs", warmup_epochs)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0
+                                  or (value == 0 and label != "warmup_epochs")):
+            raise RobustEnsError(f"{label} must be a positive integer, got {value!r}")
+    if epochs is not None:
+        rec["train"]["epochs"] = int(epochs)
+    if train_n is not None:
+        rec["train_n"] = int(train_n)
+        rec["train_n_given"] = True
+    if warmup_epochs is not None:
+        if warmup_epochs and not spec.warm_start:
+            raise RobustEnsError(f"defense {spec.name!r} has no baseline warm-up; drop warmup_epochs (--warmup-epochs)")
+        if warmup_epochs == 0:
+            rec["warmup"] = {}
+        else:
+            if not rec["warmup"]:
+                raise RobustEnsError(
+                    f"the {rec.get('tier')} tier of {spec.name!r} has no warm-up to size; give its settings as "
+                    "warmup.<option> overrides (e.g. warmup.lr=0.1) together with warmup_epochs"
+                )
+            rec["warmup"]["epochs"] = int(warmup_epochs)
+
+
+def defense_plan(
+    name: str,
+    *,
+    arch: str = "resnet20",
+    n_members: int = 3,
+    dataset: str = "cifar10",
+    train_n: int | None = None,
+    epochs: int | None = None,
+    warmup_epochs: int | None = None,
+    recipe: str | Mapping[str, Any] | None = None,
+    init: Any = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> str:
+    """One line saying what :func:`train_defense` with these arguments will run, before it runs.
+
+    Example:
+        >>> from robust_ens.defenses import defense_plan
+        >>> defense_plan("dverge", recipe="small", epochs=1, dataset="digits")  # doctest: +ELLIPSIS
+        'dverge (small tier) on digits, train_n=2000, 3 x resnet20: baseline warm-up 8 epochs (warmup.epochs / --warmup-epochs), then 1 dverge epoch(s) (--epochs)...'
+    """
+    spec = DEFENSES.get(name)
+    rec = resolve_recipe(name, recipe, overrides, packed=_is_packed(arch, init))
+    _apply_run_options(rec, spec, epochs, train_n, warmup_epochs)
+    cfg = _train_config(rec["train"], 0)
+    head = f"{name} ({rec.get('tier')} tier) on {dataset}, train_n={rec.get('train_n') or 'all'}, " \
+           f"{n_members} x {arch if init is None else 'given members'}: "
+    steps = []
+    if spec.warm_start and rec["warmup"] and init is None:
+        w = _train_config(rec["warmup"], 0)
+        steps.append(f"baseline warm-up {w.epochs} epochs (warmup.epochs / --warmup-epochs)")
+    elif spec.warm_start and init is None:
+        steps.append("no baseline warm-up")
+    steps.append(f"{cfg.epochs} {name} epoch(s) (--epochs)")
+    return head + ", then ".join(steps) + f"; {cfg.optimizer} lr {cfg.lr}, batch {cfg.batch_size}"
+
+
 def _train_config(values: Mapping[str, Any], seed: int) -> TrainConfig:
     vals = dict(values)
-    if isinstance(vals.get("milestones"), str):
-        vals["milestones"] = tuple(int(v) for v in str(vals["milestones"]).split(","))
     try:
         return TrainConfig(**{**vals, "seed": seed})
     except TypeError as err:
@@ -280,6 +358,7 @@ def _record(name: str, rec: Mapping[str, Any], cfg: TrainConfig, params: Any, ar
     }
 
 
+@locks_out_dir
 def train_defense(
     name: str,
     *,
@@ -298,6 +377,7 @@ def train_defense(
     data_root: str | Path | None = None,
     arch_kwargs: Mapping[str, Any] | None = None,
     stop_after_epoch: int | None = None,
+    warmup_epochs: int | None = None,
 ) -> Ensemble:
     """Train an ensemble with a registered defense and return it (members in eval mode).
 
@@ -325,6 +405,9 @@ def train_defense(
         arch_kwargs: Extra architecture keyword arguments for fresh members.
         stop_after_epoch: Stop the defense phase after this many epochs (simulates an interruption;
             no final checkpoints are written then).
+        warmup_epochs: Epochs of the baseline warm-up (DVERGE, TRS small) instead of the recipe's;
+            ``0`` skips it. ``epochs`` never changes the warm-up; :func:`defense_plan` says what
+            will run.
 
     Returns:
         The trained :class:`~robust_ens.Ensemble` (``combine="logits"``); ``ensemble.history``
@@ -339,15 +422,12 @@ def train_defense(
     check_members(name, n_members, spec.min_members)
     packed = _is_packed(arch, init)
     rec = resolve_recipe(name, recipe, overrides, packed=packed)
-    if epochs is not None:
-        rec["train"]["epochs"] = int(epochs)
-    if train_n is not None:
-        rec["train_n"] = int(train_n)
+    _apply_run_options(rec, spec, epochs, train_n, warmup_epochs)
     cfg = _train_config(rec["train"], seed)
     member_mean = packed and bool(rec.get(MEAN_OF_MEMBERS))
     if member_mean:
         cfg = member_mean_config(cfg, n_members)
-    params = make_params(spec.params_cls, rec["defense"], name)
+    params = make_params(spec.params_cls, coerce(spec.params_cls, rec["defense"], f"{name} hyperparameter"), name)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(out_dir) if out_dir is not None else None
     record = _record(name, rec, cfg, params, arch if init is None else "init", n_members, dataset, init)
@@ -363,6 +443,8 @@ def train_defense(
             return done
 
     xtr, ytr = data.load_uint8(dataset, "train", root=data_root, progress=progress)
+    check_train_n(rec.get("train_n"), len(ytr), dataset,
+                  "" if rec.get("train_n_given") else f" (from the {rec.get('tier')} tier of {name})")
     idx = data.subset_indices(ytr, rec.get("train_n"), seed=seed)
     xtr, ytr = xtr[idx], ytr[idx]
 

@@ -9,6 +9,16 @@ Sources:
     * ``"imagefolder:<path>"``: any ImageNet-style tree (``<path>/<split>/<class>/*`` or
       ``<path>/<class>/*``), resized (shorter side to ``size / 0.875``) and center-cropped to ``size``.
 
+Splits never alias each other (no silent train/test leakage): every split name reads its own
+images, and a split a dataset does not have is an error listing the ones it has
+(:func:`splits`). ``digits`` and ``cifar10`` have ``train`` and ``test``. An image folder has the
+split folders it holds (``train/``, ``test/``, ``val/`` or ``validation/``); a tree with ``train/``
+and ``val/`` but no ``test/`` serves ``val/`` as its ``test`` split (ImageNet's layout) and then
+offers no separate ``val``; a tree without split folders is one evaluation set, split ``test``.
+
+``$ROBUST_ENS_DATA`` is resolved once, against the directory the process started in (the first
+time it is read), so a relative value like ``../shared/data`` keeps its meaning after a ``chdir``.
+
 Decoded images are cached once as uint8 arrays (``$ROBUST_ENS_CACHE``, default
 ``~/.cache/robust_ens``), keyed by the source's path and a fingerprint of its files, so the 60,000
 CIFAR JPEGs are decoded on the first run only.
@@ -60,12 +70,41 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ROBUST_ENS_CACHE") or Path.home() / ".cache" / "robust_ens")
 
 
+_RESOLVED_ENV: dict[str, Path] = {}
+
+
+def data_env() -> tuple[str, Path] | None:
+    """``$ROBUST_ENS_DATA`` as given and as resolved, or ``None`` when unset.
+
+    A relative value is resolved against the working directory at the first call for that value
+    (the CLI calls this at start-up, so it is where the command was started) and kept, so a later
+    ``chdir`` does not move the data.
+    """
+    raw = os.environ.get("ROBUST_ENS_DATA", "")
+    if not raw:
+        return None
+    if raw not in _RESOLVED_ENV:
+        _RESOLVED_ENV[raw] = Path(raw).expanduser().resolve()
+    return raw, _RESOLVED_ENV[raw]
+
+
+def _describe_env() -> str:
+    env = data_env()
+    if env is None:
+        return "ROBUST_ENS_DATA is not set"
+    raw, resolved = env
+    if Path(raw).expanduser().is_absolute():
+        return f"ROBUST_ENS_DATA={raw}"
+    return f"ROBUST_ENS_DATA={raw} (relative, resolved once against the start directory: {resolved})"
+
+
 def _data_roots(root: str | Path | None) -> list[Path]:
     roots = []
     if root is not None:
-        roots.append(Path(root))
-    if os.environ.get("ROBUST_ENS_DATA"):
-        roots.append(Path(os.environ["ROBUST_ENS_DATA"]))
+        roots.append(Path(root).expanduser())
+    env = data_env()
+    if env is not None:
+        roots.append(env[1])
     roots.append(cache_dir() / "data")
     return roots
 
@@ -75,11 +114,56 @@ def info(name: str, root: str | Path | None = None) -> DatasetInfo:
     if name in _INFO:
         return _INFO[name]
     if name.startswith("imagefolder:"):
-        path = Path(name.split(":", 1)[1])
-        base = path / "train" if (path / "train").is_dir() else path
+        path = Path(name.split(":", 1)[1]).expanduser()
+        folders = _split_folders(path) if path.is_dir() else {}
+        base = folders.get("train") or next(iter(folders.values()), path)
         classes = _classes(base) if base.is_dir() else []
         return DatasetInfo(name, len(classes), 3, IMAGENET_MEAN, IMAGENET_STD)
     raise RobustEnsError(f"unknown dataset {name!r}; use 'cifar10', 'digits' or 'imagefolder:<path>'")
+
+
+FIXED_SPLITS = {"cifar10": ("train", "test"), "digits": ("train", "test")}
+
+
+def splits(name: str) -> tuple[str, ...]:
+    """The split names dataset ``name`` offers; any other split is an error.
+
+    Offered splits never share images: ``digits`` and ``cifar10`` offer ``train`` and ``test``;
+    an ``imagefolder:<path>`` offers the split folders it has (see the module docstring).
+
+    Example:
+        >>> from robust_ens import data
+        >>> data.splits("digits")
+        ('train', 'test')
+    """
+    if name in FIXED_SPLITS:
+        return FIXED_SPLITS[name]
+    if name.startswith("imagefolder:"):
+        path = Path(name.split(":", 1)[1]).expanduser()
+        if not path.is_dir():
+            raise DatasetNotFoundError(f"image folder {path} does not exist (from --data/name {name!r})")
+        return tuple(_split_folders(path))
+    raise RobustEnsError(f"unknown dataset {name!r}; use 'cifar10', 'digits' or 'imagefolder:<path>'")
+
+
+def check_split(name: str, split: str) -> None:
+    """Raise a one-line error naming the offered splits when ``name`` has no split ``split``."""
+    offered = splits(name)
+    if split in offered:
+        return
+    hint = ""
+    if name.startswith("imagefolder:") and split == "val" and "test" in offered:
+        path = Path(name.split(":", 1)[1]).expanduser()
+        if not (path / "test").is_dir() and any((path / v).is_dir() for v in ("val", "validation")):
+            hint = " (its val/ folder serves as the test split because there is no test/ folder)"
+        elif not (path / "test").is_dir():
+            hint = " (it has no split folders, so all its images form the test split)"
+    elif name.startswith("imagefolder:") and split == "train" and offered == ("test",):
+        hint = (" (it has no split folders, so all its images form the test split; "
+                "to train, arrange it as <path>/train/<class>/* and <path>/test/<class>/*)")
+    raise RobustEnsError(
+        f"dataset {name!r} has no split {split!r}{hint}; its splits are: {', '.join(offered)} (pass one with --split)"
+    )
 
 
 # --------------------------------------------------------------------------- sources
@@ -127,11 +211,11 @@ def _decode(path: Path, size: int | None) -> np.ndarray:
 
 
 def _decode_all(files: Sequence[Path], size: int | None, progress: bool, desc: str) -> np.ndarray:
-    from tqdm.auto import tqdm
+    from robust_ens import progress as _progress
 
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
         jobs = pool.map(lambda f: _decode(f, size), files)
-        arrays = list(tqdm(jobs, total=len(files), desc=desc, disable=not progress, unit="img"))
+        arrays = list(_progress.bar(jobs, total=len(files), desc=desc, enable=progress, unit="img"))
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise RobustEnsError(
@@ -206,11 +290,11 @@ def _cifar10_arrays(split: str, root: str | Path | None, download: bool, progres
         target = cache_dir() / "data"
         target.mkdir(parents=True, exist_ok=True)
         return _torchvision_cifar(target, split, download=True)
-    places = "\n  ".join(str(p) for p in where)  # type: ignore[union-attr]
+    places = ", ".join(str(p) for p in where)  # type: ignore[union-attr]
     raise DatasetNotFoundError(
-        f"CIFAR-10 ({split}) not found. Looked in:\n  {places}\n"
+        f"CIFAR-10 ({split}) not found; looked in: {places} ({_describe_env()}). "
         "Provide it by one of: set ROBUST_ENS_DATA to a folder holding cifar10-jpeg/{train,test}/<class>/* "
-        "or torchvision's cifar-10-batches-py; pass root=...; or call load(..., download=True) "
+        "or torchvision's cifar-10-batches-py; pass root=... (--data-root); or call load(..., download=True) "
         "(robust-ens data cifar10 --download) on a machine with internet access."
     )
 
@@ -226,13 +310,37 @@ def _digits_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
     return x[idx], y[idx]
 
 
-def _imagefolder_split(path: Path, split: str) -> Path:
+def _split_folders(path: Path) -> dict[str, Path]:
+    """Split name -> folder of an image-folder tree; offered splits never share a folder."""
+    val = next((path / v for v in ("val", "validation") if (path / v).is_dir()), None)
+    out: dict[str, Path] = {}
+    if (path / "train").is_dir():
+        out["train"] = path / "train"
+    if (path / "test").is_dir():
+        out["test"] = path / "test"
+        if val is not None:
+            out["val"] = val
+    elif val is not None:
+        out["test"] = val  # ImageNet's layout: train/ and val/, the latter evaluated as the test set
+    if not out:
+        return {"test": path}  # no split folders: one evaluation set
+    seen: dict[Path, str] = {}
+    for split, folder in out.items():
+        real = folder.resolve()
+        if real in seen:
+            raise RobustEnsError(
+                f"image folder {path}: splits {seen[real]!r} and {split!r} are the same folder {real}; "
+                "give each split its own images"
+            )
+        seen[real] = split
+    return out
+
+
+def _imagefolder_split(path: Path, split: str, name: str) -> Path:
     if not path.is_dir():
-        raise DatasetNotFoundError(f"image folder {path} does not exist")
-    for name in (split, *(("val", "validation") if split == "test" else ())):
-        if (path / name).is_dir():
-            return path / name
-    return path
+        raise DatasetNotFoundError(f"image folder {path} does not exist (from --data/name {name!r})")
+    check_split(name, split)
+    return _split_folders(path)[split]
 
 
 def load_uint8(
@@ -244,15 +352,31 @@ def load_uint8(
     size: int | None = None,
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole split as uint8 NCHW images and int64 labels (CPU), decoded once and cached."""
+    """The whole split as uint8 NCHW images and int64 labels (CPU), decoded once and cached.
+
+    Args:
+        name: ``"cifar10"``, ``"digits"`` or ``"imagefolder:<path>"``.
+        split: One of :func:`splits` ``(name)``; any other is an error listing those.
+        root: Extra folder to search first (before ``$ROBUST_ENS_DATA``).
+        download: Allow torchvision to download CIFAR-10 when no local copy is found.
+        size: Image size for ``imagefolder:`` sources (default 224).
+        progress: Show a progress bar while decoding for the first time.
+
+    Returns:
+        ``(x, y)``: uint8 ``[N, C, H, W]`` and int64 ``[N]`` CPU tensors.
+    """
     if split not in ("train", "test", "val"):
         raise RobustEnsError(f"split must be 'train', 'test' or 'val', got {split!r}")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        raise RobustEnsError(f"size must be a positive integer, got {size!r}")
     if name == "cifar10":
+        check_split(name, split)
         x, y = _cifar10_arrays(split, root, download, progress)
     elif name == "digits":
+        check_split(name, split)
         x, y = _digits_arrays(split)
     elif name.startswith("imagefolder:"):
-        folder = _imagefolder_split(Path(name.split(":", 1)[1]).expanduser(), split)
+        folder = _imagefolder_split(Path(name.split(":", 1)[1]).expanduser(), split, name)
         x, y = _imagefolder_arrays(folder, size or 224, progress, f"imagefolder-{split}")
     else:
         raise RobustEnsError(f"unknown dataset {name!r}; use 'cifar10', 'digits' or 'imagefolder:<path>'")
@@ -306,7 +430,8 @@ def load(
 
     Args:
         name: ``"cifar10"``, ``"digits"`` or ``"imagefolder:<path>"``.
-        split: ``"train"`` or ``"test"`` (``"val"`` for image folders).
+        split: One of :func:`splits` ``(name)`` (``"train"``, ``"test"``; ``"val"`` for image
+            folders that have one); any other is an error listing them.
         n: Number of examples (``None``: all). The same ``(n, seed)`` gives the same examples.
         seed: Seed of the subset choice.
         root: Extra folder to search first (before ``$ROBUST_ENS_DATA``).

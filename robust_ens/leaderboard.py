@@ -185,6 +185,12 @@ def eps_key(eps: float) -> str:
     return f"{eps:.6g}"
 
 
+def eps_label(eps: float) -> str:
+    """An eps for people: ``8/255`` when it is a whole number of 255ths, else :func:`eps_key`."""
+    k, short = eps * 255, eps_key(eps)
+    return f"{round(k)}/255" if len(short) > 5 and abs(k - round(k)) < 1e-6 and round(k) > 0 else short
+
+
 def _check_rate(acc: float, k: int | None, n: int, ci95: list[float], what: str) -> None:
     lo, hi = ci95
     if not 0 <= lo <= hi <= 1:
@@ -721,7 +727,7 @@ def table_rows(entries: Sequence[AnyEntry]) -> tuple[list[str], list[list[str]]]
             + [", ".join(v["flags"]) or "-"]
         )
     headers = (["#", "name", "architecture", "members", "defense", "tier", "n", "clean %"]
-               + [f"worst @ {eps_key(k)} %" for k in eps_keys] + metric_keys + ["flags"])
+               + [f"worst @ {eps_label(k)} %" for k in eps_keys] + metric_keys + ["flags"])
     return headers, rows
 
 

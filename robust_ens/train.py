@@ -15,17 +15,19 @@ a run resumed after an interruption retraces the uninterrupted run exactly (on t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +40,7 @@ from robust_ens.evaluation import accuracy
 log = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.pt"
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -83,6 +86,11 @@ class TrainConfig:
     grad_clip: float | None = None
 
     def __post_init__(self) -> None:
+        from robust_ens.overrides import coerce
+
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key, value in coerce(type(self), fields, "training option").items():
+            setattr(self, key, value)
         if self.epochs < 1:
             raise RobustEnsError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -95,7 +103,17 @@ class TrainConfig:
             raise RobustEnsError(f"lr must be positive, got {self.lr}")
         if self.precision not in _precision.PRECISIONS:
             raise RobustEnsError(f"precision must be one of {_precision.PRECISIONS}, got {self.precision!r}")
-        self.milestones = tuple(int(m) for m in self.milestones)
+        if self.warmup_epochs < 0 or self.weight_decay < 0 or self.momentum < 0 or self.gamma <= 0:
+            raise RobustEnsError(
+                "warmup_epochs, weight_decay and momentum must be >= 0 and gamma > 0, got "
+                f"{self.warmup_epochs}, {self.weight_decay}, {self.momentum}, {self.gamma}"
+            )
+        if not 0 <= self.label_smoothing < 1 or self.crop_padding < 0:
+            raise RobustEnsError(
+                f"label_smoothing must be in [0, 1) and crop_padding >= 0, got {self.label_smoothing}, {self.crop_padding}"
+            )
+        if any(m < 0 for m in self.milestones):
+            raise RobustEnsError(f"milestones must be non-negative epochs, got {list(self.milestones)}")
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (unknown names are an error)."""
@@ -137,6 +155,19 @@ RECIPES: dict[str, TrainConfig] = {
         schedule="multistep", milestones=(100, 150),
     ),
 }
+
+
+def check_train_n(train_n: Any, available: int, dataset: str, source: str = "") -> None:
+    """Refuse a training-subset size the dataset cannot provide, saying which option to pass."""
+    if train_n is None:
+        return
+    if isinstance(train_n, bool) or not isinstance(train_n, int) or train_n < 1:
+        raise RobustEnsError(f"train_n (--train-n) must be a positive integer, got {train_n!r}")
+    if train_n > available:
+        raise RobustEnsError(
+            f"train_n={train_n}{source} exceeds the {available} images in the train split of {dataset}; "
+            f"pass --train-n {available} (train_n={available}) or fewer"
+        )
 
 
 def default_recipe(dataset: str) -> TrainConfig:
@@ -213,7 +244,79 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def _quiet() -> bool:
-    return os.environ.get("ROBUST_ENS_QUIET", "") not in ("", "0")
+    from robust_ens.progress import quiet
+
+    return quiet()
+
+
+LOCK_FILE = ".robust-ens.lock"
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on a run folder while writing into it.
+
+    A second run (another process, or another call in this one) that tries to write into the
+    same folder fails at once with a one-line error, instead of both finishing and mixing their
+    checkpoints. The lock is an ``flock`` on ``<folder>/.robust-ens.lock`` (released by the OS if
+    the process dies); the lock file is removed on exit, and so is the folder when this call
+    created it and nothing was written.
+
+    Raises:
+        RobustEnsError: the folder is locked by another run, or cannot be created.
+    """
+    path = Path(folder)
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RobustEnsError(f"cannot create the run folder {path} (--out): {err.strerror or err}") from err
+    if not path.is_dir():
+        raise RobustEnsError(f"the run folder {path} (--out) is not a folder")
+    lock = path / LOCK_FILE
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise RobustEnsError(f"cannot write into the run folder {path} (--out): {err.strerror or err}") from err
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # pragma: no cover - not POSIX: no lock, as before
+        pass
+    except OSError:
+        try:
+            owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise RobustEnsError(
+            f"another run (pid {owner}) is writing to {path}; wait for it to finish or pass another --out"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only succeeds when nothing was written
+
+
+def locks_out_dir(fn: Callable[..., _T]) -> Callable[..., _T]:
+    """Decorator: hold :func:`run_lock` on the ``out_dir`` keyword argument while ``fn`` runs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> _T:
+        out = kwargs.get("out_dir")
+        if out is None:
+            return fn(*args, **kwargs)
+        with run_lock(out):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _make_optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -269,7 +372,7 @@ def fit(
     Returns:
         A :class:`TrainResult`.
     """
-    from tqdm.auto import tqdm
+    from robust_ens import progress as _progress
 
     if x_train.dtype != torch.uint8:
         raise RobustEnsError(f"x_train must be uint8 images (data resident as uint8), got {x_train.dtype}")
@@ -307,9 +410,8 @@ def fit(
         log.info("resuming %s from epoch %d (%s)", desc, start_epoch, state_path)
     last_epoch = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
 
-    bar = tqdm(
-        total=(last_epoch - start_epoch) * steps_per_epoch, desc=desc, disable=not progress or _quiet(),
-        unit="batch", leave=False,
+    bar = _progress.bar(
+        total=(last_epoch - start_epoch) * steps_per_epoch, desc=desc, enable=progress, unit="batch", leave=False,
     )
     t0, seen = time.perf_counter(), 0
     step = start_epoch * steps_per_epoch
@@ -421,6 +523,7 @@ def train_classifier(
     )
 
 
+@locks_out_dir
 def train_ensemble(
     arch: str = "resnet20",
     n_members: int = 3,
@@ -453,6 +556,7 @@ def train_ensemble(
         cfg = cfg.replace(epochs=epochs)
     ds = data.info(dataset, data_root)
     xtr, ytr = data.load_uint8(dataset, "train", root=data_root, progress=progress)
+    check_train_n(train_n, len(ytr), dataset)
     idx = data.subset_indices(ytr, train_n, seed=seed)
     xtr, ytr = xtr[idx], ytr[idx]
     xte, yte = data.load_uint8(dataset, "test", root=data_root)

@@ -1,39 +1,113 @@
-"""``robust-ens leaderboard``: validate entries, render tables, export the JSON Schema."""
+"""``robust-ens leaderboard``: validate entries, render tables/pages/plots, export the schema, RobustBench interop.
+
+The leaderboard folder is ``--root``, else ``$ROBUST_ENS_LEADERBOARD``, else ``./leaderboards``.
+
+Example:
+    robust-ens leaderboard validate
+    robust-ens leaderboard render --check
+    robust-ens leaderboard export --format robustbench --out rb-model-info
+    robust-ens leaderboard import-robustbench ../robustbench/model_info
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
+
+from robust_ens.commands.common import check_output_file
+from robust_ens.errors import RobustEnsError
+
+_ROOT_HELP = "leaderboard folder (default: $ROBUST_ENS_LEADERBOARD, else ./leaderboards)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``leaderboard`` subcommand."""
     p = sub.add_parser("leaderboard", help="validate leaderboard entries, render tables, export the schema")
     action = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     v = action.add_parser("validate", help="validate entry files (or every entry under folders)")
-    v.add_argument("paths", nargs="*", default=None, help="files or folders (default: leaderboards/)")
-    r = action.add_parser("render", help="write README.md and index.html tables next to each suite's entries")
-    r.add_argument("--root", default=None, help="leaderboard folder (default: leaderboards/)")
+    v.add_argument("paths", nargs="*", default=None, help="files or folders (default: the leaderboard folder)")
+    v.add_argument("--root", default=None, help=_ROOT_HELP)
+    r = action.add_parser("render", help="write README.md, a sortable page per suite and PNG plots")
+    r.add_argument("--root", default=None, help=_ROOT_HELP)
+    r.add_argument("--check", action="store_true", help="write nothing; exit 1 when a rendered file is stale")
     s = action.add_parser("schema", help="write the versioned JSON Schema of an entry")
     s.add_argument("--out", default=None, help="file to write (default: print)")
+    s.add_argument("--version", default=None, help="schema version: 2 (default) or 1.0")
+    x = action.add_parser("export", help="write entries in another leaderboard's format")
+    x.add_argument("--format", required=True, choices=["robustbench"], help="robustbench: its model_info layout")
+    x.add_argument("--out", required=True, help="folder to write <dataset>/<threat_model>/<Name>.json into")
+    x.add_argument("--root", default=None, help=_ROOT_HELP)
+    i = action.add_parser("import-robustbench", help="import RobustBench model_info files as reference entries")
+    i.add_argument("path", help="RobustBench's model_info folder (or one JSON file)")
+    i.add_argument("--root", default=None, help=_ROOT_HELP)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``leaderboard validate|render|schema|export|import-robustbench``; returns the exit status."""
     from robust_ens import leaderboard as lb
 
     if args.action == "validate":
-        files = [p for p in lb.iter_json(args.paths or [lb.LEADERBOARD_DIR]) if p.name != "schema.json"]
-        for path in files:
-            lb.validate(path)
-        print(f"{len(files)} entries valid (schema {lb.SCHEMA_VERSION})")
+        for p in args.paths or []:
+            if not Path(p).exists():
+                raise RobustEnsError(f"paths: {p} does not exist (give entry files or folders)")
+        root = lb.leaderboard_root(args.root)
+        files = list(lb.iter_json(args.paths or [root]))
+        if not files:
+            raise RobustEnsError(f"paths: no leaderboard entries (*.json) under {', '.join(args.paths or [str(root)])}")
+        entries = lb.validate_tree(files)
+        versions = sorted({e.schema_version for e in entries})
+        print(f"{len(files)} entries valid (schema {', '.join(versions)})")
     elif args.action == "render":
-        for path in lb.render_all(args.root or lb.LEADERBOARD_DIR):
+        from robust_ens.leaderboard_pages import stale_files
+
+        root = lb.leaderboard_root(args.root)
+        if not root.is_dir():
+            raise RobustEnsError(f"--root {root} is not a folder of leaderboard entries")
+        if args.check:
+            stale = stale_files(root)
+            for line in stale:
+                print(f"stale: {line}")
+            if stale:
+                print(f"{len(stale)} rendered files are stale; run: robust-ens leaderboard render --root {root}")
+                return 1
+            print(f"rendered files under {root} are current")
+            return 0
+        try:
+            written = lb.render_all(root)
+        except PermissionError as err:
+            raise RobustEnsError(f"--root {root}: cannot write {err.filename} (permission denied)") from err
+        for path in written:
+            print(f"wrote {path}")
+        if not written:
+            print(f"rendered files under {root} were already current")
+    elif args.action == "export":
+        from robust_ens.robustbench_io import export_robustbench
+
+        root = lb.leaderboard_root(args.root)
+        written, skipped = export_robustbench(lb.load_entries(root), args.out)
+        for path in written:
+            print(f"wrote {path}")
+        for line in skipped:
+            print(f"skipped {line}")
+    elif args.action == "import-robustbench":
+        from robust_ens.robustbench_io import import_robustbench
+
+        root = lb.leaderboard_root(args.root)
+        written = import_robustbench(args.path, root)
+        print(f"imported {len(written)} RobustBench entries into {root}")
+        for path in lb.render_all(root):
             print(f"wrote {path}")
     else:
-        text = json.dumps(lb.json_schema(), indent=2) + "\n"
+        text = json.dumps(lb.json_schema(args.version or lb.SCHEMA_VERSION), indent=2) + "\n"
         if args.out:
-            Path(args.out).write_text(text)
+            out = check_output_file(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+            tmp.write_text(text)
+            tmp.replace(out)
             print(f"wrote {args.out}")
         else:
             print(text, end="")

@@ -178,7 +178,7 @@ def evaluate_corruptions(
     }
     from robust_ens import progress as _progress
 
-    bar = _progress.bar(total=len(names) * len(severities), desc="corruptions", unit="set", enable=progress)
+    bar = _progress.bar(total=len(names) * len(severities), desc="corruptions", unit="set", enable=progress, every=1)
     for c in names:
         res["accuracy"][c] = {}
         for s in severities:
@@ -296,6 +296,7 @@ def result_from_entry(entry: Any) -> dict[str, Any]:
             acc.setdefault(parts[1], {})[int(parts[2])] = float(value)
     return {"name": e.name, "clean_accuracy": e.results.clean_accuracy, "accuracy": acc,
             "protocol": dict(e.protocol.settings, n_examples=e.protocol.n_examples, seed=e.protocol.seed)}
+
 
 # --------------------------------------------------------------------------- small images
 

@@ -116,15 +116,15 @@ class SmallCNN(nn.Module):
 
 
 @register_model("resnet20", family="cifar_resnet")
-def resnet20(num_classes: int = 10, in_chans: int = 3, **kwargs: float) -> nn.Module:
+def resnet20(num_classes: int = 10, in_chans: int = 3, leaky_relu: float = 0.0) -> nn.Module:
     """CIFAR ResNet-20 (0.27 M parameters), the member architecture of DVERGE/TRS/GAL/ADP."""
-    return CifarResNet(20, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    return CifarResNet(20, num_classes=num_classes, in_chans=in_chans, leaky_relu=leaky_relu)
 
 
 @register_model("resnet32", family="cifar_resnet")
-def resnet32(num_classes: int = 10, in_chans: int = 3, **kwargs: float) -> nn.Module:
+def resnet32(num_classes: int = 10, in_chans: int = 3, leaky_relu: float = 0.0) -> nn.Module:
     """CIFAR ResNet-32."""
-    return CifarResNet(32, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    return CifarResNet(32, num_classes=num_classes, in_chans=in_chans, leaky_relu=leaky_relu)
 
 
 @register_model("small_cnn", family="small")

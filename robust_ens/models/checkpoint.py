@@ -7,6 +7,14 @@ Layout for ``save_checkpoint(model, "runs/m0")``::
 
 ``load_checkpoint`` verifies the sha256 recorded in the sidecar (and one given by the caller,
 e.g. from the zoo index) before it reads a single tensor.
+
+The sidecar is untrusted input (whoever hands over a checkpoint writes it), so loading checks it
+before building anything: the architecture must be registered (or ``timm:<name>``), its
+``arch_kwargs`` may hold only the options the architecture declares safe
+(:func:`robust_ens.models.registry.safe_arch_kwargs`: no ``pretrained``, no file or URL
+arguments), ``weights`` must be a file name in the checkpoint's own folder, and the model the
+record describes is first built on the ``meta`` device (no memory) and compared with the tensor
+shapes in the safetensors header (read without loading the tensors).
 """
 
 from __future__ import annotations
@@ -111,10 +119,159 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
             "which writes the weights and this JSON sidecar together"
         )
     try:
-        record: dict[str, Any] = json.loads(side.read_text())
+        record = json.loads(side.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"checkpoint record {side} is not UTF-8 text (byte {err.start}); it is corrupt") from err
     except json.JSONDecodeError as err:
         raise CheckpointError(f"checkpoint record {side} is not valid JSON: {err}") from err
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint record {side}: {err.strerror or err}") from err
+    if not isinstance(record, dict):
+        raise CheckpointError(f"checkpoint record {side} must hold a JSON object, got {type(record).__name__}")
     return record
+
+
+def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors file's header, without reading the tensors.
+
+    Raises:
+        CheckpointError: when the header is missing, truncated or not the safetensors format.
+    """
+    file = Path(path)
+    try:
+        with open(file, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{file} is not a valid safetensors file: shorter than its 8-byte header length")
+            n = int.from_bytes(head, "little")
+            size = file.stat().st_size
+            if n < 2 or n > min(size - 8, 100 << 20):
+                raise CheckpointError(f"{file} is not a valid safetensors file: header length {n} does not fit the file")
+            header = json.loads(f.read(n).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file} is not a valid safetensors file: unreadable header ({err})") from err
+    except OSError as err:
+        raise CheckpointError(f"cannot read {file}: {err.strerror or err}") from err
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{file} is not a valid safetensors file: its header is not an object")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, meta in header.items():
+        if key == "__metadata__":
+            continue
+        shape = meta.get("shape") if isinstance(meta, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise CheckpointError(f"{file} is not a valid safetensors file: tensor {key!r} has no valid shape")
+        shapes[key] = tuple(shape)
+    return shapes
+
+
+def _weights_path(record: dict[str, Any], stem: Path) -> Path:
+    """The weights file the record names; only a plain file name in the checkpoint's folder."""
+    name = record.get("weights", stem.name + WEIGHT_SUFFIX)
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
+            or Path(name).name != name or Path(name).is_absolute():
+        raise CheckpointError(
+            f"checkpoint record {stem}.json names weights {name!r} outside its folder; refusing to load them "
+            "(the weights must sit next to the record and be named by file name only)"
+        )
+    return stem.parent / name
+
+
+def _record_int(record: dict[str, Any], key: str, default: int | None, stem: Path, lo: int) -> int:
+    value = record.get(key, default)
+    if value is None and default is not None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        if value is None:
+            raise CheckpointError(f"checkpoint record {stem}.json lacks field {key!r}")
+        raise CheckpointError(f"checkpoint record {stem}.json: {key} must be an integer >= {lo}, got {value!r}")
+    return value
+
+
+def _check_record(record: dict[str, Any], stem: Path, shapes: dict[str, tuple[int, ...]] | None) -> dict[str, Any]:
+    """Validate an untrusted record; return the keyword arguments for ``create``."""
+    from robust_ens.models.registry import MODELS, PACKED_PREFIX, TIMM_PREFIX, check_arch_kwargs
+
+    arch = record.get("arch")
+    if not isinstance(arch, str) or not arch:
+        raise CheckpointError(f"checkpoint record {stem}.json lacks field 'arch' (the architecture name)")
+    base = arch.removeprefix(PACKED_PREFIX)
+    if base not in MODELS and not (base.startswith(TIMM_PREFIX) and len(base) > len(TIMM_PREFIX)):
+        raise CheckpointError(
+            f"unknown architecture {arch!r} in the record {stem}.json; known: {', '.join(MODELS.list())} or timm:<name>"
+        )
+    kwargs = record.get("arch_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"checkpoint record {stem}.json: arch_kwargs must be an object, got {type(kwargs).__name__}")
+    try:
+        check_arch_kwargs(arch, kwargs, where=f"arch_kwargs in the record {stem}.json:")
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(str(err)) from err
+    members = kwargs.get("members")
+    if members is not None and (isinstance(members, bool) or not isinstance(members, int) or not 1 <= members <= 1024):
+        raise CheckpointError(f"checkpoint record {stem}.json: arch_kwargs.members must be an integer in 1..1024, got {members!r}")
+    num_classes = _record_int(record, "num_classes", None, stem, 2)
+    in_chans = _record_int(record, "in_chans", 3, stem, 1)
+    if shapes is not None:
+        biggest = max((d for s in shapes.values() for d in s), default=0)
+        for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+            if value > biggest:
+                raise CheckpointError(
+                    f"checkpoint record {stem}.json says {key}={value}, but no tensor in the weights has a "
+                    f"dimension that large (largest {biggest}); the record does not describe these weights"
+                )
+    norm = record.get("normalization") or {}
+    if not isinstance(norm, dict):
+        raise CheckpointError(f"checkpoint record {stem}.json: normalization must be an object")
+    stats: dict[str, Any] = {}
+    for key in ("mean", "std"):
+        v = norm.get(key)
+        if v is not None and (not isinstance(v, list) or len(v) != in_chans
+                              or not all(isinstance(t, int | float) and not isinstance(t, bool) for t in v)):
+            raise CheckpointError(
+                f"checkpoint record {stem}.json: normalization.{key} must be a list of {in_chans} numbers, got {v!r}"
+            )
+        stats[key] = v
+    if stats.get("std") is not None and any(t <= 0 for t in stats["std"]):
+        raise CheckpointError(f"checkpoint record {stem}.json: normalization.std must be positive")
+    return {"name": arch, "num_classes": num_classes, "in_chans": in_chans, **stats, **kwargs}
+
+
+def _build(spec: dict[str, Any], stem: Path) -> Normalized:
+    args = dict(spec)
+    name = args.pop("name")
+    try:
+        return create(name, **args)
+    except CheckpointError:
+        raise
+    except Exception as err:  # a record describing a model that cannot be built
+        raise CheckpointError(f"cannot build {name!r} from the record {stem}.json: {err}") from err
+
+
+def _meta_shapes(spec: dict[str, Any], stem: Path) -> dict[str, tuple[int, ...]] | None:
+    """State-dict shapes of the model ``spec`` describes, built on the meta device (no memory).
+
+    ``None`` for ``packed:`` architectures (their wrapper is built on real tensors; the header
+    checks of :func:`_check_record` bound their size).
+    """
+    from robust_ens.models.registry import MODELS, PACKED_PREFIX, TIMM_PREFIX, _create_timm
+
+    args = {k: v for k, v in spec.items() if k not in ("name", "mean", "std")}
+    name = spec["name"]
+    if name.startswith(PACKED_PREFIX):
+        return None
+    try:
+        with torch.device("meta"):
+            if name.startswith(TIMM_PREFIX):
+                nc, ic = args.pop("num_classes"), args.pop("in_chans")
+                net = _create_timm(name[len(TIMM_PREFIX):], nc, ic, False, **args)
+            else:
+                net = MODELS.create(name, **args)
+    except Exception as err:  # a record describing a model that cannot be built
+        raise CheckpointError(f"cannot build {name!r} from the record {stem}.json: {err}") from err
+    return {f"net.{k}": tuple(v.shape) for k, v in net.state_dict().items()}
 
 
 def _load_tensors(weights: Path) -> dict[str, torch.Tensor]:
@@ -163,7 +320,7 @@ def load_checkpoint(
     """
     record = read_sidecar(path)
     stem = _stem(path)
-    weights = stem.parent / record.get("weights", stem.name + WEIGHT_SUFFIX)
+    weights = _weights_path(record, stem)
     if not weights.is_file():
         raise CheckpointError(f"checkpoint weights {weights} are missing (the record {stem}.json names them)")
     actual = sha256_file(weights)
@@ -173,22 +330,30 @@ def load_checkpoint(
                 f"sha256 mismatch for {weights}: {label} expects {expected}, the file has {actual}. "
                 "The file is corrupt or was replaced; re-create or re-download it."
             )
-    norm = record.get("normalization") or {}
-    try:
-        model = create(
-            record["arch"],
-            num_classes=int(record["num_classes"]),
-            in_chans=int(record.get("in_chans") or 3),
-            mean=norm.get("mean"),
-            std=norm.get("std"),
-            **record.get("arch_kwargs", {}),
+    state: dict[str, torch.Tensor] | None = None
+    if weights.suffix == WEIGHT_SUFFIX:
+        shapes = safetensors_shapes(weights)
+    else:
+        state = _load_tensors(weights)
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+    spec = _check_record(record, stem, shapes)
+    # Build what the record describes on the meta device first (no memory) and compare shapes.
+    expected = _meta_shapes(spec, stem)
+    if expected is not None and expected != shapes:
+        missing = sorted(set(expected) - set(shapes))
+        extra = sorted(set(shapes) - set(expected))
+        wrong = [f"{k}: record {list(expected[k])} vs file {list(shapes[k])}"
+                 for k in sorted(set(expected) & set(shapes)) if expected[k] != shapes[k]]
+        raise CheckpointError(
+            f"weights in {weights} do not fit the architecture {spec['name']!r} its record describes: "
+            f"missing {missing[:3]}, unexpected {extra[:3]}, other shapes {wrong[:3]}"
         )
-    except KeyError as err:
-        raise CheckpointError(f"checkpoint record {stem}.json lacks field {err}") from err
-    state = _load_tensors(weights)
+    model = _build(spec, stem)
+    if state is None:
+        state = _load_tensors(weights)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise CheckpointError(f"weights in {weights} do not fit architecture {record['arch']!r}: {err}") from err
+        raise CheckpointError(f"weights in {weights} do not fit architecture {spec['name']!r}: {err}") from err
     model.checkpoint = record
     return model.to(device or "cpu").eval()

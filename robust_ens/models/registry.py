@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -14,6 +14,17 @@ from robust_ens.registry import Registry
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 TIMM_PREFIX = "timm:"
+
+# Keyword arguments a checkpoint record may pass to a timm architecture: shape and regularization
+# options only. Anything that fetches or reads weights (pretrained, pretrained_cfg(_overlay),
+# checkpoint_path, cache_dir, weights_file, ...) or builds arbitrary layers is refused by name.
+TIMM_SAFE_KWARGS = frozenset({
+    "img_size", "patch_size", "drop_rate", "drop_path_rate", "proj_drop_rate", "attn_drop_rate",
+    "global_pool", "class_token", "reg_tokens", "no_embed_class", "qkv_bias", "init_values",
+})
+_RESERVED = ("num_classes", "in_chans")
+# What ``packed:<arch>`` adds to its architecture's options (see ``_create_packed``).
+PACKED_SAFE_KWARGS = frozenset({"members", "init", "heads", "seed"})
 PACKED_PREFIX = "packed:"
 
 
@@ -42,6 +53,113 @@ def list_models(pattern: str | Sequence[str] = "*", exclude: str | Sequence[str]
     return MODELS.list(pattern, exclude)
 
 
+def safe_arch_kwargs(name: str) -> frozenset[str]:
+    """Keyword arguments architecture ``name`` declares as safe to take from a checkpoint record.
+
+    A registered factory declares its named parameters (except ``num_classes``/``in_chans``; a
+    ``**kwargs`` catch-all declares nothing, and ``register_model(..., safe_kwargs=(...))``
+    replaces the inferred set); ``timm:<name>`` takes :data:`TIMM_SAFE_KWARGS`.
+
+    Raises:
+        RobustEnsError: unknown architecture (listing the registered ones).
+    """
+    import inspect
+
+    if name.startswith(TIMM_PREFIX):
+        return TIMM_SAFE_KWARGS
+    if name.startswith(PACKED_PREFIX) and len(name) > len(PACKED_PREFIX):
+        return PACKED_SAFE_KWARGS | safe_arch_kwargs(name[len(PACKED_PREFIX):])
+    if name not in MODELS:
+        raise RobustEnsError(
+            f"unknown architecture {name!r}; known: {', '.join(MODELS.list())} or timm:<name>"
+        )
+    declared = MODELS.meta(name).get("safe_kwargs")
+    if declared is not None:
+        return frozenset(declared)
+    try:
+        params = inspect.signature(MODELS.get(name)).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return frozenset()
+    return frozenset(
+        p.name for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in _RESERVED
+    )
+
+
+def _takes_any_kwargs(name: str) -> bool:
+    """True for a factory with a ``**kwargs`` catch-all and no declared ``safe_kwargs``."""
+    import inspect
+
+    if name not in MODELS or MODELS.meta(name).get("safe_kwargs") is not None:
+        return False
+    try:
+        params = inspect.signature(MODELS.get(name)).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover
+        return True
+    return any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def check_arch(name: str) -> None:
+    """Refuse an unknown architecture: a registered name, or ``timm:<a timm model name>``.
+
+    Raises:
+        RobustEnsError: naming the known architectures (or close timm names).
+    """
+    if name.startswith(PACKED_PREFIX):
+        check_arch(name[len(PACKED_PREFIX):])
+        return
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        bare = name[len(TIMM_PREFIX):]
+        if bare.split(".")[0] not in timm.list_models():
+            close = timm.list_models(f"*{bare.split('.')[0]}*")[:5]
+            raise RobustEnsError(f"timm has no model {bare!r}; close names: {close or 'none'}")
+        return
+    MODELS.get(name)
+
+
+def _kwarg_types(name: str) -> dict[str, Any]:
+    import inspect
+    import typing
+
+    if name not in MODELS:
+        return {}
+    factory = MODELS.get(name)
+    try:
+        hints = typing.get_type_hints(factory)
+    except Exception:  # pragma: no cover - unresolvable annotations: no type check
+        return {}
+    params = inspect.signature(factory).parameters
+    return {k: v for k, v in hints.items() if k in params}
+
+
+def check_arch_kwargs(name: str, kwargs: Mapping[str, Any], *, where: str = "architecture option") -> None:
+    """Refuse, by name, keyword arguments that architecture ``name`` does not declare safe.
+
+    Args:
+        name: Architecture (registry name or ``timm:<name>``).
+        kwargs: The keyword arguments to check.
+        where: How the message names them (``"--arch-param"``, ``"arch_kwargs in the record"``).
+
+    Raises:
+        RobustEnsError: one line naming the refused keys and the accepted ones.
+    """
+    from robust_ens.overrides import check_type
+
+    allowed = safe_arch_kwargs(name)
+    bad = sorted(k for k in kwargs if k not in allowed)
+    if bad:
+        raise RobustEnsError(
+            f"{where} {', '.join(map(repr, bad))} not accepted by architecture {name!r}; it takes: "
+            f"{', '.join(sorted(allowed)) or '(no options)'}"
+        )
+    types_ = _kwarg_types(name)
+    for k, v in kwargs.items():
+        if k in types_:
+            check_type(v, types_[k], f"{where} {k!r} of {name!r}")
+
+
 def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool, **kwargs: Any) -> nn.Module:
     try:
         import timm
@@ -51,8 +169,11 @@ def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool, *
         close = timm.list_models(f"*{name.split('.')[0]}*")[:5]
         raise RobustEnsError(f"timm has no model {name!r}; close names: {close or 'none'}")
     weights = kwargs.pop("weights_file", None)
-    net = timm.create_model(name, pretrained=pretrained and weights is None, num_classes=num_classes,
-                            in_chans=in_chans, **kwargs)
+    try:
+        net = timm.create_model(name, pretrained=pretrained and weights is None, num_classes=num_classes,
+                                in_chans=in_chans, **kwargs)
+    except TypeError as err:
+        raise RobustEnsError(f"timm model {name!r} does not take these options {sorted(kwargs)}: {err}") from err
     if weights is not None:
         _load_local_weights(net, weights)
     return net
@@ -124,8 +245,10 @@ def create(
         >>> m(torch.rand(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
-    if not isinstance(num_classes, int) or num_classes < 2:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
         raise RobustEnsError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if not isinstance(in_chans, int) or isinstance(in_chans, bool) or in_chans < 1:
+        raise RobustEnsError(f"in_chans must be a positive integer, got {in_chans!r}")
     if name.startswith(PACKED_PREFIX):
         return _create_packed(name[len(PACKED_PREFIX) :], num_classes=num_classes, in_chans=in_chans, mean=mean,
                               std=std, pretrained=pretrained, **kwargs)
@@ -136,6 +259,8 @@ def create(
             raise RobustEnsError(
                 f"{name!r} has no downloadable weights; load a checkpoint with models.load(path or 'zoo:NAME')"
             )
+        if kwargs and not _takes_any_kwargs(name):
+            check_arch_kwargs(name, kwargs)
         net = MODELS.create(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     # A local weights file is a one-time initialization, not part of the architecture.
     arch_kwargs = {k: v for k, v in kwargs.items() if k != "weights_file"}
