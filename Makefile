@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-robust-ens
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench lint typecheck clean-venv
+.PHONY: demo test regress bench lint typecheck clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/robust-ens quickstart
 
+# The regression check CI runs on every change: the committed entries of REGRESS_TIERS re-run from
+# their recorded targets; exact on the same device and seed, a binomial bound across devices.
+REGRESS_TIERS ?= smoke
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 $(PYTEST_ARGS) tests suites
+	$(MAKE) --no-print-directory regress
+
+regress: $(STAMP)
+	@for tier in $(REGRESS_TIERS); do $(BIN)/robust-ens --quiet regress --tier $$tier || exit 1; done
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest suites --benchmark -q
