@@ -76,7 +76,7 @@ class ModelInfo(BaseModel):
 
     name: str
     architecture: str
-    n_members: int = Field(1, ge=1)
+    n_members: int = Field(default=1, ge=1)
     checkpoint_sha256: list[str] = Field(default_factory=list)
     parameters: dict[str, Any] = Field(default_factory=dict)
     defense: str | None = None
@@ -133,10 +133,10 @@ class Cost(BaseModel):
 
     model_config = _Strict
 
-    seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
+    seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     device: str = "cpu"
-    forward_passes: int = Field(0, ge=0)
-    backward_passes: int = Field(0, ge=0)
+    forward_passes: int = Field(default=0, ge=0)
+    backward_passes: int = Field(default=0, ge=0)
 
 
 class Provenance(BaseModel):
@@ -236,7 +236,7 @@ class Cell(BaseModel):
     k: int | None = Field(ge=0)
     n: int = Field(ge=1)
     ci95: list[float] = Field(min_length=2, max_length=2)
-    success_rate: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    success_rate: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _consistent(self) -> Cell:
@@ -301,7 +301,7 @@ class TargetRecord(BaseModel):
 
     spec: str = Field(min_length=1)
     weights: str | None = None
-    weights_sha256: str | None = Field(None, pattern=_SHA)
+    weights_sha256: str | None = Field(default=None, pattern=_SHA)
 
 
 class ModelInfo2(BaseModel):
@@ -311,8 +311,8 @@ class ModelInfo2(BaseModel):
 
     name: str
     architecture: str
-    n_members: int = Field(1, ge=1)
-    parameters: int | None = Field(None, ge=0)
+    n_members: int = Field(default=1, ge=1)
+    parameters: int | None = Field(default=None, ge=0)
     checkpoint_sha256: list[str] = Field(default_factory=list)
     defense: str | None = None
     description: str = ""
@@ -337,7 +337,7 @@ class Protocol2(BaseModel):
     eps: list[float] = Field(default_factory=list)
     attacks: list[str] = Field(default_factory=list)
     surrogates: list[str] = Field(default_factory=list)
-    digest: str | None = Field(None, pattern=_SHA)
+    digest: str | None = Field(default=None, pattern=_SHA)
 
     @field_validator("eps")
     @classmethod
@@ -375,12 +375,12 @@ class Cost2(BaseModel):
 
     model_config = _Strict
 
-    seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
+    seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     device: str = "cpu"
-    forward_passes: float = Field(0, ge=0, allow_inf_nan=False)
-    backward_passes: float = Field(0, ge=0, allow_inf_nan=False)
-    attack_seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
-    eval_seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
+    forward_passes: float = Field(default=0, ge=0, allow_inf_nan=False)
+    backward_passes: float = Field(default=0, ge=0, allow_inf_nan=False)
+    attack_seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    eval_seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
 
 
 class Paper(BaseModel):
@@ -422,7 +422,7 @@ class Entry(BaseModel):
     cost: Cost2 | None = None
     provenance: Provenance | None = None
     paper: Paper | None = None
-    results_sha256: str | None = Field(None, pattern=_SHA)
+    results_sha256: str | None = Field(default=None, pattern=_SHA)
     external: External | None = None
 
     @model_validator(mode="after")
@@ -669,17 +669,17 @@ def row_view(e: AnyEntry) -> dict[str, Any]:
     """What a table shows of an entry, for both schema versions.
 
     Returns:
-        ``{"name", "kind", "architecture", "members", "defense", "clean", "worst": {eps: acc},
+        ``{"name", "kind", "dataset", "architecture", "members", "defense", "clean", "worst": {eps: acc},
         "worst_ci": {eps: (lo, hi)}, "metrics", "flags", "imported", "paper_url", "tier", "n"}``.
     """
     if isinstance(e, EntryV1):
-        return {"name": e.name, "kind": "defense", "architecture": e.model.architecture, "members": e.model.n_members,
+        return {"name": e.name, "kind": "defense", "dataset": e.protocol.dataset, "architecture": e.model.architecture, "members": e.model.n_members,
                 "defense": e.model.defense or "-", "clean": e.results.clean_accuracy,
                 "worst": {float(k): v for k, v in e.results.worst_case.items()}, "worst_ci": {},
                 "metrics": dict(e.results.metrics), "flags": list(e.protocol.settings.get("flags", [])),
                 "imported": False, "paper_url": None, "tier": str(e.protocol.settings.get("tier", "-")),
                 "n": e.protocol.n_examples}
-    return {"name": e.name, "kind": e.kind, "architecture": e.model.architecture, "members": e.model.n_members,
+    return {"name": e.name, "kind": e.kind, "dataset": e.protocol.dataset, "architecture": e.model.architecture, "members": e.model.n_members,
             "defense": e.model.defense or "-", "clean": e.results.clean.acc,
             "worst": {w.eps: w.robust_acc for w in e.results.worst_case},
             "worst_ci": {w.eps: (w.ci95[0], w.ci95[1]) for w in e.results.worst_case},
@@ -720,13 +720,13 @@ def table_rows(entries: Sequence[AnyEntry]) -> tuple[list[str], list[list[str]]]
     for rank, v in enumerate(sorted(views, key=key), 1):
         name = v["name"] + (" (imported)" if v["imported"] else "")
         rows.append(
-            [str(rank), name, v["architecture"], str(v["members"]), v["defense"], v["tier"], str(v["n"]),
+            [str(rank), name, v["dataset"], v["architecture"], str(v["members"]), v["defense"], v["tier"], str(v["n"]),
              f"{100 * v['clean']:.2f}"]
             + [f"{100 * v['worst'][k]:.2f}" if k in v["worst"] else "-" for k in eps_keys]
             + [fmt_metric(k, v["metrics"].get(k)) for k in metric_keys]
             + [", ".join(v["flags"]) or "-"]
         )
-    headers = (["#", "name", "architecture", "members", "defense", "tier", "n", "clean %"]
+    headers = (["#", "name", "data", "architecture", "members", "defense", "tier", "n", "clean %"]
                + [f"worst @ {eps_label(k)} %" for k in eps_keys] + metric_keys + ["flags"])
     return headers, rows
 

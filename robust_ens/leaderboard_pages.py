@@ -80,12 +80,22 @@ TIER_ORDER = ("full", "small", "smoke")
 
 
 def _by_tier(entries: Sequence[Any]) -> list[tuple[str, list[Any]]]:
-    """Entries grouped by tier, the largest tier first (numbers of different tiers are not ranked together)."""
+    """Entries grouped by tier, the largest tier first (numbers of different tiers are not ranked together).
+
+    Imported references (measured elsewhere, on their full test sets) appear in every tier's table,
+    marked as imported, so ours are always read beside them.
+    """
     from robust_ens import leaderboard as lb
 
     groups: dict[str, list[Any]] = {}
+    refs = [e for e in entries if lb.row_view(e)["imported"]]
     for e in entries:
-        groups.setdefault(lb.row_view(e)["tier"], []).append(e)
+        if e not in refs:
+            groups.setdefault(lb.row_view(e)["tier"], []).append(e)
+    if not groups and refs:
+        groups["full"] = []
+    for g in groups.values():
+        g.extend(refs)
     order = {t: i for i, t in enumerate(TIER_ORDER)}
     return sorted(groups.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
 

@@ -147,4 +147,4 @@ def submit(
         old.unlink()
     path = lb.write(entry, base)
     rendered = lb.render_all(base)
-    return Submission(entry, path, rendered, run_dir)  # type: ignore[arg-type]
+    return Submission(entry, path, rendered, run_dir)

@@ -198,6 +198,10 @@ def resolve_target(
         model = load(spec)
         t = _checkpoint_target(spec, model)
         t.files = {spec: index()[spec[len(ZOO_PREFIX):]]["sha256"]}
+    elif spec.startswith("robustbench:"):
+        from robust_ens import models
+
+        t = _checkpoint_target(spec, models.load(spec))
     elif spec.startswith("timm:"):
         t = _timm_target(spec, wpath, dataset)
     elif _FACTORY.match(spec) and not Path(spec).exists():

@@ -35,12 +35,16 @@ def list_zoo() -> list[str]:
 
 
 def load(spec: str, *, device: str | torch.device | None = None) -> Normalized:
-    """Load ``"zoo:NAME"`` (a committed reference checkpoint) or a checkpoint path.
+    """Load ``"zoo:NAME"`` (a committed reference checkpoint), ``"robustbench:DATASET/THREAT/NAME"`` or a checkpoint path.
 
     Args:
         spec: ``"zoo:NAME"`` or a path accepted by :func:`load_checkpoint`.
         device: Target device.
     """
+    if spec.startswith("robustbench:"):  # RobustBench's zoo, offline (optional extra)
+        from robust_ens.models.robustbench import load_robustbench
+
+        return load_robustbench(spec, device=device)  # type: ignore[return-value]
     if spec.startswith(ZOO_PREFIX):
         name = spec[len(ZOO_PREFIX) :]
         entry = index().get(name)
