@@ -294,7 +294,7 @@ def test_record_may_only_pass_safe_architecture_options(ckpt, kwargs, needle, mo
 def test_timm_record_refuses_pretrained_without_touching_the_hub(tmp_path, monkeypatch):
     import timm
 
-    kw = {"img_size": 32, "patch_size": 8, "depth": 1} if False else {"img_size": 32, "patch_size": 8}
+    kw = {"img_size": 32, "patch_size": 8}
     m = models.create("timm:vit_tiny_patch16_224", num_classes=10, **kw)
     models.save_checkpoint(m, tmp_path / "v")
     back = models.load_checkpoint(tmp_path / "v")  # safe timm options load (built on meta first)
@@ -303,6 +303,17 @@ def test_timm_record_refuses_pretrained_without_touching_the_hub(tmp_path, monke
     monkeypatch.setattr(timm, "create_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built")))
     _edit_record(tmp_path / "v", arch_kwargs={**kw, "pretrained": True})
     with pytest.raises(CheckpointError, match="'pretrained' not accepted"):
+        models.load_checkpoint(tmp_path / "v")
+
+
+def test_tiny_vit_records_with_structural_options_load_and_absurd_ones_are_refused(tmp_path):
+    kw = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    m = models.create("timm:vit_tiny_patch16_224", num_classes=10, **kw)
+    models.save_checkpoint(m, tmp_path / "v")
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(models.load_checkpoint(tmp_path / "v")(x), m.eval()(x))
+    _edit_record(tmp_path / "v", arch_kwargs={**kw, "depth": 10**7})
+    with pytest.raises(CheckpointError, match="depth=10000000 is far larger than anything in the weights"):
         models.load_checkpoint(tmp_path / "v")
 
 

@@ -216,6 +216,15 @@ def _check_record(record: dict[str, Any], stem: Path, shapes: dict[str, tuple[in
     in_chans = _record_int(record, "in_chans", 3, stem, 1)
     if shapes is not None:
         biggest = max((d for s in shapes.values() for d in s), default=0)
+        # Structural integers (depth, widths, sizes) far beyond anything in the file cannot describe
+        # it; refusing them keeps even the meta-device build small.
+        bound = 16 * max(biggest, len(shapes))
+        for key, value in kwargs.items():
+            if isinstance(value, int) and not isinstance(value, bool) and not -bound <= value <= bound:
+                raise CheckpointError(
+                    f"checkpoint record {stem}.json: arch_kwargs.{key}={value} is far larger than anything in the "
+                    "weights; the record does not describe these weights"
+                )
         for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
             if value > biggest:
                 raise CheckpointError(

@@ -16,10 +16,12 @@ MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 TIMM_PREFIX = "timm:"
 
 # Keyword arguments a checkpoint record may pass to a timm architecture: shape and regularization
-# options only. Anything that fetches or reads weights (pretrained, pretrained_cfg(_overlay),
+# options only (the shapes are then checked against the weights file before anything is
+# allocated). Anything that fetches or reads weights (pretrained, pretrained_cfg(_overlay),
 # checkpoint_path, cache_dir, weights_file, ...) or builds arbitrary layers is refused by name.
 TIMM_SAFE_KWARGS = frozenset({
-    "img_size", "patch_size", "drop_rate", "drop_path_rate", "proj_drop_rate", "attn_drop_rate",
+    "img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
+    "drop_rate", "drop_path_rate", "proj_drop_rate", "attn_drop_rate",
     "global_pool", "class_token", "reg_tokens", "no_embed_class", "qkv_bias", "init_values",
 })
 _RESERVED = ("num_classes", "in_chans")
