@@ -180,3 +180,28 @@ def test_root_is_option_then_environment_then_cwd(tmp_path: Path, monkeypatch) -
     monkeypatch.setenv(lb.ENV_ROOT, str(tmp_path / "env"))
     assert lb.leaderboard_root() == tmp_path / "env"
     assert lb.leaderboard_root(tmp_path / "opt") == tmp_path / "opt"
+
+
+def test_attack_suite_entries_rank_attacks_with_a_cell_per_target(tmp_path: Path) -> None:
+    from robust_ens.bench.report import to_entries
+    from robust_ens.bench.runner import run_suite
+
+    src = (ROOT / "robust_ens" / "bench" / "protocols" / "digits-transfer.toml").read_text()
+    toml = tmp_path / "digits-attacks.toml"
+    toml.write_text(src.replace('suite = "digits-transfer"', 'suite = "digits-attacks"')
+                    .replace('kind = "defense"', 'kind = "attack"'))
+    targets = [DIGITS, "zoo:digits_small_cnn_s1"]
+    summary = run_suite(str(toml), "smoke", targets, tmp_path / "run", progress=False)
+    entries = {e.name: e for e in to_entries(summary, "test", run_dir=tmp_path / "run")}
+    assert set(entries) == {"mifgsm", "cwa"}
+    for e in entries.values():
+        lb.validate(e.model_dump(mode="json"))
+        assert e.kind == "attack" and {c.target for c in e.results.cells} == set(targets) and len(e.results.cells) == 4
+        assert all(c.success_rate is not None for c in e.results.cells) and "mean_success@0.2" in e.results.metrics
+        for w in e.results.worst_case:
+            assert w.robust_acc == min(c.robust_acc for c in e.results.cells if c.eps == w.eps)
+    headers, rows = lb.table_rows(list(entries.values()))
+    mean = {k: (e.results.metrics["mean_success@0.1"] + e.results.metrics["mean_success@0.2"]) / 2
+            for k, e in entries.items()}
+    assert rows[0][1] == max(mean, key=mean.__getitem__)  # the attack that transfers best ranks first
+    assert "mean_success@0.2" in headers

@@ -160,3 +160,21 @@ def test_regress_refuses_a_folder_without_rerunnable_entries(tmp_path: Path, cap
         from robust_ens.bench.regress import regress
 
         regress([tmp_path / "missing"])
+
+
+def test_submit_on_the_jpeg_cifar10_copies_is_labelled_cifar10_jpeg(tmp_path: Path, monkeypatch) -> None:
+    from tests.conftest import require_cifar10
+
+    shared = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    if "ROBUST_ENS_DATA" not in __import__("os").environ and shared.is_dir():
+        monkeypatch.setenv("ROBUST_ENS_DATA", str(shared))
+    require_cifar10()
+    from robust_ens.bench.runner import dataset_label
+    from robust_ens.bench.submit import submit
+
+    res = submit("tests.bench_models:tiny_cifar", "cifar10-transfer", "smoke", "tiny", root=tmp_path / "lb",
+                 out=tmp_path / "run", progress=False)
+    label = dataset_label("cifar10")
+    assert res.entry.protocol.dataset == label and res.path.parent.parent.name == label
+    if "jpeg" in str(__import__("robust_ens").data.find_cifar10(split="test")[1]).lower():
+        assert label == "cifar10-jpeg"  # never "cifar10" for the JPEG copies

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--check", action="store_true", help="write nothing; exit 1 when a rendered file is stale")
     s = action.add_parser("schema", help="write the versioned JSON Schema of an entry")
     s.add_argument("--out", default=None, help="file to write (default: print)")
-    s.add_argument("--version", default=None, help="schema version: 2 (default) or 1.0")
+    s.add_argument("--version", default=None, choices=["2", "1.0"], help="schema version: 2 (default) or 1.0")
     x = action.add_parser("export", help="write entries in another leaderboard's format")
     x.add_argument("--format", required=True, choices=["robustbench"], help="robustbench: its model_info layout")
     x.add_argument("--out", required=True, help="folder to write <dataset>/<threat_model>/<Name>.json into")
