@@ -10,7 +10,7 @@ it also times M independent ResNet-20s in an ``Ensemble`` (the full ensemble the
 replaces) and the forward + input-gradient pass an attack step costs.
 
 Full size (``pytest suites/bench_packed.py --benchmark``): packed ResNet-20 with 4 and 6
-members, batch 256 on a CPU (1024 on a GPU), the ensemble's precision policy (``"auto"``: bf16
+members, batch 128 on a CPU (1024 on a GPU), the ensemble's precision policy (``"auto"``: bf16
 where the hardware has it) and fp32. Smoke size (``make test``): 2 members, batch 4, fp32.
 """
 
@@ -49,7 +49,7 @@ def _time(fn: Callable[[], Any], reps: int) -> float:
 
 def _size(full: bool, members: int) -> dict[str, Any]:
     if full:
-        return {"members": members, "batch": 1024 if DEVICE == "cuda" else 256, "reps": 5}
+        return {"members": members, "batch": 1024 if DEVICE == "cuda" else 128, "reps": 3}
     return {"members": 2, "batch": 4, "reps": 1}
 
 
@@ -68,7 +68,9 @@ def test_packed_batched_vs_loop(benchmark, full_benchmark, members, precision):
     x = torch.rand(size["batch"], 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(DEVICE)
 
     with torch.no_grad():
-        diff = float((ens.member_logits(x) - ens.member_logits_loop(x)).abs().max())
+        ref = ens.member_logits_loop(x)
+        diff = float((ens.member_logits(x) - ref).abs().max())
+        scale = float(ref.abs().max())
         t_loop = _time(lambda: ens.member_logits_loop(x), size["reps"])
         t_full = _time(lambda: full.member_logits(x), size["reps"])
 
@@ -101,5 +103,6 @@ def test_packed_batched_vs_loop(benchmark, full_benchmark, members, precision):
         "parameters_packed": sum(p.numel() for p in ens.parameters()),
         "parameters_full": sum(p.numel() for p in full.parameters()),
     })
-    tol = 1e-4 if ens.resolved_precision(x.device) == "fp32" else 0.5
-    assert diff <= tol, diff
+    # fp32: the same numbers (random-sign adapters even make them bit-identical); bf16: rounding.
+    tol = 1e-4 if ens.resolved_precision(x.device) == "fp32" else 0.05 * scale
+    assert diff <= tol, (diff, scale)

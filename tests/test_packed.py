@@ -259,3 +259,15 @@ def test_train_defense_packed_records_cost_and_reloads(tmp_path):
     train_defense("adp", arch="packed:small_cnn", n_members=3, dataset="digits", recipe=rec, progress=False,
                   init=ens, epochs=1)
     assert all(torch.equal(before[k], v) for k, v in ens.state_dict().items())
+
+
+def test_unbatched_mode_gives_the_same_member_logits():
+    torch.manual_seed(0)
+    ens = models.create("packed:small_cnn", members=3, in_chans=1, width=8, seed=0).eval()
+    ens.precision = "fp32"
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        a = ens.member_logits(x)
+        ens.batched = False
+        torch.testing.assert_close(ens.member_logits(x), a, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ens(x), a.mean(0), rtol=1e-5, atol=1e-5)

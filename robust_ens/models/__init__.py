@@ -7,8 +7,8 @@ Example:
 """
 
 from robust_ens.models import architectures as _architectures  # noqa: F401  (registers models)
-from robust_ens.models.packed import PackedEnsemble, pack_network, register_packed_variants
 from robust_ens.models.checkpoint import load_checkpoint, read_sidecar, save_checkpoint, sha256_file
+from robust_ens.models.packed import PackedEnsemble, pack_network, register_packed_variants
 from robust_ens.models.registry import MODELS, create, list_models, register_model
 from robust_ens.models.wrapper import Normalized
 from robust_ens.models.zoo import list_zoo, load

@@ -429,7 +429,7 @@ class PackedMember(nn.Module):
         self.index = index
 
     @property
-    def num_classes(self) -> int | None:  # type: ignore[override]
+    def num_classes(self) -> int | None:
         return self.packed.num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -482,6 +482,7 @@ class PackedEnsemble(Ensemble, Normalized):
         Normalized.__init__(self, net, mean, std, arch=arch, arch_kwargs=arch_kwargs, num_classes=num_classes,
                             in_chans=in_chans)
         self._pack = state
+        self.batched = True  # member_logits: one pass over the repeated batch (False: member by member)
         # Members are views holding this module; keeping them out of the module tree avoids a
         # cycle and a state dict with the shared weights M + 1 times.
         self._init_ensemble([PackedMember(self, k) for k in range(state.n_members)], combine, precision,
@@ -523,9 +524,16 @@ class PackedEnsemble(Ensemble, Normalized):
         return x, bf16
 
     def member_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of every member ``[M, N, K]`` (float32), all members in one batched forward pass."""
+        """Logits of every member ``[M, N, K]`` (float32), all members in one batched forward pass.
+
+        With ``batched = False`` the members run one after the other with their adapters folded into
+        the kernels (:meth:`member_logits_loop`; same result): on a CPU that is faster, see
+        ``suites/bench_packed.py``.
+        """
         from robust_ens.ensemble import check_images
 
+        if not self.batched:
+            return self.member_logits_loop(x)
         if self.check_inputs:
             check_images(x)
         x, bf16 = self._prepare(x)
