@@ -84,18 +84,24 @@ def run(args: argparse.Namespace) -> int:
         if not written:
             print(f"rendered files under {root} were already current")
     elif args.action == "export":
+        from robust_ens.commands.common import check_output_folder
         from robust_ens.robustbench_io import export_robustbench
 
         root = lb.leaderboard_root(args.root)
+        if not root.is_dir():
+            raise RobustEnsError(f"--root {root} is not a folder of leaderboard entries")
+        check_output_folder(args.out, "--out")
         written, skipped = export_robustbench(lb.load_entries(root), args.out)
         for path in written:
             print(f"wrote {path}")
         for line in skipped:
             print(f"skipped {line}")
     elif args.action == "import-robustbench":
+        from robust_ens.commands.common import check_output_folder
         from robust_ens.robustbench_io import import_robustbench
 
         root = lb.leaderboard_root(args.root)
+        check_output_folder(root, "--root")
         written = import_robustbench(args.path, root)
         print(f"imported {len(written)} RobustBench entries into {root}")
         for path in lb.render_all(root):

@@ -29,6 +29,11 @@ def run(args: argparse.Namespace) -> int:
     """Run ``regress``; returns 0 when nothing moved, 1 otherwise."""
     from robust_ens import progress
     from robust_ens.bench.regress import regress
+    from robust_ens.commands.common import check_device, check_output_folder
+
+    check_device(args.device)
+    if args.out is not None:
+        check_output_folder(args.out, "--out")
 
     if args.tier is not None and args.tier not in ("smoke", "small", "full"):
         from robust_ens.errors import RobustEnsError

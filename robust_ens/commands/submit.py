@@ -40,7 +40,20 @@ def run(args: argparse.Namespace) -> int:
     """Run ``submit``: evaluate, write the entry, re-render, print the row and what to commit."""
     from robust_ens import leaderboard as lb
     from robust_ens import progress
+    from robust_ens.bench.protocol import get_suite
     from robust_ens.bench.submit import submit
+    from robust_ens.commands.common import check_device, check_input_file, check_output_folder, for_option
+
+    with for_option("--suite"):
+        proto = get_suite(args.suite)
+    with for_option("--tier"):
+        proto.tier(args.tier)
+    check_device(args.device)
+    if args.weights is not None:
+        check_input_file(args.weights, "--weights")
+    for opt, folder in (("--out", args.out), ("--store", args.store), ("--root", args.root)):
+        if folder is not None:
+            check_output_folder(folder, opt)
 
     paper = None
     if args.paper_url or args.paper_title or args.paper_venue:
