@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``leaderboard validate|render|schema|export|import-robustbench``; returns the exit status."""
     from robust_ens import leaderboard as lb
 
+    if getattr(args, "root", None) is not None and args.action in ("validate", "export") and not Path(args.root).is_dir():
+        raise RobustEnsError(f"--root {args.root} is not a folder of leaderboard entries")
     if args.action == "validate":
         for p in args.paths or []:
             if not Path(p).exists():

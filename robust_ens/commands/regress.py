@@ -11,6 +11,7 @@ binomial bound from n across devices), 1 with a table of what moved otherwise.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
     from robust_ens.commands.common import check_device, check_output_folder
 
     check_device(args.device)
+    if args.root is not None and not Path(args.root).is_dir():
+        from robust_ens.errors import RobustEnsError
+
+        raise RobustEnsError(f"--root {args.root} is not a folder of leaderboard entries")
     if args.out is not None:
         check_output_folder(args.out, "--out")
 
