@@ -205,3 +205,24 @@ def test_attack_suite_entries_rank_attacks_with_a_cell_per_target(tmp_path: Path
             for k, e in entries.items()}
     assert rows[0][1] == max(mean, key=mean.__getitem__)  # the attack that transfers best ranks first
     assert "mean_success@0.2" in headers
+
+
+def test_corruption_suite_entries_keep_a_cell_per_corruption_and_severity(tmp_path: Path, monkeypatch) -> None:
+    from robust_ens.bench.report import to_entries
+    from robust_ens.bench.runner import run_suite
+    from tests.conftest import require_cifar10
+
+    shared = ROOT.parent / "shared" / "data"
+    if "ROBUST_ENS_DATA" not in __import__("os").environ and shared.is_dir():
+        monkeypatch.setenv("ROBUST_ENS_DATA", str(shared))
+    require_cifar10()  # the corruptions need images of 32x32 or more
+    summary = run_suite("cifar10-corruptions", "smoke", ["tests.bench_models:tiny_cifar"], tmp_path / "run",
+                        progress=False)
+    (e,) = to_entries(summary, "test", run_dir=tmp_path / "run")
+    e = lb.validate(e.model_dump(mode="json"))
+    assert isinstance(e, lb.Entry) and not e.results.cells and not e.results.worst_case and e.protocol.eps == []
+    assert {(c.corruption, c.severity) for c in e.results.corruptions} == {("gaussian_noise", 3), ("brightness", 3)}
+    accs = [c.acc for c in e.results.corruptions]
+    assert e.results.metrics["mean_corruption_accuracy"] == pytest.approx(sum(accs) / len(accs))
+    assert "gaussian_noise@3" in e.numbers()  # regress compares these too
+    assert "mean_corruption_accuracy" in lb.render([e])
