@@ -28,6 +28,7 @@ import re
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -414,8 +415,11 @@ def run_case(cmd: tuple[str, ...], option: str | None, value: str, assets: dict[
     try:
         argv = _argv(cmd, parser, option, value, tmp, assets, blob)
         capsys.readouterr()
+        # Share the real-time timer with pytest-timeout: ours fires first, theirs is put back after.
+        outer_left, _ = signal.getitimer(signal.ITIMER_REAL)
         previous = signal.signal(signal.SIGALRM, _too_slow)
-        signal.alarm(CASE_SECONDS)
+        signal.setitimer(signal.ITIMER_REAL, CASE_SECONDS if not outer_left else min(CASE_SECONDS, outer_left))
+        started = time.monotonic()
         try:
             rc = main(["--quiet", *argv])
         except SystemExit as stop:  # pragma: no cover - main returns instead of exiting
@@ -426,8 +430,10 @@ def run_case(cmd: tuple[str, ...], option: str | None, value: str, assets: dict[
         except BaseException as err:  # a traceback is what a user would see
             pytest.fail(f"robust-ens {' '.join(argv)} raised {type(err).__name__}: {err}")
         finally:
-            signal.alarm(0)
+            signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
+            if outer_left:
+                signal.setitimer(signal.ITIMER_REAL, max(outer_left - (time.monotonic() - started), 0.001))
         err_text = capsys.readouterr().err
         out = tmp / "out"
         return rc, err_text, _files_under(out), argv, _fill(value, tmp, assets, blob)
