@@ -423,6 +423,10 @@ def train_defense(
     packed = _is_packed(arch, init)
     rec = resolve_recipe(name, recipe, overrides, packed=packed)
     _apply_run_options(rec, spec, epochs, train_n, warmup_epochs)
+    if epochs is not None and warmup_epochs is None and spec.warm_start and rec["warmup"] and init is None:
+        log.warning("%s: epochs=%d sets the defense's epochs; the baseline warm-up still runs its recipe's %s "
+                    "epochs first (warmup_epochs= / --warmup-epochs to change it, 0 to skip it)",
+                    name, epochs, rec["warmup"].get("epochs", "?"))
     cfg = _train_config(rec["train"], seed)
     member_mean = packed and bool(rec.get(MEAN_OF_MEMBERS))
     if member_mean:

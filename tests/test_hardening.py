@@ -194,6 +194,21 @@ def test_epochs_do_not_silently_change_the_warm_up_and_zero_skips_it():
         defense_plan("adp", recipe="small", warmup_epochs=2)
 
 
+def test_library_callers_are_told_when_epochs_leave_the_warm_up_as_it_is(caplog):
+    from robust_ens.defenses import train_defense
+
+    kw = dict(arch="small_cnn", n_members=2, dataset="digits", recipe="small", train_n=64, epochs=1,
+              progress=False, arch_kwargs={"width": 4})
+    with caplog.at_level(logging.WARNING, logger="robust_ens.defenses"):
+        ens = train_defense("dverge", **kw)
+    assert "the baseline warm-up still runs its recipe's 8 epochs" in caplog.text
+    assert ens.record["warmup"]["epochs"] == 8
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robust_ens.defenses"):
+        ens = train_defense("dverge", **kw, warmup_epochs=0)
+    assert "warm-up" not in caplog.text and ens.record["warmup"] == {}
+
+
 def test_small_tier_on_digits_says_which_option_to_pass(tmp_path, capsys):
     rc = main(["--quiet", "train", "--defense", "baseline", "--tier", "small", "--arch", "small_cnn",
                "--data", "digits", "--out", str(tmp_path / "b")])
