@@ -100,7 +100,7 @@ BASE: dict[tuple[str, ...], list[tuple[str, str]]] = {
                        ("--out", "{out}")],
     ("submit",): [("--model", "zoo:digits_small_cnn_s2"), ("--suite", "digits-transfer"), ("--tier", "smoke"),
                   ("--name", "fuzz-submit"), ("--root", "{out}/lb"), ("--out", "{out}/run")],
-    ("regress",): [("--tier", "smoke")],  # the committed smoke entries (seconds)
+    ("regress",): [("--tier", "smoke"), ("--root", "{leaderboards}")],  # the committed smoke entries (seconds)
     ("leaderboard", "export"): [("--format", "robustbench"), ("--root", "{entries}"), ("--out", "{out}")],
     ("leaderboard", "import-robustbench"): [("path", "{randbytes}")],
 }
@@ -338,7 +338,8 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     path = lb.write(entry, root / "entries")
     (root / "a_file").write_text("not a folder\n")
     return {"rgb": str(root / "rgb"), "flat_rgb": str(root / "flat_rgb"), "images": str(root / "images"),
-            "entries": str(root / "entries"), "entry": str(path), "file": str(root / "a_file")}
+            "entries": str(root / "entries"), "entry": str(path), "file": str(root / "a_file"),
+            "leaderboards": str(Path(__file__).resolve().parents[1] / "leaderboards")}
 
 
 def _fill(template: str, tmp: Path, assets: dict[str, str], blob: bytes) -> str:
@@ -412,6 +413,8 @@ def run_case(cmd: tuple[str, ...], option: str | None, value: str, assets: dict[
              capsys: pytest.CaptureFixture[str]) -> tuple[int, str, list[Path], list[str], str]:
     parser = LEAVES[cmd]
     tmp = Path(tempfile.mkdtemp(prefix="fuzz-"))
+    cwd = os.getcwd()
+    os.chdir(tmp)  # a relative or empty path given as a bad value must not land in the checkout
     try:
         argv = _argv(cmd, parser, option, value, tmp, assets, blob)
         capsys.readouterr()
@@ -438,6 +441,7 @@ def run_case(cmd: tuple[str, ...], option: str | None, value: str, assets: dict[
         out = tmp / "out"
         return rc, err_text, _files_under(out), argv, _fill(value, tmp, assets, blob)
     finally:
+        os.chdir(cwd)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
