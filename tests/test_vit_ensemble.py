@@ -296,7 +296,7 @@ def test_imagenet_path_imagefolder_224_and_timm_weights_on_disk(tmp_path: Any, m
     root = tmp_path / "imagenet_mini"
     _image_tree(root)
     name = f"imagefolder:{root}"
-    x, y = data.load(name, "val", size=224)
+    x, y = data.load(name, "test", size=224)  # a tree without split folders is one evaluation set
     assert x.shape == (4, 3, 224, 224) and x.dtype == torch.float32 and y.tolist() == [0, 0, 1, 1]
     info = data.info(name)
     assert info.num_classes == 2
