@@ -358,6 +358,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     tnames = list(p["targets"])
     head = " | ".join(f"{t} ({p['eval_clean_correct'][t]} clean-correct)" for t in tnames)
     for eps_key, rows in result["results"].items():
+        if not rows:
+            continue
         lines += ["", f"## eps = {eps_key}", "",
                   f"| attack | {head} | surrogate ens. (white-box) | fwd+bwd / example | s / example |",
                   "|---|" + "---|" * (len(tnames) + 3)]
@@ -419,6 +421,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out-md", default=str(HERE / "results" / "vit_transfer.md"))
     ap.add_argument("--rows", nargs="+", default=["*"], metavar="PATTERN",
                     help="run only the table rows whose name matches one of these fnmatch patterns")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="report only rows already cached in the work dir (runs no attack)")
     ap.add_argument("--note", default="", help="a paragraph put under the report's title (e.g. what was reduced)")
     ap.add_argument("--quiet", action="store_true")
     return ap.parse_args(argv)
@@ -460,13 +464,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     clean = {n: predict(m, x) for n, m in {"surrogate_ensemble": surrogate, **targets}.items()}
     rows_dir = work / "rows"
     rows_dir.mkdir(exist_ok=True)
-    results: dict[str, list[dict[str, Any]]] = {}
-    for e in args.eps:
-        eps = e / 255
-        results[f"{e}/255"] = []
-        for name, atk in attack_rows(eps, params, args.copies).items():
-            if not any(fnmatch.fnmatchcase(name, pat) for pat in args.rows):
-                continue
+    # Rows run in the order of the first --rows pattern they match, each at every eps before the
+    # next row, so an interrupted run has finished the rows named first (each row is cached).
+    # The report lists them per eps in that order. The numbers do not depend on the order.
+    per_eps = {e: attack_rows(e / 255, params, args.copies) for e in args.eps}
+    names = [n for n in per_eps[args.eps[0]] if any(fnmatch.fnmatchcase(n, pat) for pat in args.rows)]
+    names.sort(key=lambda n: next(i for i, pat in enumerate(args.rows) if fnmatch.fnmatchcase(n, pat)))
+    results: dict[str, list[dict[str, Any]]] = {f"{e}/255": [] for e in args.eps}
+    for name in names:
+        for e in args.eps:
+            atk = per_eps[e][name]
             key = "".join(c if c.isalnum() else "_" for c in name) + f"_eps{e}"
             path = rows_dir / f"{key}.json"
             if path.is_file():
@@ -475,6 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if row.get("attack") == json.loads(json.dumps(atk.config())) and row.get("n") == len(x):
                     results[f"{e}/255"].append(row)
                     continue
+            if args.cached_only:
+                log.info("eps %d/255: %s not cached; left out (--cached-only)", e, name)
+                continue
             log.info("eps %d/255: %s", e, name)
             row = run_row(name, atk, surrogate, targets, x, y, clean, seed=args.seed, batch_size=args.batch_size,
                           quiet=args.quiet)
