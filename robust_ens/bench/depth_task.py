@@ -75,6 +75,7 @@ def run_depth(
     n = min(t.n, len(files))
     folder = RunFolder(out, proto, tier)
     model = load_depth_model(target)
+    folder.open()
     res = evaluate_kittic(model, root, files[:n], gts[:n], corruptions=list(t.corruptions),
                           severities=list(t.severities), batch_size=t.batch_size, device=device)
     summary = {"suite": proto.suite, "version": proto.version, "kind": proto.kind, "task": proto.task, "tier": tier,

@@ -67,12 +67,7 @@ class RunFolder:
                     f"(protocol digest {str(old.get('digest'))[:12]}), not {protocol.suite} v{protocol.version} "
                     f"tier {tier} ({info['digest'][:12]}); pick a new --out"
                 )
-        elif write:
-            try:
-                self.root.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(run_json, info)
-            except OSError as err:
-                raise RobustEnsError(f"--out {self.root}: cannot create the run folder ({err.strerror})") from None
+        self._info = info
         self._manifest_path = self.root / "manifest.json"
         self.manifest: dict[str, Any] = {"cells": {}, "targets": {}}
         if self._manifest_path.is_file():
@@ -81,6 +76,17 @@ class RunFolder:
             except (OSError, ValueError, UnicodeDecodeError):
                 warnings.warn(f"{self._manifest_path} is unreadable; finished cells will be recomputed",
                               RuntimeWarning, stacklevel=2)
+
+    def open(self) -> None:
+        """Create the folder and its ``run.json`` (called once the targets resolved: bad input leaves nothing)."""
+        run_json = self.root / "run.json"
+        if not self.write or run_json.is_file():
+            return
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_json, self._info)
+        except OSError as err:
+            raise RobustEnsError(f"--out {self.root}: cannot create the run folder ({err.strerror})") from None
 
     # ---- finished cells
     def _result_path(self, target: str, cell: str) -> Path:

@@ -119,13 +119,13 @@ class Engine:
     """
 
     def __init__(self, protocol: Protocol, tier: str, out: str | Path, *, device: str | torch.device = "cpu",
-                 store: str | Path | None = None, progress: bool = True) -> None:
+                 store: str | Path | None = None, progress: bool = True, target_option: str = "--target") -> None:
         self.protocol = protocol
+        self.target_option = target_option
         self.tier = protocol.tier(tier)
         self.device = torch.device(device)
         dd.init_from_env(self.device)
         self.folder = RunFolder(out, protocol, tier, write=dd.is_main())
-        dd.barrier()
         self.store = AdvSetStore(store if store is not None else Path(out) / "advsets")
         self.progress = progress and dd.is_main()
         self.ex = load_examples(protocol, self.tier)
@@ -135,7 +135,15 @@ class Engine:
 
     # ---- targets and surrogates
     def resolve(self, arg: TargetArg) -> Target:
-        """Resolve and check a target against the suite's dataset."""
+        """Resolve and check a target against the suite's dataset (errors name ``--target``)."""
+        try:
+            return self._resolve(arg)
+        except RobustEnsError as err:
+            if self.target_option in str(err) or "--weights" in str(err):
+                raise
+            raise RobustEnsError(f"{self.target_option} {arg.spec}: {err}") from None
+
+    def _resolve(self, arg: TargetArg) -> Target:
         if arg.spec in self.protocol.surrogates and not arg.weights:
             t = self.surrogate(arg.spec)
         else:
@@ -144,7 +152,6 @@ class Engine:
         if arg.name:
             t.name = arg.name
         check_target(t, self.ex.x_u8[:2].float().div(255), self.ex.num_classes, self.ex.label)
-        self.folder.set_target(t.name, t.describe())
         return t
 
     def surrogate(self, name: str) -> Target:
@@ -264,6 +271,11 @@ class Engine:
         names = [t.name for t in resolved]
         if len(set(names)) != len(names):
             raise RobustEnsError(f"two targets share a name ({', '.join(names)}); give them --name")
+        # only now, with every target resolved and checked, does the run folder get written
+        self.folder.open()
+        dd.barrier()
+        for t in resolved:
+            self.folder.set_target(t.name, t.describe())
         task = self.protocol.task
         if task == "transfer":
             summary = self._run_transfer(resolved)
@@ -452,6 +464,7 @@ def run_suite(
     device: str | torch.device = "cpu",
     store: str | Path | None = None,
     progress: bool = True,
+    target_option: str = "--target",
 ) -> dict[str, Any]:
     """Run one tier of a suite on some targets and write the summary into the run folder.
 
@@ -463,6 +476,7 @@ def run_suite(
         device: Where models run.
         store: Adversarial-set store folder (default ``<out>/advsets``); share it between runs.
         progress: Progress bars.
+        target_option: The command-line option the targets came from, named in errors about them.
 
     Returns:
         The summary (also written to ``<out>/summary.json``).
@@ -473,7 +487,7 @@ def run_suite(
     if proto.task == "depth":
         raise RobustEnsError(f"{proto.suite} evaluates depth models: use run_depth (robust-ens bench run {proto.suite} --data KITTI_C)")
     args = [a if isinstance(a, TargetArg) else TargetArg(spec=a) for a in targets]
-    engine = Engine(proto, tier, out, device=device, store=store, progress=progress)
+    engine = Engine(proto, tier, out, device=device, store=store, progress=progress, target_option=target_option)
     summary = engine.run(args)
     if dd.is_main():
         atomic_write_json(Path(out) / "summary.json", summary)

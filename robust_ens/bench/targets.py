@@ -195,6 +195,8 @@ def resolve_target(
         parts = [resolve_target(s, dataset=dataset, device=device) for s in spec.split(",") if s.strip()]
         t = _join(spec, parts, combine, precision)
     elif spec.startswith(ZOO_PREFIX):
+        if wpath is not None:
+            raise RobustEnsError(f"--weights goes with pkg.module:factory or timm:NAME; {spec} carries its own weights")
         model = load(spec)
         t = _checkpoint_target(spec, model)
         t.files = {spec: index()[spec[len(ZOO_PREFIX):]]["sha256"]}

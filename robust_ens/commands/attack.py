@@ -28,10 +28,21 @@ import torch
 
 from robust_ens import __version__, data
 from robust_ens.attacks import Attack, create_attack, list_attacks
-from robust_ens.commands.common import parse_number, parse_params, progress_enabled
-from robust_ens.ensemble import Ensemble
+from robust_ens.commands.common import (
+    check_device,
+    check_output_file,
+    check_output_folder,
+    for_option,
+    parse_number,
+    parse_params,
+    positive_int,
+    progress_enabled,
+    seed_int,
+)
+from robust_ens.ensemble import COMBINES, Ensemble
 from robust_ens.errors import RobustEnsError
 from robust_ens.evaluation import correct, predict
+from robust_ens.precision import PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +61,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="attack hyperparameter, repeatable (alpha=2/255, steps=20, decay=1.0, fusion=loss)")
     p.add_argument("--surrogate", required=True,
                    help="comma-separated checkpoint paths, zoo:NAME or pkg.module:factory; several form an Ensemble")
-    p.add_argument("--combine", default="logits", help="how an ensemble surrogate combines members (logits, probs)")
+    p.add_argument("--combine", default="logits", choices=COMBINES, help="how an ensemble surrogate combines members")
     p.add_argument("--data", default="cifar10", help="dataset: cifar10, digits or imagefolder:<path>")
     p.add_argument("--split", default="test", help="split to attack (default test)")
-    p.add_argument("--n", type=int, default=1000, help="number of examples (default 1000)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the example subset (default 0)")
+    p.add_argument("--n", type=positive_int, default=1000, help="number of examples (default 1000)")
+    p.add_argument("--data-seed", type=seed_int, default=0, help="seed of the example subset (default 0)")
     p.add_argument("--eps", default="8/255", help="perturbation budget, e.g. 8/255 (default) or 0.03")
     p.add_argument("--target", default="none", choices=["none", "random", "least-likely"],
                    help="targeted mode: random wrong class or the surrogate's least-likely class")
-    p.add_argument("--seed", type=int, default=0, help="attack seed (same seed, same device: same output)")
-    p.add_argument("--batch-size", type=int, default=256, help="examples per attack batch (default 256)")
-    p.add_argument("--precision", default="auto", help="ensemble precision: auto, fp32 or bf16")
+    p.add_argument("--seed", type=seed_int, default=0, help="attack seed (same seed, same device: same output)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="examples per attack batch (default 256)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="ensemble precision (default auto)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--out", required=True, help="output .safetensors path (a .json record is written beside it)")
     p.add_argument("--store", default=None, help="adversarial-set store folder (default: $ROBUST_ENS_CACHE/advsets)")
@@ -84,31 +95,37 @@ def _targets(kind: str, sur: torch.nn.Module, k: int, seed: int) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Run the ``attack`` subcommand; returns the exit status."""
     from robust_ens.bench.advsets import AdvSetStore, dataset_fingerprint
-    from robust_ens.bench.craft import budget_check, check_writable, craft_set, write_set
+    from robust_ens.bench.craft import budget_check, craft_set, write_set
     from robust_ens.bench.runner import dataset_label
     from robust_ens.bench.targets import check_target, resolve_target
 
     eps = parse_number(str(args.eps), "--eps")
-    params: dict[str, Any] = parse_params(args.param)
+    params: dict[str, Any] = parse_params(args.param, "--param")
     if "eps" in params:
         raise RobustEnsError("give eps with --eps, not --param eps=...")
-    if args.n is not None and args.n < 1:
-        raise RobustEnsError(f"--n must be a positive integer, got {args.n}")
-    if args.batch_size < 1:
-        raise RobustEnsError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    atk: Attack = create_attack(args.attack, eps=eps, **params)
-    check_writable(args.out)
+    with for_option("--param"):
+        atk: Attack = create_attack(args.attack, eps=eps, **params)
+    check_device(args.device)
+    check_output_file(args.out)
+    if args.store is not None:
+        check_output_folder(args.store, "--store")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    sur = resolve_target(args.surrogate, dataset=args.data, device=device, combine=args.combine,
-                         precision=args.precision)
+    with for_option("--surrogate"):
+        sur = resolve_target(args.surrogate, dataset=args.data, device=device, combine=args.combine,
+                             precision=args.precision)
     if atk.ensemble_only and not (isinstance(sur.module, Ensemble) and len(sur.module) >= 2):
         raise RobustEnsError(f"--surrogate must list at least 2 models for the ensemble strategy {args.attack!r}")
-    xu, yall = data.load_uint8(args.data, args.split)
-    idx = data.subset_indices(yall, args.n, args.data_seed)
+    with for_option("--data"):
+        xu, yall = data.load_uint8(args.data, args.split)
+        k = data.info(args.data).num_classes
+        label = dataset_label(args.data)
+    try:
+        check_target(sur, xu[:2].float().div(255), k, label)
+    except RobustEnsError as err:
+        raise RobustEnsError(f"--surrogate {args.surrogate} does not fit --data {args.data}: {err}") from None
+    with for_option("--n"):
+        idx = data.subset_indices(yall, args.n, args.data_seed)
     x_u8, y = xu[idx].contiguous(), yall[idx].contiguous()
-    k = data.info(args.data).num_classes
-    label = dataset_label(args.data)
-    check_target(sur, x_u8[:2].float().div(255), k, label)
     store = AdvSetStore(args.store or data.cache_dir() / "advsets")
     t0 = time.perf_counter()
     crafted = craft_set(store, atk, sur, x_u8, y, idx, dataset_fingerprint(x_u8, y, label), seed=args.seed,

@@ -104,9 +104,23 @@ def run_run(args: argparse.Namespace) -> int:
     from robust_ens.bench.advsets import atomic_write_json
     from robust_ens.bench.report import summary_table, to_entries
     from robust_ens.bench.runner import TargetArg, run_suite
+    from robust_ens.commands.common import check_device, check_input_file, check_output_folder, for_option
 
     proto = get_suite(args.suite)
-    proto.tier(args.tier)
+    with for_option("--tier"):
+        proto.tier(args.tier)
+    check_device(args.device)
+    if proto.task != "depth" and (args.data is not None or args.gt is not None):
+        raise RobustEnsError(f"--data and --gt are for depth suites (kitti-c); {proto.suite} uses {proto.dataset}")
+    if args.gt is not None:
+        check_input_file(args.gt, "--gt")
+    if args.data is not None and not Path(args.data).is_dir():
+        raise RobustEnsError(f"--data {args.data} is not a folder (a KITTI-C tree)")
+    for w in args.weights:
+        check_input_file(w, "--weights")
+    if args.store is not None:
+        check_output_folder(args.store, "--store")
+    check_output_folder(args.out or f"runs/{proto.suite}-{args.tier}", "--out")
     for opt, values in (("--weights", args.weights), ("--name", args.name)):
         if len(values) > len(args.target):
             raise RobustEnsError(f"{opt} is given {len(values)} times but --target only {len(args.target)}; "

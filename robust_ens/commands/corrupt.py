@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from robust_ens.commands.common import positive_int, seed_int
 from robust_ens.corruptions.tree import IMAGE_EXTS, SPLIT_FILE_CANDIDATES, resolve_split  # noqa: F401 - re-exported
 from robust_ens.errors import RobustEnsError
 
@@ -35,12 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corruptions", default="all", help="comma-separated names (default: all of the preset)")
     p.add_argument("--severities", default="1,2,3,4,5", help="comma-separated severities (default 1..5)")
     p.add_argument("--size", default=None, help="HxW to resize to (default 192x640 for kittic, none otherwise)")
-    p.add_argument("--seed", type=int, default=42, help="corruption seed (default 42, RoboDepth's)")
-    p.add_argument("--batch-size", type=int, default=16, help="images corrupted per batch")
+    p.add_argument("--seed", type=seed_int, default=42, help="corruption seed (default 42, RoboDepth's)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images corrupted per batch")
     p.add_argument("--device", default="cpu", help="torch device for the corruptions (cpu, cuda)")
     p.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
     p.add_argument("--clean", action="store_true", help="also write the resized clean images to <out>/clean/")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch threads for the corruptions on CPU (default 1: PNG writing dominates and runs in "
                         "the other cores' writer threads; more torch threads only contend with it)")
     p.add_argument("--png-compression", type=int, default=1,
@@ -51,7 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Parse the options, write the corrupted tree; returns 0 on success."""
-    from robust_ens.commands.common import progress_enabled
+    from robust_ens.commands.common import (
+        check_device,
+        check_input_file,
+        check_output_folder,
+        progress_enabled,
+    )
     from robust_ens.corruptions import list_corruptions
     from robust_ens.corruptions.tree import parse_size, write_corrupted_tree
 
@@ -62,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
     if args.corruptions != "all":
         wanted = [c.strip() for c in args.corruptions.split(",") if c.strip()]
         unknown = [c for c in wanted if c not in names]
-        if unknown:
-            raise RobustEnsError(f"unknown corruption(s) {', '.join(unknown)} for preset {args.preset}; known: {', '.join(names)}")
+        if unknown or not wanted:
+            raise RobustEnsError(f"--corruptions: unknown corruption(s) {', '.join(unknown) or repr(args.corruptions)} "
+                                 f"for preset {args.preset}; known: {', '.join(names)}")
         names = wanted
     try:
         sevs = [int(s) for s in args.severities.split(",")]
@@ -79,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
     threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
         raise RobustEnsError(f"--threads must be at least 1, got {threads}")
-    out = Path(args.out).expanduser()
+    check_device(args.device)
+    if args.split_file is not None:
+        check_input_file(args.split_file, "--split-file")
+    out = check_output_folder(Path(args.out).expanduser())
     n_files, written = write_corrupted_tree(
         src, out, names, sevs, preset=args.preset, split=args.split, split_file=args.split_file,
         size=parse_size(args.size, args.preset), seed=args.seed, batch_size=args.batch_size, device=args.device,

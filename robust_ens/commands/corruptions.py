@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from robust_ens.commands.common import positive_int, seed_int
 from robust_ens.errors import RobustEnsError
 
 log = logging.getLogger(__name__)
@@ -40,24 +41,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = action.add_parser("evaluate", help="accuracy per corruption and severity, mean accuracy, (relative) mCE",
                           description=__doc__.split("Example:")[0].strip() if __doc__ else None)
     e.add_argument("--model", required=True, help="comma-separated checkpoint paths or zoo:NAME; several form an Ensemble")
-    e.add_argument("--combine", default="logits", help="how an ensemble combines members (logits, probs, vote)")
-    e.add_argument("--precision", default="fp32", help="ensemble precision: fp32 (default), bf16 or auto")
+    e.add_argument("--combine", default="logits", choices=("logits", "probs", "vote"),
+                   help="how an ensemble combines members (default logits)")
+    e.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                   help="ensemble precision (default fp32)")
     e.add_argument("--data", default="cifar10", help="dataset: cifar10, digits or imagefolder:<path>")
     e.add_argument("--split", default="test", help="split (default test)")
-    e.add_argument("--n", type=int, default=None, help="number of examples (default: the whole split)")
-    e.add_argument("--data-seed", type=int, default=0, help="seed of the example subset (default 0)")
+    e.add_argument("--n", type=positive_int, default=None, help="number of examples (default: the whole split)")
+    e.add_argument("--data-seed", type=seed_int, default=0, help="seed of the example subset (default 0)")
     e.add_argument("--preset", default="cifar10c", help="corruption parameters (default cifar10c)")
     e.add_argument("--corruptions", default="common",
                    help="'common' (the 15 of the mean corruption accuracy, default), 'all' or comma-separated names")
     e.add_argument("--severities", default="1-5", help="severities: '1-5' (default), '3' or '1,3,5'")
-    e.add_argument("--seed", type=int, default=0, help="corruption seed (default 0)")
+    e.add_argument("--seed", type=seed_int, default=0, help="corruption seed (default 0)")
     e.add_argument("--upscale", default="auto",
                    help="integer upsampling factor for images below 32 px ('auto': the smallest that reaches 32)")
     e.add_argument("--baseline", default=None, help="a cifar10-corruptions entry (JSON) to compute mCE against")
     e.add_argument("--name", default=None, help="entry name (default: derived from --model)")
     e.add_argument("--dataset-label", default=None,
                    help="dataset name recorded in the entry (default: --data; e.g. cifar10-jpeg)")
-    e.add_argument("--batch-size", type=int, default=500, help="images per corruption/forward batch")
+    e.add_argument("--batch-size", type=positive_int, default=500, help="images per corruption/forward batch")
     e.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     e.add_argument("--no-cache", action="store_true", help="do not read or write cached corrupted sets")
     e.add_argument("--out", required=True, help="leaderboard root: the entry goes to <out>/<dataset>/<suite>/<name>.json")
@@ -86,19 +89,23 @@ def parse_severities(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``corruptions evaluate``; returns the exit status."""
+    import re
+
     from robust_ens import data
     from robust_ens import leaderboard as lb
     from robust_ens.bench.runner import dataset_label
     from robust_ens.bench.targets import check_target, resolve_target
-    from robust_ens.commands.common import progress_enabled
+    from robust_ens.commands.common import (
+        check_device,
+        check_input_file,
+        check_output_folder,
+        for_option,
+        progress_enabled,
+    )
     from robust_ens.corruptions import evaluate as ev
     from robust_ens.corruptions import list_corruptions
     from robust_ens.ensemble import Ensemble
 
-    if args.n is not None and args.n < 1:
-        raise RobustEnsError(f"--n must be a positive integer, got {args.n}")
-    if args.batch_size < 1:
-        raise RobustEnsError(f"--batch-size must be a positive integer, got {args.batch_size}")
     severities = parse_severities(args.severities)
     if args.corruptions in ("common", "all"):
         names = list_corruptions(args.preset, subset=args.corruptions)
@@ -106,10 +113,19 @@ def run(args: argparse.Namespace) -> int:
         names = [c.strip() for c in args.corruptions.split(",") if c.strip()]
         known = list_corruptions(args.preset)
         bad = [c for c in names if c not in known]
-        if bad:
-            raise RobustEnsError(f"unknown corruption(s) {', '.join(bad)} for preset {args.preset!r}; "
-                                 f"choose from: {', '.join(known)}")
-    baseline = ev.result_from_entry(args.baseline) if args.baseline else None
+        if bad or not names:
+            raise RobustEnsError(f"--corruptions: unknown corruption(s) {', '.join(bad) or repr(args.corruptions)} "
+                                 f"for preset {args.preset!r}; choose from: {', '.join(known)}")
+    if args.dataset_label is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", args.dataset_label):
+        raise RobustEnsError(f"--dataset-label must be a plain name like cifar10-jpeg (it becomes a folder), "
+                             f"got {args.dataset_label!r}")
+    check_device(args.device)
+    check_output_folder(args.out)
+    baseline = None
+    if args.baseline:
+        check_input_file(args.baseline, "--baseline")
+        with for_option("--baseline"):
+            baseline = ev.result_from_entry(args.baseline)
     if baseline is not None:
         missing = [c for c in names if c not in baseline["accuracy"]]
         if missing:
@@ -117,13 +133,20 @@ def run(args: argparse.Namespace) -> int:
         if baseline["protocol"].get("preset") not in (None, args.preset):
             raise RobustEnsError(f"the baseline used preset {baseline['protocol'].get('preset')!r}, not {args.preset!r}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    target = resolve_target(args.model, dataset=args.data, device=device, combine=args.combine,
-                            precision=args.precision)
-    xu, yall = data.load_uint8(args.data, args.split)
-    idx = data.subset_indices(yall, args.n, args.data_seed)
+    with for_option("--model"):
+        target = resolve_target(args.model, dataset=args.data, device=device, combine=args.combine,
+                                precision=args.precision)
+    with for_option("--data"):
+        xu, yall = data.load_uint8(args.data, args.split)
+        num_classes = data.info(args.data).num_classes
+        label = args.dataset_label or dataset_label(args.data)
+    try:
+        check_target(target, xu[:2].float().div(255), num_classes, label)
+    except RobustEnsError as err:
+        raise RobustEnsError(f"--model {args.model} does not fit --data {args.data}: {err}") from None
+    with for_option("--n"):
+        idx = data.subset_indices(yall, args.n, args.data_seed)
     x, y = xu[idx], yall[idx]
-    label = args.dataset_label or dataset_label(args.data)
-    check_target(target, x[:2].float().div(255), data.info(args.data).num_classes, label)
     factor = ev.upscale_factor(str(args.upscale), x.shape[-2], x.shape[-1])
     x, model = ev.upscale(x, target.module, factor)
     log.info("evaluating %s on %d %s images (%dx%d) under %d corruptions x %d severities",

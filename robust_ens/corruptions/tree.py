@@ -59,7 +59,14 @@ def resolve_split(src: Path, split: str, split_file: str | None) -> list[str]:
             "test split (697 lines 'DATE/DRIVE FRAME l', e.g. MonoDepth2's splits/eigen/test_files.txt or "
             "RoboDepth's splits/eigen.txt), or use --split all"
         )
-    entries = [e for e in (_parse_split_line(ln) for ln in path.read_text().splitlines()) if e]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise RobustEnsError(f"--split-file {path} is not a readable text file ({type(err).__name__})") from None
+    try:
+        entries = [e for e in (_parse_split_line(ln) for ln in lines) if e]
+    except ValueError:
+        raise RobustEnsError(f"--split-file {path}: lines must be 'DATE/DRIVE FRAME l|r' or relative paths") from None
     if not entries:
         raise RobustEnsError(f"split file {path} lists no images")
     return entries
@@ -84,6 +91,8 @@ def parse_size(text: str | None, preset: str) -> tuple[int, int] | None:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError as err:
         raise RobustEnsError(f"--size must look like 192x640 (HxW), got {text!r}") from err
+    if h < 1 or w < 1:
+        raise RobustEnsError(f"--size must be positive (HxW like 192x640), got {text!r}")
     return h, w
 
 
