@@ -187,13 +187,53 @@ def fmt(v: float | None, pct: bool = True) -> str:
     return f"{100 * v:.1f}" if pct else f"{v:.3f}"
 
 
+def _reductions(cfg: dict[str, Any]) -> str:
+    """How the DVERGE/TRS phases depart from the small tier (said in the table's header)."""
+    from robust_ens.defenses import load_recipe
+
+    parts = []
+    for d, key in (("DVERGE", "dverge_epochs"), ("TRS", "trs_epochs")):
+        tier = load_recipe(d.lower(), "small")["train"]["epochs"]
+        epochs = cfg.get(key) or tier
+        n = cfg.get("finetune_n") or cfg["train_n"]
+        parts.append(f"{d} {epochs} epoch{'s' if epochs != 1 else ''} on {n} images (tier: {tier} on {cfg['train_n']})")
+    return "; DVERGE and TRS start from the baseline ensemble of the same architecture and train " + ", ".join(parts)
+
+
+def _summary(cells: list[dict[str, Any]], eps: str) -> list[str]:
+    """Packed minus full, per defense, computed from the cells (so the prose cannot drift from the table)."""
+    by = {(c["defense"], c["arch"]): c for c in cells}
+    rows = []
+    for d in dict.fromkeys(c["defense"] for c in cells):
+        full = by.get((d, "full3"))
+        if full is None:
+            continue
+        parts = []
+        for a in ("packed3", "packed6"):
+            c = by.get((d, a))
+            if c is None:
+                continue
+            dt = (c["transfer_offdiag_mean"] - full["transfer_offdiag_mean"]) \
+                if c.get("transfer_offdiag_mean") is not None and full.get("transfer_offdiag_mean") is not None else None
+            parts.append(
+                f"{a}: clean {100 * (c['clean_acc'] - full['clean_acc']):+.1f}, worst case at eps {eps} "
+                f"{100 * (c['worst_case_robust_acc'][eps] - full['worst_case_robust_acc'][eps]):+.1f}, "
+                f"sub-model transfer {'-' if dt is None else f'{100 * dt:+.1f}'} points, "
+                f"{c['parameters'] / full['parameters']:.2f}x the parameters"
+            )
+        if parts:
+            rows.append(f"* {d}, packed minus 3x ResNet-20: " + "; ".join(parts) + ".")
+    return ["", *rows] if rows else []
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
     eps = [f"{e:g}" for e in cfg["eps"]]
     lines = [
         f"Transfer attacks ({', '.join(cfg['attacks'])}; {cfg['attack_steps']} steps) crafted on a held-out "
         f"ensemble of three baseline ResNet-20s; {cfg['n_eval']} cifar10-jpeg test images; "
-        f"defenses' `small` tier (train_n {cfg['train_n']}). Robust accuracy is the per-example worst case "
+        f"defenses' `small` tier (baseline: {cfg['train_n']} training images, its recipe's epochs)"
+        + _reductions(cfg) + ". Robust accuracy is the per-example worst case "
         "over the attacks. Transfer = mean off-diagonal success of PGD "
         f"(eps {cfg['matrix_eps']:g}, {cfg['matrix_steps']} steps) from one sub-model to another on "
         f"(up to) the first {cfg['n_matrix']} evaluation images that all members classify correctly; cos = mean "
@@ -212,13 +252,22 @@ def render_markdown(result: dict[str, Any]) -> str:
             + (f"{c['train_seconds_per_epoch']:.0f}" if c.get("train_seconds_per_epoch") else "-")
             + f" | {fmt(inf * 1000, pct=False) if inf else '-'} |"
         )
+    lines += _summary(result["cells"], eps[-1])
+    lines += ["", "train s/epoch: seconds per epoch of the row's own training (baseline: the full training subset; "
+              "DVERGE/TRS: their fine-tuning subset, see above). inference ms/img: the ensemble's forward in fp32 "
+              "(a packed one: the batched pass; on this CPU the member loop is faster, see "
+              "`experiments/results/bench_packed_cpu.json`), batch 256, timed once right after training on a shared "
+              "machine, so a rough figure."]
     missing = result.get("missing") or []
     if missing:
         lines += ["", f"Not measured in this run: {', '.join(missing)}."]
     env = result["environment"]
+    cpu = result["cpu_seconds"]
     lines += ["", f"Surrogate clean accuracy {fmt(result['surrogate']['clean_acc'])}%. Measured on {env['machine']} "
-              f"({env['threads']} torch thread), torch {env['torch']}; total {result['seconds'] / 60:.0f} min of which "
-              f"adversarial sets {result['adv_seconds'] / 60:.1f} min."]
+              f"({env['threads']} torch thread; other jobs on the machine's other core), torch {env['torch']}: "
+              f"{cpu['total'] / 60:.0f} min in all (surrogate {cpu['surrogate'] / 60:.1f}, adversarial sets "
+              f"{cpu['adversarial_sets'] / 60:.1f}, training {cpu['training'] / 60:.1f}, evaluation "
+              f"{cpu['evaluation'] / 60:.1f}), summed over resumed runs."]
     return "\n".join(lines) + "\n"
 
 
@@ -322,6 +371,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _cpu_seconds(args: argparse.Namespace, cells: list[dict[str, Any]], adv_seconds: float) -> dict[str, float]:
+    """Seconds spent per stage, from the records of every run that produced the cells (resumes included)."""
+    sur = args.work_dir / "surrogate" / "summary.json"
+    surrogate = float(json.loads(sur.read_text())["metrics"].get("train_seconds", 0.0)) if sur.is_file() else 0.0
+    training = sum(float(c.get("train_seconds") or 0.0) for c in cells)
+    evaluation = sum(float(c.get("eval_seconds") or 0.0) for c in cells)
+    return {"surrogate": surrogate, "adversarial_sets": adv_seconds, "training": training, "evaluation": evaluation,
+            "total": surrogate + adv_seconds + training + evaluation}
+
+
 def write_results(args: argparse.Namespace, cells: list[dict[str, Any]], sur_clean: float, adv_seconds: float,
                   seconds: float, command: str) -> None:
     from robust_ens.defenses import load_recipe
@@ -342,6 +401,7 @@ def write_results(args: argparse.Namespace, cells: list[dict[str, Any]], sur_cle
         "missing": missing,
         "seconds": seconds,
         "adv_seconds": adv_seconds,
+        "cpu_seconds": _cpu_seconds(args, cells, adv_seconds),
         "command": command,
         "environment": {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                         "cpu_count": __import__("os").cpu_count(), "threads": torch.get_num_threads(),
