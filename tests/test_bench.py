@@ -385,3 +385,15 @@ def test_a_tampered_result_file_is_recomputed_not_trusted(tmp_path: Path, smoke_
     with pytest.warns(RuntimeWarning, match="does not match the manifest"):
         s = run_suite("digits-transfer", "smoke", [DIGITS], out, progress=False)
     assert _numbers(s) == _numbers(smoke_run[1]) and s["cost"]["advsets_made"] == 0
+
+
+def test_weights_and_name_belong_to_the_target_before_them(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from robust_ens.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "run", "digits-transfer", "--target", "zoo:a", "--target", "pkg.m:f",
+                                      "--weights", "w.safetensors", "--name", "mine"])
+    assert args.targets == [{"spec": "zoo:a", "weights": None, "name": None},
+                            {"spec": "pkg.m:f", "weights": "w.safetensors", "name": "mine"}]
+    rc = cli.main(["bench", "run", "digits-transfer", "--name", "x", "--target", DIGITS, "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--name must follow the --target it belongs to" in err and len(err.splitlines()) == 1

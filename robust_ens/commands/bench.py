@@ -36,13 +36,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(func=run_show)
     r = acts.add_parser("run", help="run one tier of a suite on some targets and print the summary table")
     r.add_argument("suite", help="suite name (see 'bench list') or a protocol .toml file")
-    r.add_argument("--target", action="append", default=[], metavar="SPEC",
+    r.add_argument("--target", action=_TargetAction, dest="targets", default=[], metavar="SPEC",
                    help="zoo:NAME, a checkpoint path or folder, pkg.module:factory, timm:NAME, or SPEC,SPEC "
                         "(an ensemble); repeatable; default: the tier's own target panel")
-    r.add_argument("--weights", action="append", default=[], metavar="PATH",
-                   help="weights for the --target at the same position (pkg.module:factory or timm:NAME)")
-    r.add_argument("--name", action="append", default=[], metavar="NAME",
-                   help="display name for the --target at the same position")
+    r.add_argument("--weights", action=_TargetAction, dest="targets", metavar="PATH",
+                   help="weights of the --target before it (pkg.module:factory or timm:NAME)")
+    r.add_argument("--name", action=_TargetAction, dest="targets", metavar="NAME",
+                   help="display name of the --target before it")
     r.add_argument("--tier", default="smoke", help="smoke (seconds), small (CPU minutes) or full (GPU); default smoke")
     r.add_argument("--out", default=None, help="run folder (default runs/<suite>-<tier>)")
     r.add_argument("--store", default=None, help="adversarial-set store folder to share between runs (default <out>/advsets)")
@@ -52,6 +52,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--gt", default=None, help="depth suites: ground-truth depths (default <data>/gt_depths.npz)")
     r.set_defaults(func=run_run)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+class _TargetAction(argparse.Action):
+    """``--target SPEC [--weights PATH] [--name NAME]``: weights and name belong to the target before them."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        targets = list(getattr(namespace, self.dest, None) or [])
+        if option_string == "--target":
+            targets.append({"spec": values, "weights": None, "name": None})
+        elif not targets:
+            parser.error(f"{option_string} must follow the --target it belongs to")
+        else:
+            key = "weights" if option_string == "--weights" else "name"
+            if targets[-1][key] is not None:
+                parser.error(f"{option_string} is given twice for --target {targets[-1]['spec']}")
+            targets[-1] = {**targets[-1], key: values}
+        setattr(namespace, self.dest, targets)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -116,17 +134,13 @@ def run_run(args: argparse.Namespace) -> int:
         check_input_file(args.gt, "--gt")
     if args.data is not None and not Path(args.data).is_dir():
         raise RobustEnsError(f"--data {args.data} is not a folder (a KITTI-C tree)")
-    for w in args.weights:
-        check_input_file(w, "--weights")
+    for t in args.targets:
+        if t["weights"] is not None:
+            check_input_file(t["weights"], "--weights")
     if args.store is not None:
         check_output_folder(args.store, "--store")
     check_output_folder(args.out or f"runs/{proto.suite}-{args.tier}", "--out")
-    for opt, values in (("--weights", args.weights), ("--name", args.name)):
-        if len(values) > len(args.target):
-            raise RobustEnsError(f"{opt} is given {len(values)} times but --target only {len(args.target)}; "
-                                 f"each {opt} goes with the --target at its position")
-    targets = [TargetArg(spec, args.weights[i] if i < len(args.weights) else None,
-                         args.name[i] if i < len(args.name) else None) for i, spec in enumerate(args.target)]
+    targets = [TargetArg(t["spec"], t["weights"], t["name"]) for t in args.targets]
     out = Path(args.out or f"runs/{proto.suite}-{args.tier}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if proto.task == "depth":
@@ -151,10 +165,11 @@ def _run_depth(proto: object, args: argparse.Namespace, out: Path, device: torch
 
     from robust_ens.bench.depth_task import run_depth
 
-    if len(args.target) != 1 or args.data is None:
+    if len(args.targets) != 1 or args.data is None:
         raise RobustEnsError("a depth suite takes one --target pkg.module:factory and --data KITTI_C_ROOT")
-    summary = run_depth(proto, args.tier, args.target[0], args.data, out, gt=args.gt, device=device)  # type: ignore[arg-type]
-    res = summary["depth"][args.target[0]]
+    spec = args.targets[0]["spec"]
+    summary = run_depth(proto, args.tier, spec, args.data, out, gt=args.gt, device=device)  # type: ignore[arg-type]
+    res = summary["depth"][spec]
     rows = [[c, *(f"{m['abs_rel']:.4f}" for m in per_sev.values())] for c, per_sev in res["corrupted"].items()]
     print(tabulate(rows, headers=["corruption", *(f"abs_rel s{s}" for s in next(iter(res["corrupted"].values())))],
                    tablefmt="github"))
