@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -509,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bo": bo,
         "results": results,
         "provenance": {
-            "command": "python experiments/vit_transfer.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": "python experiments/vit_transfer.py " + shlex.join(sys.argv[1:] if argv is None else argv),
             "torch": torch.__version__, "python": platform.python_version(),
             "device": f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} thread(s)",
             "seconds_this_invocation": time.perf_counter() - t_start,
