@@ -36,12 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(func=run_show)
     r = acts.add_parser("run", help="run one tier of a suite on some targets and print the summary table")
     r.add_argument("suite", help="suite name (see 'bench list') or a protocol .toml file")
-    r.add_argument("--target", action=_TargetAction, dest="targets", default=[], metavar="SPEC",
+    r.add_argument("--target", action=_TargetAction, metavar="SPEC",
                    help="zoo:NAME, a checkpoint path or folder, pkg.module:factory, timm:NAME, or SPEC,SPEC "
                         "(an ensemble); repeatable; default: the tier's own target panel")
-    r.add_argument("--weights", action=_TargetAction, dest="targets", metavar="PATH",
+    r.add_argument("--weights", action=_TargetAction, metavar="PATH",
                    help="weights of the --target before it (pkg.module:factory or timm:NAME)")
-    r.add_argument("--name", action=_TargetAction, dest="targets", metavar="NAME",
+    r.add_argument("--name", action=_TargetAction, metavar="NAME",
                    help="display name of the --target before it")
     r.add_argument("--tier", default="smoke", help="smoke (seconds), small (CPU minutes) or full (GPU); default smoke")
     r.add_argument("--out", default=None, help="run folder (default runs/<suite>-<tier>)")
@@ -50,16 +50,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--entries", action="store_true", help="also write leaderboard entries into <out>/entries/")
     r.add_argument("--data", default=None, help="depth suites: the KITTI-C tree (robust-ens corrupt --preset kittic --clean)")
     r.add_argument("--gt", default=None, help="depth suites: ground-truth depths (default <data>/gt_depths.npz)")
-    r.set_defaults(func=run_run)
+    r.set_defaults(func=run_run, targets=[])
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
 class _TargetAction(argparse.Action):
-    """``--target SPEC [--weights PATH] [--name NAME]``: weights and name belong to the target before them."""
+    """``--target SPEC [--weights PATH] [--name NAME]``: weights and name belong to the target before them.
+
+    All three fill ``namespace.targets`` (a list of ``{"spec", "weights", "name"}``).
+    """
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
                  option_string: str | None = None) -> None:
-        targets = list(getattr(namespace, self.dest, None) or [])
+        targets = list(getattr(namespace, "targets", None) or [])
         if option_string == "--target":
             targets.append({"spec": values, "weights": None, "name": None})
         elif not targets:
@@ -69,7 +72,7 @@ class _TargetAction(argparse.Action):
             if targets[-1][key] is not None:
                 parser.error(f"{option_string} is given twice for --target {targets[-1]['spec']}")
             targets[-1] = {**targets[-1], key: values}
-        setattr(namespace, self.dest, targets)
+        namespace.targets = targets
 
 
 def run_list(args: argparse.Namespace) -> int:
