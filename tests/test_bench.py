@@ -397,3 +397,21 @@ def test_weights_and_name_belong_to_the_target_before_them(tmp_path: Path, capsy
     rc = cli.main(["bench", "run", "digits-transfer", "--name", "x", "--target", DIGITS, "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--name must follow the --target it belongs to" in err and len(err.splitlines()) == 1
+
+
+def test_a_packed_checkpoint_is_an_ensemble_target_and_its_costs_reach_the_entry(tmp_path: Path) -> None:
+    from robust_ens import models
+    from robust_ens.bench.report import to_entries
+
+    torch.manual_seed(0)
+    m = models.create("packed:small_cnn", members=3, num_classes=10, in_chans=1)
+    models.save_checkpoint(m, tmp_path / "packed", dataset="digits",
+                           metrics={"train_seconds_per_epoch": 1.5, "inference_seconds_per_example": 2e-4})
+    s = run_suite("digits-transfer", "smoke", [TargetArg(str(tmp_path / "packed"), name="packed3")],
+                  tmp_path / "run", progress=False)
+    row = s["targets"]["packed3"]
+    assert row["model"]["n_members"] == 3
+    assert row["model"]["costs"] == {"train_seconds_per_epoch": 1.5, "inference_seconds_per_example": 2e-4}
+    (entry,) = to_entries(s, run_dir=tmp_path / "run")
+    assert entry.model.n_members == 3 and entry.model.config["costs"]["train_seconds_per_epoch"] == 1.5
+    assert entry.model.parameters == sum(p.numel() for p in m.parameters())

@@ -146,7 +146,7 @@ def to_entries(
             schema_version="2", kind="defense", name=entry_name(tname),
             model=ModelInfo2(name=tname, architecture=str(model["architecture"]), n_members=int(model["n_members"]),
                              parameters=int(model["parameters"]), checkpoint_sha256=list(model["sha256"]),
-                             target=record),
+                             target=record, config={"costs": model["costs"]} if model.get("costs") else {}),
             protocol=proto,
             results=Results2(clean=clean, cells=cells, worst_case=worst, corruptions=corr, metrics=metrics,
                              flags=list(row.get("flags", [])), sanity=dict(row.get("sanity", {}))),

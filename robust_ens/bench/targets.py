@@ -53,6 +53,8 @@ class Target:
         files: ``{loaded file or state dict: sha256}``.
         architecture: Architecture name(s).
         n_members: Ensemble size (1 for a single model).
+        costs: What the checkpoint records of its training and inference cost
+            (``train_seconds_per_epoch``, ``inference_seconds_per_example``, ...), when it does.
     """
 
     name: str
@@ -61,6 +63,7 @@ class Target:
     files: dict[str, str] = field(default_factory=dict)
     architecture: str = "unknown"
     n_members: int = 1
+    costs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sha256s(self) -> list[str]:
@@ -75,7 +78,8 @@ class Target:
     def describe(self) -> dict[str, Any]:
         """JSON description for records and entries."""
         return {"name": self.name, "spec": self.spec, "architecture": self.architecture,
-                "n_members": self.n_members, "parameters": self.parameters, "sha256": self.sha256s}
+                "n_members": self.n_members, "parameters": self.parameters, "sha256": self.sha256s,
+                **({"costs": self.costs} if self.costs else {})}
 
 
 def _state_sha(module: nn.Module) -> str:
@@ -86,10 +90,18 @@ def _state_sha(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+COST_KEYS = ("train_seconds", "train_seconds_per_epoch", "warmup_seconds_per_epoch", "inference_seconds_per_example",
+             "inference_batch", "inference_precision", "device")
+
+
 def _checkpoint_target(spec: str, model: nn.Module) -> Target:
     rec = getattr(model, "checkpoint", None) or {}
     sha = rec.get("sha256") or _state_sha(model)
-    return Target(spec, spec, model.eval(), {spec: sha}, str(rec.get("arch", getattr(model, "arch", "unknown"))))
+    metrics = rec.get("metrics") or {}
+    costs = {k: metrics[k] for k in COST_KEYS if isinstance(metrics, dict) and metrics.get(k) is not None}
+    members = len(model) if isinstance(model, Ensemble) else 1  # a packed ensemble is one checkpoint of M members
+    return Target(spec, spec, model.eval(), {spec: sha}, str(rec.get("arch", getattr(model, "arch", "unknown"))),
+                  members, costs)
 
 
 def _load_weights(module: nn.Module, weights: Path) -> str:
@@ -165,7 +177,8 @@ def _join(spec: str, parts: list[Target], combine: str = "logits", precision: st
     for t in parts:
         files.update(t.files)
     arch = ",".join(sorted({t.architecture for t in parts}))
-    return Target(spec, spec, ens, files, arch, sum(t.n_members for t in parts))
+    costs = parts[0].costs if len({str(t.costs) for t in parts}) == 1 else {}  # the members of one training run
+    return Target(spec, spec, ens, files, arch, sum(t.n_members for t in parts), dict(costs))
 
 
 def resolve_target(
