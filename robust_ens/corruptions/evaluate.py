@@ -286,10 +286,15 @@ def result_from_entry(entry: Any) -> dict[str, Any]:
     """
     from robust_ens import leaderboard as lb
 
-    e = entry if isinstance(entry, lb.Entry) else lb.validate(entry)
+    e = entry if isinstance(entry, lb.Entry | lb.EntryV1) else lb.validate(entry)
     if e.protocol.suite != SUITE:
         raise RobustEnsError(f"entry {e.name!r} is of suite {e.protocol.suite!r}, not {SUITE!r}")
     acc: dict[str, dict[int, float]] = {}
+    if isinstance(e, lb.Entry):  # schema 2: one cell per (corruption, severity)
+        for c in e.results.corruptions:
+            acc.setdefault(c.corruption, {})[int(c.severity)] = float(c.acc)
+        return {"name": e.name, "clean_accuracy": e.results.clean.acc, "accuracy": acc,
+                "protocol": {"n_examples": e.protocol.n_examples, "seed": e.protocol.seed}}
     for key, value in e.results.metrics.items():
         parts = key.split("/")
         if len(parts) == 3 and parts[0] == "acc":
