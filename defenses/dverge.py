@@ -50,7 +50,7 @@ Departures from the authors' code, on purpose:
 
 All members' distillations run in lock step by default (``distill_mode="batched"``: one autograd
 call per step for all members); ``"loop"`` is the straightforward per-member loop. Both give the
-same images; ``suites/bench_defenses.py`` times them against each other.
+same images; ``suites/speed/bench_defenses.py`` times them against each other.
 """
 
 from __future__ import annotations

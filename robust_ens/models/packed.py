@@ -528,7 +528,7 @@ class PackedEnsemble(Ensemble, Normalized):
 
         With ``batched = False`` the members run one after the other with their adapters folded into
         the kernels (:meth:`member_logits_loop`; same result): on a CPU that is faster, see
-        ``suites/bench_packed.py``.
+        ``suites/speed/bench_packed.py``.
         """
         from robust_ens.ensemble import check_images
 

@@ -9,7 +9,7 @@ test times both in the same process, from the same weights, and records both tim
 it also times M independent ResNet-20s in an ``Ensemble`` (the full ensemble the packed one
 replaces) and the forward + input-gradient pass an attack step costs.
 
-Full size (``pytest suites/bench_packed.py --benchmark``): packed ResNet-20 with 4 and 6
+Full size (``pytest suites/speed/bench_packed.py --benchmark``): packed ResNet-20 with 4 and 6
 members, batch 128 on a CPU (1024 on a GPU), the ensemble's precision policy (``"auto"``: bf16
 where the hardware has it) and fp32. Smoke size (``make test``): 2 members, batch 4, fp32.
 """

@@ -1,6 +1,6 @@
 """Training throughput of ResNet-20 on this machine: fp32 vs bf16 + channels_last.
 
-``pytest suites/bench_train.py --benchmark`` times one training step at batch 128 in both
+``pytest suites/speed/bench_train.py --benchmark`` times one training step at batch 128 in both
 precisions and records the bf16/fp32 speed ratio in ``extra_info``; without ``--benchmark`` the
 same code runs once at a tiny size as a smoke test.
 """

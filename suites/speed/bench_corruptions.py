@@ -15,7 +15,7 @@
 * CIFAR-10-C: generation of 10,000 32x32 images per severity for the 19 corruptions (smoke: 200).
 * On CUDA: the whole KITTI-C (697 x 18 x 5) at 192x640.
 
-Run ``pytest suites/bench_corruptions.py --benchmark -s`` for the full sizes; numbers are printed
+Run ``pytest suites/speed/bench_corruptions.py --benchmark -s`` for the full sizes; numbers are printed
 and stored in pytest-benchmark's ``extra_info``. CPU timings use one torch thread by default
 (``ROBUST_ENS_BENCH_THREADS``), and numpy/scipy's BLAS pools are limited alike (threadpoolctl): a
 per-core comparison with the single-threaded reference that is also robust on a shared machine

@@ -5,7 +5,7 @@ averages their logits (how a torchattacks user attacks an ensemble), in fp32. ro
 same attack on an :class:`~robust_ens.Ensemble` in fp32, in bf16 autocast + channels_last and (on
 CUDA) bf16 + ``torch.compile``.
 
-Full size (``pytest suites/bench_attacks.py --benchmark``), 10 steps, eps 8/255, alpha 2/255:
+Full size (``pytest suites/speed/bench_attacks.py --benchmark``), 10 steps, eps 8/255, alpha 2/255:
 
 * CPU: 4 x ResNet-20 (CIFAR, 3x32x32) at batch 128. Targets on a CPU with native bf16:
   bf16 + channels_last at least 2x torchattacks, fp32 within 5%.

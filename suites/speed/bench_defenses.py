@@ -7,7 +7,7 @@ straightforward per-member loop (``"loop"``), in the same run and from the same 
 records both times, their ratio and the largest weight difference in ``benchmark.extra_info``.
 ``test_defense_epoch`` times one epoch of every defense.
 
-Full size (``pytest suites/bench_defenses.py --benchmark``): 3 x ResNet-20 at batch 128 on
+Full size (``pytest suites/speed/bench_defenses.py --benchmark``): 3 x ResNet-20 at batch 128 on
 CIFAR-shaped data, one epoch of 50,000 images on a GPU or 512 on a CPU; bf16 where the hardware
 has it (``precision="auto"``). Smoke size (``make test``): 2 x ResNet-20, 16 images, batch 8,
 2 distillation steps, fp32.

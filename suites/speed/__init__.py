@@ -1,0 +1,1 @@
+"""Speed benchmarks of the attack, defense, training and corruption libraries (pytest-benchmark)."""
