@@ -18,8 +18,8 @@ from robust_ens.defenses.distill import distill_features, eval_mode, linf_pgd
 from robust_ens.defenses.features import check_layers, feature_layers
 from robust_ens.defenses.gal import input_gradients
 from robust_ens.ensemble import Ensemble
-from robust_ens.evaluation import correct
 from robust_ens.errors import RobustEnsError
+from robust_ens.evaluation import correct
 
 Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], Any]
 
