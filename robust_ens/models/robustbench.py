@@ -82,6 +82,17 @@ def import_robustbench() -> Any:
     Raises:
         RobustEnsError: naming exactly what to install when a module is missing.
     """
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("robustbench")
+    except importlib.metadata.PackageNotFoundError:
+        # torchattacks' wheel vendors an old `robustbench` package without a distribution record:
+        # importable, but not the model zoo this loader needs
+        raise RobustEnsError(
+            f"robustbench: models need the robustbench extra: {EXTRA} (robustbench is not installed: "
+            "pip install robustbench; the `robustbench` that torchattacks bundles is not it)"
+        ) from None
     _alias_autoattack()
     _shim_pkg_resources()
     try:
