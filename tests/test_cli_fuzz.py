@@ -190,11 +190,6 @@ EXEMPT: dict[tuple[tuple[str, ...], str], str] = {
 # turns it into an XPASS failure, the signal to delete its line). Key: (command, option, kind),
 # the kind being the value template or, for integers, a key of INT_KINDS. TEMPORARY: see issue 14.
 KNOWN_FAILURES: dict[tuple[tuple[str, ...], str, str], str] = {
-    (('submit',), '--model', ','): 'the error does not name --model',
-    (('submit',), '--model', 'zoo:nope'): 'the error does not name --model',
-    (('submit',), '--model', '{folder}'): 'the error does not name --model',
-    (('submit',), '--model', '{garbage_ckpt}'): 'the error does not name --model',
-    (('submit',), '--model', '{missing}'): 'the error does not name --model',
 }
 
 

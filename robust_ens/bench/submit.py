@@ -68,11 +68,17 @@ def preflight(spec: str, weights: str | None, suite: str, device: torch.device) 
     from robust_ens.bench.protocol import get_suite
     from robust_ens.bench.runner import dataset_label
     from robust_ens.bench.targets import check_target, resolve_target
+    from robust_ens.errors import RobustEnsError
 
     proto = get_suite(suite)
     xu, _ = data.load_uint8(proto.dataset, proto.split)
-    t = resolve_target(spec, weights=weights, dataset=proto.dataset, device=device)
-    check_target(t, xu[:2].float().div(255), data.info(proto.dataset).num_classes, dataset_label(proto.dataset))
+    try:
+        t = resolve_target(spec, weights=weights, dataset=proto.dataset, device=device)
+        check_target(t, xu[:2].float().div(255), data.info(proto.dataset).num_classes, dataset_label(proto.dataset))
+    except RobustEnsError as err:
+        if "--model" in str(err) or "--weights" in str(err):
+            raise
+        raise RobustEnsError(f"--model {spec}: {err}") from None
 
 
 def submit(
@@ -138,7 +144,8 @@ def submit(
     preflight(model, weights, suite, dev)
     run_dir = Path(out or f"runs/submit-{suite}-{tier}-{name}")
     arg = TargetArg(model, recorded_path(weights) if weights else None, name)
-    summary = run_suite(proto, tier, [arg], run_dir, device=dev, store=store, progress=progress)
+    summary = run_suite(proto, tier, [arg], run_dir, device=dev, store=store, progress=progress,
+                        target_option="--model")
     (entry,) = to_entries(summary, command, run_dir=run_dir, targets=[arg], paper=paper)
     entry = entry.model_copy(update={"name": name, "model": entry.model.model_copy(
         update={"defense": defense, "description": description})})
