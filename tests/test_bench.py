@@ -415,3 +415,14 @@ def test_a_packed_checkpoint_is_an_ensemble_target_and_its_costs_reach_the_entry
     (entry,) = to_entries(s, run_dir=tmp_path / "run")
     assert entry.model.n_members == 3 and entry.model.config["costs"]["train_seconds_per_epoch"] == 1.5
     assert entry.model.parameters == sum(p.numel() for p in m.parameters())
+
+
+def test_a_changed_attack_implementation_changes_the_digest_and_the_run_folder_refuses_it(
+        smoke_run: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    from robust_ens.attacks import CWA
+
+    before = get_suite("digits-transfer").digest("smoke")
+    monkeypatch.setattr(CWA, "code_version", CWA.code_version + 1)
+    assert get_suite("digits-transfer").digest("smoke") != before
+    with pytest.raises(RobustEnsError, match="pick a new --out"):
+        run_suite("digits-transfer", "smoke", [DIGITS], smoke_run[0], progress=False)

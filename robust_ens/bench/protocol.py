@@ -137,12 +137,20 @@ class Protocol:
         return self.tiers[name]
 
     def digest(self, tier: str) -> str:
-        """sha256 of what defines ``tier``'s numbers (version included); run folders record it."""
+        """sha256 of what defines ``tier``'s numbers; run folders record it and refuse another.
+
+        It covers the version, the data, the tier, the surrogates and every attack as built at each
+        eps (its canonical config with every default, and its ``code_version``).
+        """
         t = self.tier(tier)
         return sha256_json({
             "suite": self.suite, "version": self.version, "task": self.task, "dataset": self.dataset,
             "split": self.split, "seed": self.seed, "norm": self.norm,
-            "attacks": {a: vars(self.attacks[a]) for a in t.attacks},
+            # each attack as it is built at each eps, with its code version: a changed default or a
+            # changed implementation changes the digest, so a run folder never mixes the two
+            "attacks": {a: {"spec": vars(self.attacks[a]), "built": [
+                {**(atk := self.attacks[a].build(e, steps=t.steps)).config(), "code_version": type(atk).code_version}
+                for e in t.eps]} for a in t.attacks},
             "surrogates": {s: self.surrogates[s].config() for s in t.surrogates},
             "tier": {**{k: v for k, v in vars(t).items() if k != "sanity"}, "sanity": vars(t.sanity)},
         })
