@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -65,3 +67,25 @@ class RampDepth:
 def ramp_depth() -> RampDepth:
     """Factory of :class:`RampDepth` for ``bench run kitti-c --target tests.bench_models:ramp_depth``."""
     return RampDepth()
+
+
+def synthetic_kitti_tree(root: Path, n: int = 2) -> Path:
+    """A KITTI raw tree of ``n`` random frames, corrupted by ``robust-ens corrupt`` (gaussian noise and
+    brightness at severity 3, with ``clean/``), plus ``gt_depths.npz`` holding :data:`RAMP` per image."""
+    import numpy as np
+    from PIL import Image
+
+    from robust_ens import cli
+
+    src = root / "kitti"
+    g = np.random.default_rng(0)
+    for i in range(n):
+        p = src / f"2011_09_26/2011_09_26_drive_0002_sync/image_02/data/{i:010d}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((g.random((96, 320, 3)) * 255).astype(np.uint8)).save(p)
+    tree = root / "kitti-c"
+    if cli.main(["--quiet", "corrupt", "--preset", "kittic", "--src", str(src), "--split", "all", "--out", str(tree),
+                 "--corruptions", "gaussian_noise,brightness", "--severities", "3", "--clean"]) != 0:
+        raise RuntimeError("robust-ens corrupt failed on the synthetic KITTI tree")
+    np.savez(tree / "gt_depths.npz", data=np.stack([RAMP.numpy()] * n))
+    return tree

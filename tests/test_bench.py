@@ -346,21 +346,9 @@ def test_target_that_fails_on_the_data_is_one_line(tmp_path: Path, capsys: pytes
 
 
 def test_kittic_smoke_on_a_synthetic_tree(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    import numpy as np
-    from PIL import Image
+    from tests.bench_models import synthetic_kitti_tree
 
-    from tests.bench_models import RAMP
-
-    src = tmp_path / "kitti"
-    g = np.random.default_rng(0)
-    for i in range(3):
-        rel = src / f"2011_09_26/2011_09_26_drive_0002_sync/image_02/data/{i:010d}.png"
-        rel.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((g.random((96, 320, 3)) * 255).astype(np.uint8)).save(rel)
-    tree = tmp_path / "kitti-c"
-    assert cli.main(["--quiet", "corrupt", "--preset", "kittic", "--src", str(src), "--split", "all", "--out", str(tree),
-                     "--corruptions", "gaussian_noise,brightness", "--severities", "3", "--clean"]) == 0
-    np.savez(tree / "gt_depths.npz", data=np.stack([RAMP.numpy()] * 3))
+    tree = synthetic_kitti_tree(tmp_path, n=3)
     capsys.readouterr()
     rc = cli.main(["--quiet", "bench", "run", "kitti-c", "--target", "tests.bench_models:ramp_depth", "--data", str(tree),
                    "--out", str(tmp_path / "run")])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from robust_ens.bench import list_suites
-from suites.protocols.harness import default_targets, run_protocol
+from suites.protocols.harness import check_summary, default_targets, run_protocol
 
 pytestmark = pytest.mark.cifar
 
@@ -19,9 +19,4 @@ pytestmark = pytest.mark.cifar
 @pytest.mark.parametrize("suite", list_suites("cifar10-attacks"))
 def test_protocol(benchmark, suite: str, bench_tier: str, bench_targets: list[str], bench_out: Path) -> None:  # noqa: ANN001
     summary = run_protocol(benchmark, suite, bench_tier, default_targets(suite, bench_tier, bench_targets), bench_out)
-    assert summary["targets"] and summary["tier"] == bench_tier
-    for row in summary["targets"].values():
-        assert 0 <= row["clean"]["acc"] <= 1
-        assert all(0 <= c["acc"] <= 1 for c in row["cells"])
-        for e, w in row.get("worst_case", {}).items():
-            assert w["acc"] <= min(c["acc"] for c in row["cells"] if f"{c['eps']:.6g}" == e)
+    check_summary(summary, bench_tier)

@@ -11,37 +11,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from robust_ens import cli
 from robust_ens.bench import list_suites
 from robust_ens.bench.depth_task import run_depth
-
-
-def _synthetic_tree(root: Path) -> Path:
-    from PIL import Image
-
-    from tests.bench_models import RAMP
-
-    src = root / "kitti"
-    g = np.random.default_rng(0)
-    for i in range(2):
-        p = src / f"2011_09_26/2011_09_26_drive_0002_sync/image_02/data/{i:010d}.png"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((g.random((96, 320, 3)) * 255).astype(np.uint8)).save(p)
-    tree = root / "kitti-c"
-    assert cli.main(["--quiet", "corrupt", "--preset", "kittic", "--src", str(src), "--split", "all", "--out",
-                     str(tree), "--corruptions", "gaussian_noise,brightness", "--severities", "3", "--clean"]) == 0
-    np.savez(tree / "gt_depths.npz", data=np.stack([RAMP.numpy()] * 2))
-    return tree
+from tests.bench_models import synthetic_kitti_tree
 
 
 @pytest.mark.parametrize("suite", list_suites("kitti-c"))
 def test_protocol(benchmark, suite: str, bench_tier: str, bench_targets: list[str], bench_out: Path,  # noqa: ANN001
                   tmp_path: Path) -> None:
     if bench_tier == "smoke":
-        tree, target = _synthetic_tree(tmp_path), "tests.bench_models:ramp_depth"
+        tree, target = synthetic_kitti_tree(tmp_path), "tests.bench_models:ramp_depth"
     else:
         real = os.environ.get("ROBUST_ENS_KITTI_C")
         if not real or not bench_targets:

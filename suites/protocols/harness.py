@@ -83,6 +83,16 @@ def run_protocol(benchmark: Any, suite: str, tier: str, targets: list[str], out:
     return summary
 
 
+def check_summary(summary: dict[str, Any], tier: str) -> None:
+    """What every protocol run must satisfy: accuracies in [0, 1], a worst case at most its weakest cell."""
+    assert summary["targets"] and summary["tier"] == tier
+    for row in summary["targets"].values():
+        assert 0 <= row["clean"]["acc"] <= 1
+        assert all(0 <= c["acc"] <= 1 for c in row["cells"])
+        for e, w in row.get("worst_case", {}).items():
+            assert w["acc"] <= min(c["acc"] for c in row["cells"] if f"{c['eps']:.6g}" == e)
+
+
 def default_targets(suite: str, tier: str, given: list[str]) -> list[str]:
     """``--target`` when given, else the suite's committed default.
 
