@@ -191,6 +191,12 @@ def eps_label(eps: float) -> str:
     return f"{round(k)}/255" if len(short) > 5 and abs(k - round(k)) < 1e-6 and round(k) > 0 else short
 
 
+def _check_per_class(per_class: list[float | None]) -> None:
+    for i, v in enumerate(per_class):
+        if v is not None and not (math.isfinite(v) and 0 <= v <= 1):
+            raise ValueError(f"per_class[{i}] is {v}, outside [0, 1]")
+
+
 def _check_rate(acc: float, k: int | None, n: int, ci95: list[float], what: str) -> None:
     lo, hi = ci95
     if not 0 <= lo <= hi <= 1:
@@ -217,9 +223,7 @@ class Rate(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> Rate:
         _check_rate(self.acc, self.k, self.n, self.ci95, "acc")
-        for i, v in enumerate(self.per_class):
-            if v is not None and not (math.isfinite(v) and 0 <= v <= 1):
-                raise ValueError(f"per_class[{i}] is {v}, outside [0, 1]")
+        _check_per_class(self.per_class)
         return self
 
 
@@ -288,9 +292,7 @@ class WorstCase(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> WorstCase:
         _check_rate(self.robust_acc, self.k, self.n, self.ci95, "robust_acc")
-        for i, v in enumerate(self.per_class):
-            if v is not None and not (math.isfinite(v) and 0 <= v <= 1):
-                raise ValueError(f"per_class[{i}] is {v}, outside [0, 1]")
+        _check_per_class(self.per_class)
         return self
 
 
