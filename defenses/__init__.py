@@ -92,6 +92,14 @@ def list_defenses(pattern: str = "*") -> list[str]:
     return DEFENSES.list(pattern)
 
 
+def load_meta(name: str) -> dict[str, Any]:
+    """The ``[meta]`` table of defense ``name``'s recipe file (``paper``, ...); empty when it has none."""
+    DEFENSES.get(name)
+    text = resources.files("robust_ens.defenses").joinpath("recipes", f"{name}.toml").read_text()
+    meta: dict[str, Any] = tomllib.loads(text).get("meta", {})
+    return meta
+
+
 def load_recipe(name: str, tier: str = DEFAULT_TIER) -> dict[str, Any]:
     """The recipe of defense ``name`` at ``tier`` from ``recipes/<name>.toml``.
 

@@ -93,6 +93,22 @@ def _worst(row: dict[str, Any], cells: list[Cell]) -> list[WorstCase]:
     return out
 
 
+def zoo_model_info(spec: str) -> tuple[str | None, str, Paper | None]:
+    """``(defense, description, paper)`` of a ``zoo:NAME`` ensemble from its manifest, else ``(None, "", None)``."""
+    from robust_ens.defenses import load_meta
+    from robust_ens.models.zoo import ZOO_PREFIX, index
+
+    e = index().get(spec[len(ZOO_PREFIX):]) if spec.startswith(ZOO_PREFIX) else None
+    if not e or "defense" not in e:
+        return None, "", None
+    budget = f", {e['epochs']} defense epochs" if e.get("epochs") else ""
+    start = f", from zoo:{e['init']}" if e.get("init") else ""
+    description = (f"robust-ens zoo: {e['defense']} {e['tier']} tier, {e['members']} x {e['arch']}, "
+                   f"train_n={e['recipe'].get('train_n')}{budget}{start}, fp16 weights")
+    title = load_meta(e["defense"]).get("paper")
+    return e["defense"], description, Paper(title=title) if title else None
+
+
 def to_entries(
     summary: dict[str, Any],
     command: str | None = None,
@@ -142,15 +158,17 @@ def to_entries(
         else:
             cells, corr = _transfer_cells(row), []
             worst = _worst(row, cells)
+        defense, description, zoo_paper = zoo_model_info(record.spec)
         entries.append(Entry(
             schema_version="2", kind="defense", name=entry_name(tname),
             model=ModelInfo2(name=tname, architecture=str(model["architecture"]), n_members=int(model["n_members"]),
                              parameters=int(model["parameters"]), checkpoint_sha256=list(model["sha256"]),
+                             defense=defense, description=description,
                              target=record, config={"costs": model["costs"]} if model.get("costs") else {}),
             protocol=proto,
             results=Results2(clean=clean, cells=cells, worst_case=worst, corruptions=corr, metrics=metrics,
                              flags=list(row.get("flags", [])), sanity=dict(row.get("sanity", {}))),
-            cost=cost, provenance=prov, paper=paper, results_sha256=results_sha256(manifest, [tname]),
+            cost=cost, provenance=prov, paper=paper or zoo_paper, results_sha256=results_sha256(manifest, [tname]),
         ))
     return entries
 

@@ -210,9 +210,13 @@ def resolve_target(
     elif spec.startswith(ZOO_PREFIX):
         if wpath is not None:
             raise RobustEnsError(f"--weights goes with pkg.module:factory or timm:NAME; {spec} carries its own weights")
-        model = load(spec)
-        t = _checkpoint_target(spec, model)
-        t.files = {spec: index()[spec[len(ZOO_PREFIX):]]["sha256"]}
+        t = _checkpoint_target(spec, load(spec))
+        e = index()[spec[len(ZOO_PREFIX):]]
+        if "files" in e:  # an ensemble: each member file with its sha256; costs from the manifest
+            t.files = {f"{spec}/{f}": sha for f, sha in e["files"].items()}
+            t.costs = {k: v for k, v in (e.get("cost") or {}).items() if k in COST_KEYS and v is not None}
+        else:
+            t.files = {spec: e["sha256"]}
     elif spec.startswith("robustbench:"):
         from robust_ens import models
 

@@ -1,32 +1,53 @@
 """The project's committed reference checkpoints (``models.load("zoo:NAME")``).
 
-``robust_ens/zoo/index.json`` maps a name to a safetensors file shipped in the package and its
-sha256; loading verifies the hash. Checkpoints are never downloaded.
+Two kinds of entries, both verified against their sha256 on every load (never downloaded):
+
+* ``robust_ens/zoo/index.json``: single checkpoints shipped flat in ``robust_ens/zoo/`` (the
+  digits models of the quickstart and the fast tests).
+* ``robust_ens/zoo/<dataset>/manifest.json``: ensembles, one folder per entry holding the members'
+  fp16 safetensors and their sidecars (or one ``packed`` checkpoint), with the recipe, tier, the
+  sha256 of every file and the accuracy measured on the shipped weights. They are trained from
+  ``robust_ens/zoo/<dataset>.toml`` by :func:`rebuild_zoo` (``robust-ens zoo rebuild``), which
+  writes into a folder you give it, never over the shipped files.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from robust_ens.errors import CheckpointError, UnknownNameError
+from robust_ens.errors import CheckpointError, RobustEnsError, UnknownNameError
 from robust_ens.models.checkpoint import load_checkpoint
 from robust_ens.models.wrapper import Normalized
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 ZOO_PREFIX = "zoo:"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "robust-ens zoo 1"
+
+
+def _manifests(root: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Entries of every ``<root>/<dataset>/manifest.json`` (default the shipped zoo), each with its absolute ``folder``."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted((root or ZOO_DIR).glob(f"*/{MANIFEST}")):
+        doc = json.loads(path.read_text())
+        for name, entry in doc.get("entries", {}).items():
+            out[name] = {**entry, "folder": str(path.parent / entry["folder"])}
+    return out
 
 
 def index() -> dict[str, dict[str, Any]]:
-    """The zoo index: name -> {file, sha256, arch, dataset}."""
-    index = ZOO_DIR / "index.json"
-    if not index.is_file():
-        return {}
-    data: dict[str, dict[str, Any]] = json.loads(index.read_text())
-    return data
+    """The zoo: name -> entry (``file`` + ``sha256`` for a single checkpoint, ``folder`` + ``files``
+    for an ensemble; ``arch``, ``dataset`` and, for ensembles, ``recipe``, ``tier``, ``accuracy``)."""
+    flat = ZOO_DIR / "index.json"
+    data: dict[str, dict[str, Any]] = json.loads(flat.read_text()) if flat.is_file() else {}
+    return {**data, **_manifests(ZOO_DIR)}
 
 
 def list_zoo() -> list[str]:
@@ -34,32 +55,76 @@ def list_zoo() -> list[str]:
     return sorted(index())
 
 
+def entry(name: str) -> dict[str, Any]:
+    """The zoo entry ``name``.
+
+    Raises:
+        UnknownNameError: naming what the zoo holds.
+    """
+    found = index().get(name)
+    if found is None:
+        raise UnknownNameError(f"unknown zoo checkpoint {name!r}; the zoo holds: {', '.join(list_zoo()) or '(none)'}")
+    return found
+
+
+def entry_files(name: str) -> dict[str, str]:
+    """``{path: sha256}`` of every weights file of zoo entry ``name``."""
+    e = entry(name)
+    if "files" in e:
+        return {str(Path(e["folder"]) / f): sha for f, sha in e["files"].items()}
+    return {str(ZOO_DIR / e["file"]): e.get("sha256", "")}
+
+
 def load(spec: str, *, device: str | torch.device | None = None) -> Normalized:
-    """Load ``"zoo:NAME"`` (a committed reference checkpoint), ``"robustbench:DATASET/THREAT/NAME"`` or a checkpoint path.
+    """Load ``"zoo:NAME"`` (a committed reference checkpoint or ensemble), ``"robustbench:DATASET/THREAT/NAME"``
+    or a checkpoint path.
 
     Args:
         spec: ``"zoo:NAME"`` or a path accepted by :func:`load_checkpoint`.
         device: Target device.
+
+    Returns:
+        The model; a zoo ensemble is an :class:`~robust_ens.Ensemble` (``combine="logits"``) of its
+        members, a packed one its :class:`~robust_ens.models.packed.PackedEnsemble`.
     """
     if spec.startswith("robustbench:"):  # RobustBench's zoo, offline (optional extra)
         from robust_ens.models.robustbench import load_robustbench
 
         return load_robustbench(spec, device=device)  # type: ignore[return-value]
-    if spec.startswith(ZOO_PREFIX):
-        name = spec[len(ZOO_PREFIX) :]
-        entry = index().get(name)
-        if entry is None:
-            raise UnknownNameError(f"unknown zoo checkpoint {name!r}; the zoo holds: {', '.join(list_zoo()) or '(none)'}")
-        if "sha256" not in entry:
-            raise CheckpointError(f"zoo entry {name!r} records no sha256; refusing to load it unchecked")
-        return load_checkpoint(ZOO_DIR / entry["file"], device=device, sha256=entry["sha256"])
-    return load_checkpoint(spec, device=device)
+    if not spec.startswith(ZOO_PREFIX):
+        return load_checkpoint(spec, device=device)
+    name = spec[len(ZOO_PREFIX) :]
+    e = entry(name)
+    files = entry_files(name)
+    if not all(files.values()):
+        raise CheckpointError(f"zoo entry {name!r} records no sha256; refusing to load it unchecked")
+    loaded = [load_checkpoint(path, device=device, sha256=sha) for path, sha in files.items()]
+    if "files" not in e or len(loaded) == 1:
+        return loaded[0]
+    from robust_ens.ensemble import Ensemble
+
+    ens = Ensemble(loaded).eval()
+    record: dict[str, Any] = {"zoo": name, **{k: e[k] for k in ("recipe", "tier", "arch", "dataset") if k in e}}
+    ens.checkpoint = record  # type: ignore[assignment]
+    return ens  # type: ignore[return-value]
 
 
-def rebuild_digits_zoo(seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, dict[str, Any]]:
-    """Retrain the committed digits reference checkpoints (``small_cnn``, one per seed).
+def _refuse_shipped(out: Path) -> Path:
+    """``out`` resolved, refused when it is (or lies inside) the shipped zoo folder."""
+    res = out.expanduser().resolve()
+    if res == ZOO_DIR or ZOO_DIR in res.parents:
+        raise RobustEnsError(
+            f"--out {out} is the shipped zoo ({ZOO_DIR}); rebuild into another folder and compare, "
+            "then copy what you mean to ship"
+        )
+    return res
 
-    Run as ``robust-ens zoo rebuild``; writes ``robust_ens/zoo/`` and its index.
+
+def rebuild_digits_zoo(out: str | Path, seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, dict[str, Any]]:
+    """Retrain the digits reference checkpoints (``small_cnn``, one per seed) into ``out``.
+
+    Run as ``robust-ens zoo rebuild --out DIR``; writes ``DIR/<name>.safetensors`` + sidecars and
+    ``DIR/index.json`` in the layout of the shipped ``robust_ens/zoo/``.
     """
     from robust_ens import data
     from robust_ens.evaluation import accuracy
@@ -67,10 +132,11 @@ def rebuild_digits_zoo(seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, dict[str
     from robust_ens.models.registry import create
     from robust_ens.train import default_recipe, train_classifier
 
+    dest = _refuse_shipped(Path(out))
     info = data.info("digits")
     xtr, ytr = data.load_uint8("digits", "train")
     xte, yte = data.load_uint8("digits", "test")
-    entries = index()
+    entries: dict[str, dict[str, Any]] = {}
     for seed in seeds:
         name = f"digits_small_cnn_s{seed}"
         cfg = default_recipe("digits").replace(seed=seed, precision="fp32")
@@ -78,10 +144,176 @@ def rebuild_digits_zoo(seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, dict[str
         model = create("small_cnn", num_classes=10, in_chans=1, mean=info.mean, std=info.std)
         train_classifier(model, xtr, ytr, cfg, device="cpu", progress=False)
         path = save_checkpoint(
-            model, ZOO_DIR / name, dataset="digits", recipe=cfg.to_dict(),
+            model, dest / name, dataset="digits", recipe=cfg.to_dict(),
             metrics={"test_acc": accuracy(model, xte, yte)},
         )
         entries[name] = {"file": path.name, "sha256": sha256_file(path), "arch": "small_cnn", "dataset": "digits"}
-    (ZOO_DIR / "index.json").write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    (dest / "index.json").write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
     return entries
 
+
+@dataclass(frozen=True)
+class ZooRecipe:
+    """One entry of ``robust_ens/zoo/<dataset>.toml``: how a zoo ensemble is trained.
+
+    Attributes:
+        name: Zoo name (``zoo:<name>``).
+        defense: Registered defense (``baseline``, ``adp``, ``gal``, ``dverge``, ``trs``).
+        arch: Member architecture (``resnet20``, ``packed:resnet20``, ...).
+        members: Ensemble size.
+        tier: The defense recipe's tier.
+        seed: Seed of member 0 and of the training loop.
+        init: Another entry whose trained members this one starts from (DVERGE, TRS), or ``None``.
+        epochs: The defense's epochs when they depart from the tier (a CPU budget), else ``None``.
+        train_n: Training images when they depart from the tier, else ``None``.
+    """
+
+    name: str
+    defense: str
+    arch: str
+    members: int
+    tier: str
+    seed: int = 0
+    init: str | None = None
+    epochs: int | None = None
+    train_n: int | None = None
+
+
+_RECIPE_KEYS = {"defense", "arch", "members", "tier", "seed", "init", "epochs", "train_n"}
+
+
+def zoo_recipes(dataset: str = "cifar10", recipes: str | Path | None = None) -> dict[str, ZooRecipe]:
+    """The zoo recipes of ``dataset`` (``robust_ens/zoo/<dataset>.toml``, or the file ``recipes``), in training order.
+
+    Raises:
+        RobustEnsError: no recipe file for ``dataset``, or a bad key (one line naming it).
+    """
+    path = Path(recipes) if recipes is not None else ZOO_DIR / f"{dataset}.toml"
+    if not path.is_file():
+        have = sorted(p.stem for p in ZOO_DIR.glob("*.toml"))
+        raise RobustEnsError(f"no zoo recipes for dataset {dataset!r}; recipes exist for: {', '.join(have) or '(none)'}")
+    doc = tomllib.loads(path.read_text())
+    out: dict[str, ZooRecipe] = {}
+    for name, table in doc.items():
+        if not isinstance(table, dict):
+            continue
+        unknown = set(table) - _RECIPE_KEYS
+        if unknown:
+            raise RobustEnsError(f"{path}: [{name}] has unknown keys {sorted(unknown)}; allowed: {sorted(_RECIPE_KEYS)}")
+        if table.get("init") is not None and table["init"] not in out:
+            raise RobustEnsError(f"{path}: [{name}] init = {table['init']!r} names no entry above it")
+        out[name] = ZooRecipe(name=name, **table)
+    return out
+
+
+def _half(src: Path, dst: Path) -> str:
+    """Copy checkpoint ``src`` (stem) to ``dst`` (stem) with fp16 floating tensors; the new sha256."""
+    from safetensors.torch import load_file, save_file
+
+    from robust_ens.models.checkpoint import read_sidecar, sha256_file
+
+    state = load_file(str(src.with_suffix(".safetensors")))
+    half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    weights = dst.with_suffix(".safetensors")
+    save_file(half, str(weights))
+    sha = sha256_file(weights)
+    record = read_sidecar(src)
+    record.update(sha256=sha, weights=weights.name, stored_dtype="float16")
+    dst.with_suffix(".json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return sha
+
+
+def _eval_subset(dataset: str, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    from robust_ens import data
+
+    x, y = data.load_uint8(dataset, "test")
+    if n is not None and n < len(y):
+        idx = data.subset_indices(y, int(n), seed=0)
+        x, y = x[idx], y[idx]
+    return x, y
+
+
+def rebuild_zoo(
+    out: str | Path,
+    *,
+    dataset: str = "cifar10",
+    names: list[str] | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    recipes: str | Path | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Train the zoo ensembles of ``dataset`` into ``out`` and write the shippable copy.
+
+    Training runs in ``out/train/<name>/`` (resumable: rerun to continue, a finished entry is
+    loaded, not retrained). The shippable copy is ``out/<dataset>/<name>/`` (fp16 safetensors +
+    sidecars) and ``out/<dataset>/manifest.json``, the layout of ``robust_ens/zoo/<dataset>/``.
+
+    Args:
+        out: Folder to write; never the shipped zoo.
+        dataset: Whose recipes (``robust_ens/zoo/<dataset>.toml``).
+        names: Entries to (re)build (default all); the entries they start from are built too.
+        device: Training device (default CUDA if available).
+        progress: Progress bars.
+        recipes: Another recipe file instead of ``robust_ens/zoo/<dataset>.toml``.
+
+    Returns:
+        The manifest's entries.
+    """
+    from robust_ens.defenses import train_defense
+    from robust_ens.evaluation import accuracy
+    from robust_ens.models.checkpoint import sha256_file
+
+    dest = _refuse_shipped(Path(out))
+    table = zoo_recipes(dataset, recipes)
+    wanted = list(table) if not names else names
+    for n in wanted:
+        if n not in table:
+            raise RobustEnsError(f"unknown zoo entry {n!r}; {dataset}'s recipes: {', '.join(table)}")
+    todo: list[str] = []
+    for n in wanted:  # every entry after the one it starts from
+        chain = [n]
+        while table[chain[-1]].init is not None:
+            chain.append(table[chain[-1]].init)  # type: ignore[arg-type]
+        todo += [c for c in reversed(chain) if c not in todo]
+    ship_root = dest / dataset
+    manifest_path = ship_root / MANIFEST
+    manifest: dict[str, Any] = (json.loads(manifest_path.read_text()) if manifest_path.is_file()
+                                else {"format": MANIFEST_FORMAT, "entries": {}})
+    for name in [n for n in table if n in todo]:
+        r = table[name]
+        train_dir = dest / "train" / name
+        ens = train_defense(
+            r.defense, arch=r.arch, n_members=r.members, dataset=dataset, recipe=r.tier, seed=r.seed,
+            init=(dest / "train" / r.init) if r.init else None, warmup_epochs=0 if r.init else None,
+            epochs=r.epochs, train_n=r.train_n, device=device, progress=progress, out_dir=train_dir,
+        )
+        summary = json.loads((train_dir / "summary.json").read_text())
+        ship = ship_root / name
+        if ship.exists():
+            shutil.rmtree(ship)
+        ship.mkdir(parents=True)
+        stems = ["packed"] if (train_dir / "packed.json").is_file() else [f"member{i}" for i in range(r.members)]
+        files = {f"{s}.safetensors": _half(train_dir / s, ship / s) for s in stems}
+        from robust_ens.ensemble import Ensemble
+
+        shipped: torch.nn.Module = (load_checkpoint(ship / stems[0]) if len(stems) == 1
+                                    else Ensemble([load_checkpoint(ship / s) for s in stems]))
+        eval_n = summary["metrics"].get("eval_n")
+        x, y = _eval_subset(dataset, eval_n)
+        metrics = summary["metrics"]
+        manifest["entries"][name] = {
+            "folder": name, "files": files, "defense": r.defense, "arch": r.arch, "members": r.members,
+            "dataset": dataset, "tier": r.tier, "seed": r.seed, "init": r.init, "epochs": r.epochs, "train_n": r.train_n,
+            "recipe": summary["record"],
+            "accuracy": {"test_acc": accuracy(shipped, x, y), "test_acc_fp32": metrics.get("test_acc"),
+                         "member_test_acc_fp32": metrics.get("member_test_acc"), "eval_n": len(y)},
+            "parameters": metrics.get("parameters"),
+            "cost": {k: metrics.get(k) for k in ("train_seconds", "train_seconds_per_epoch", "warmup_seconds",
+                                                 "inference_seconds_per_example", "device") if k in metrics},
+            "bytes": sum((ship / f).stat().st_size for f in files),
+        }
+        for f, sha in files.items():
+            assert sha256_file(ship / f) == sha
+        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        del ens
+    return dict(manifest["entries"])
