@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/robust-ens quickstart
+	$(BIN)/robust-ens demo
 
 # The regression check CI runs on every change: the committed entries of REGRESS_TIERS re-run from
 # their recorded targets; exact on the same device and seed, a binomial bound across devices.
