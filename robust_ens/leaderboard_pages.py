@@ -286,6 +286,13 @@ def expected_files(root: Path, *, with_plots: bool = True) -> dict[Path, bytes]:
                 files[root / "plots" / suite / name] = blob
     for path, schema in lb.schema_files(root).items():
         files[path] = (json.dumps(schema, indent=2) + "\n").encode()
+    readme = root.parent / "README.md"  # the repository README's generated Results block
+    if readme.is_file():
+        from robust_ens.leaderboard_results import BEGIN, END, replace_block, results_markdown
+
+        text = readme.read_text()
+        if BEGIN in text and END in text:
+            files[readme] = replace_block(text, results_markdown([e for es in by_suite.values() for e in es])).encode()
     return files
 
 
