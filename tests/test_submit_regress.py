@@ -178,3 +178,30 @@ def test_submit_on_the_jpeg_cifar10_copies_is_labelled_cifar10_jpeg(tmp_path: Pa
     assert res.entry.protocol.dataset == label and res.path.parent.parent.name == label
     if "jpeg" in str(__import__("robust_ens").data.find_cifar10(split="test")[1]).lower():
         assert label == "cifar10-jpeg"  # never "cifar10" for the JPEG copies
+
+
+@pytest.mark.cifar
+def test_regress_reruns_attack_entries_and_catches_an_edited_success_rate(tmp_path: Path, monkeypatch, capsys) -> None:
+    from tests.conftest import require_cifar10
+
+    require_cifar10()
+    from robust_ens.bench.report import to_entries
+    from robust_ens.bench.runner import run_suite
+
+    summary = run_suite("cifar10-attacks", "smoke", [], tmp_path / "run", progress=False)
+    root = tmp_path / "lb"
+    paths = [lb.write(e, root) for e in to_entries(summary, "test", run_dir=tmp_path / "run")]
+    assert {lb.validate(p).kind for p in paths} == {"attack"} and len(paths) == 2
+    assert main(["--quiet", "regress", "--root", str(root)]) == 0
+    assert f"{len(paths)} entries re-run" in capsys.readouterr().out
+    d = json.loads(paths[0].read_text())
+    c = d["results"]["cells"][0]
+    c["k"] = c["k"] + 1 if c["k"] < c["n"] else c["k"] - 1
+    c["robust_acc"] = c["k"] / c["n"]
+    for w in d["results"]["worst_case"]:  # keep the entry valid: only the re-run can tell
+        lo = min((x for x in d["results"]["cells"] if x["eps"] == w["eps"]), key=lambda x: x["robust_acc"])
+        w.update(robust_acc=lo["robust_acc"], k=lo["k"], n=lo["n"], ci95=lo["ci95"], min_cell_acc=lo["robust_acc"])
+    paths[0].write_text(json.dumps(d))
+    lb.validate(paths[0])
+    assert main(["--quiet", "regress", str(paths[0])]) == 1
+    assert d["name"] in capsys.readouterr().out

@@ -2,7 +2,9 @@
 
 ``robust-ens regress`` only parses arguments and calls :func:`regress`. Entries are grouped by
 (suite, tier) and each group is run once with all its targets (a fresh adversarial-set store, so
-a change in an attack's code cannot hide behind a cached set). Every recorded number (clean, each
+a change in an attack's code cannot hide behind a cached set). Attack entries (``cifar10-attacks``)
+have no target of their own: their group re-runs the suite on the protocol's target panel and each
+attack's cells are compared. Imported entries (measured elsewhere) are skipped. Every recorded number (clean, each
 cell, each worst case, each corruption) is compared with the re-run:
 
 - on the same device (the entry's ``cost.device``) and seed the tolerance is 0, and the sha256 of
@@ -139,8 +141,14 @@ def regress(
     for path, e in zip(files, entries, strict=True):
         if not isinstance(e, lb.Entry):
             report.skipped.append(f"{path}: schema 1 records no target to re-run")
+        elif e.external is not None:
+            report.skipped.append(f"{path}: an imported {e.kind} entry (measured elsewhere)")
+        elif e.kind == "attack" and tier is not None and e.protocol.tier != tier:
+            report.skipped.append(f"{path}: tier {e.protocol.tier}, not {tier}")
+        elif e.kind == "attack":  # the protocol's own target panel: re-run the suite, compare per attack
+            groups.setdefault((e.protocol.suite, e.protocol.tier), []).append(e)
         elif e.kind != "defense":
-            report.skipped.append(f"{path}: a {e.kind} entry" + (" (imported)" if e.external else ""))
+            report.skipped.append(f"{path}: a {e.kind} entry")
         elif e.model.target is None:
             report.skipped.append(f"{path}: no recorded target")
         elif tier is not None and e.protocol.tier != tier:
@@ -148,7 +156,7 @@ def regress(
         else:
             groups.setdefault((e.protocol.suite, e.protocol.tier), []).append(e)
     if not groups:
-        raise RobustEnsError("paths: no entry to re-run (schema-2 defense entries with a recorded target"
+        raise RobustEnsError("paths: no entry to re-run (schema-2 attack entries, or defense entries with a recorded target"
                              + (f" at tier {tier}" if tier else "") + ")")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     here = _device_name(dev)
@@ -173,9 +181,11 @@ def regress(
                     runnable.append(e)
             if not runnable:
                 continue
-            args = [TargetArg(e.model.target.spec, e.model.target.weights, e.model.name)  # type: ignore[union-attr]
-                    for e in runnable]
-            for e, a in zip(runnable, args, strict=True):
+            attack_suite = proto.kind == "attack"
+            args = [] if attack_suite else [
+                TargetArg(e.model.target.spec, e.model.target.weights, e.model.name)  # type: ignore[union-attr]
+                for e in runnable]
+            for e, a in zip(runnable if args else [], args, strict=True):
                 rec = e.model.target
                 if a.weights and rec is not None and rec.weights_sha256:
                     from robust_ens.models.checkpoint import sha256_file
@@ -190,6 +200,9 @@ def regress(
             fresh = {n.model.name: n for n in to_entries(summary, "robust-ens regress", run_dir=run_dir, targets=args)}
             for e in runnable:
                 same = e.cost is not None and e.cost.device == here
+                if e.model.name not in fresh:  # an attack the protocol no longer runs at this tier
+                    report.moved.append(Moved(e.name, "attack", e.model.name, "not in the re-run", "exact"))
+                    continue
                 _compare(e, fresh[e.model.name], same, report)
                 report.checked.append(e.name)
     report.seconds = time.perf_counter() - t0
