@@ -4,8 +4,8 @@
   (:data:`CIFAR_TARGET`) is evaluated under the ``cifar10-transfer`` protocol's ``small`` tier by
   the benchmark engine, and the committed leaderboard of that suite and tier is printed with the
   run's row among its entries. On a 2-core CPU the first run trains the protocol's surrogates and
-  crafts its adversarial sets (tens of minutes; resumable, interrupt and rerun to continue); a
-  later run reads them back and takes about a minute.
+  crafts its adversarial sets into ``$ROBUST_ENS_CACHE/advsets`` (tens of minutes; resumable,
+  interrupt and rerun to continue); a later run, from any clone on the machine, reads them back.
 * Without it: the digits quickstart (:mod:`robust_ens.quickstart`, about a minute), then its
   target ensemble under ``digits-transfer`` ``smoke``, printed among that leaderboard's entries.
 
@@ -47,11 +47,13 @@ def page_path(suite: str, root: str | Path | None = None) -> Path:
 
 
 def _engine(suite: str, tier: str, spec: str, name: str, out: Path, progress: bool) -> list[Any]:
+    from robust_ens import data
     from robust_ens.bench.report import to_entries
     from robust_ens.bench.runner import TargetArg, run_suite
 
     arg = TargetArg(spec, None, name)
-    summary = run_suite(suite, tier, [arg], out, progress=progress)
+    # The store is content-addressed and checked (sha256), so every demo on this machine shares one.
+    summary = run_suite(suite, tier, [arg], out, store=data.cache_dir() / "advsets", progress=progress)
     return to_entries(summary, run_dir=out, targets=[arg])
 
 
@@ -66,6 +68,8 @@ def run(out_dir: str | Path = "runs/demo", *, progress: bool = True, digits: boo
             when its images are found.
         epochs: Digits demo: the quickstart's epochs (default its recipe's).
     """
+    from robust_ens import data
+
     out = Path(out_dir)
     use_digits = (not cifar10_available()) if digits is None else digits
     result: dict[str, Any] = {}
@@ -85,7 +89,7 @@ def run(out_dir: str | Path = "runs/demo", *, progress: bool = True, digits: boo
         print(f"Evaluating zoo:{CIFAR_TARGET} under {suite} ({tier} tier: 500 cifar10-jpeg test images, 6 attacks x "
               "2 surrogate ensembles x 3 eps) with the benchmark engine.\nThe first run trains the protocol's 5 "
               "surrogate ResNet-20s and crafts 72 adversarial batches (tens of minutes on 2 CPU cores; interrupt and "
-              f"rerun to resume); later runs read them back from {out / f'{suite}-{tier}'}.", flush=True)
+              f"rerun to resume); later runs read them back from {data.cache_dir() / 'advsets'}.", flush=True)
         entries = _engine(suite, tier, f"zoo:{CIFAR_TARGET}", CIFAR_TARGET, out / f"{suite}-{tier}", progress)
     table = leaderboard_with(entries, suite, tier)
     page = page_path(suite)
