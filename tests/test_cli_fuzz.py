@@ -89,6 +89,7 @@ BASE: dict[tuple[str, ...], list[tuple[str, str]]] = {
     ("corrupt",): [("--preset", "cifar10c"), ("--src", "{images}"), ("--split", "all"),
                    ("--corruptions", "gaussian_noise"), ("--severities", "1"), ("--out", "{out}")],
     ("leaderboard", "validate"): [("paths", "{entry}")],
+    ("leaderboard", "add"): [("paths", "{entry}"), ("--root", "{out}")],
     ("leaderboard", "render"): [("--root", "{entries}")],
     ("leaderboard", "schema"): [("--out", "{out}/schema.json")],
     ("zoo",): [("action", "list")],
@@ -184,6 +185,8 @@ EXEMPT: dict[tuple[tuple[str, ...], str], str] = {
     (("submit",), "--paper-venue"): "free text",
     (("submit",), "--description"): "free text",
     (("submit",), "--defense"): "a display name for the table",
+    (("leaderboard", "add"), "--root"): "a missing folder is a new leaderboard; a file there is refused "
+                                          "(tests/test_submit_regress.py)",
     (("zoo",), "--only"): "zoo entry names: 'zoo list' refuses it, rebuild checks names (tests/test_zoo.py)",
     (("zoo",), "--dataset"): "'zoo list' refuses it; rebuild's unknown datasets are tested in tests/test_zoo.py",
     (("leaderboard", "import-robustbench"), "--root"): "no valid RobustBench input to pair it with (NO_VALID_BASE)",

@@ -205,3 +205,27 @@ def test_regress_reruns_attack_entries_and_catches_an_edited_success_rate(tmp_pa
     lb.validate(paths[0])
     assert main(["--quiet", "regress", str(paths[0])]) == 1
     assert d["name"] in capsys.readouterr().out
+
+
+def test_leaderboard_add_puts_a_runs_entries_into_the_tree_and_refuses_a_taken_name(board: Path, tmp_path: Path,
+                                                                                     capsys) -> None:
+    entries = tmp_path / "run" / "entries"
+    entries.mkdir(parents=True)
+    shutil.copy(board / "digits" / "digits-transfer" / "cnn-s2.json", entries / "cnn-s2.json")
+    (tmp_path / "a_file").write_text("x")
+    assert main(["--quiet", "leaderboard", "add", str(entries), "--root", str(tmp_path / "a_file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    root = tmp_path / "lb"  # a new leaderboard
+    assert main(["--quiet", "leaderboard", "add", str(entries), "--root", str(root)]) == 0
+    assert "1 entries added" in capsys.readouterr().out
+    assert lb.validate(root / "digits" / "digits-transfer" / "cnn-s2.json").name == "cnn-s2"
+    assert "cnn-s2" in (root / "README.md").read_text()
+    assert main(["--quiet", "leaderboard", "add", str(entries), "--root", str(root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already holds an entry named 'cnn-s2'" in err and "--replace" in err
+    assert main(["--quiet", "leaderboard", "add", str(entries), "--root", str(root), "--replace"]) == 0
+    (entries / "bad.json").write_text('{"schema_version": "2"}')
+    other = tmp_path / "lb2"
+    other.mkdir()
+    assert main(["--quiet", "leaderboard", "add", str(entries), "--root", str(other)]) == 2
+    assert "bad.json" in capsys.readouterr().err and not any(other.iterdir())

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,57 @@ def recorded_path(path: str | Path) -> str:
         return str(p.relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(p)
+
+
+def add_entries(paths: Sequence[str | Path], root: str | Path | None = None, *, replace: bool = False) -> list[Path]:
+    """Put entries a run wrote (``bench run --entries``) into the leaderboard tree and re-render.
+
+    Every file is validated and checked against the tree before anything is written, so a bad
+    file or a name already taken (without ``replace``) leaves the tree as it was.
+
+    Args:
+        paths: Entry files or folders of them (``runs/X/entries``).
+        root: The leaderboard folder (see :func:`~robust_ens.leaderboard.leaderboard_root`); a
+            missing one is a new leaderboard.
+        replace: Overwrite entries of the same name in the same suite.
+
+    Returns:
+        The entry files written.
+
+    Raises:
+        RobustEnsError: one line naming the file, for a missing path, an invalid entry, two
+            files with one name, or a name already in the tree.
+    """
+    base = lb.leaderboard_root(root)
+    for p in paths:
+        if not Path(p).exists():
+            raise RobustEnsError(f"paths: {p} does not exist (give entry files or folders, e.g. runs/X/entries)")
+    files = list(lb.iter_json(paths))
+    if not files:
+        raise RobustEnsError(f"paths: no entries (*.json) under {', '.join(map(str, paths))}")
+    if base.exists() and not base.is_dir():
+        raise RobustEnsError(f"--root {base} is a file, not a leaderboard folder")
+    if not base.exists() and not base.parent.is_dir():
+        raise RobustEnsError(f"--root {base}: its parent folder {base.parent} does not exist")
+    entries = lb.validate_tree(files)
+    seen: dict[tuple[str, str], Path] = {}
+    olds: list[Path | None] = []
+    for path, e in zip(files, entries, strict=True):
+        key = (e.protocol.suite, e.name)
+        if key in seen:
+            raise RobustEnsError(f"{path}: {seen[key]} is another entry named {e.name!r} in {key[0]}")
+        seen[key] = path
+        old = existing_entry(base, *key) if base.is_dir() else None
+        if old is not None and not replace:
+            raise RobustEnsError(f"{path}: {old} already holds an entry named {e.name!r}; give --replace to overwrite it")
+        olds.append(old)
+    written = []
+    for e, old in zip(entries, olds, strict=True):
+        if old is not None and old != lb.entry_path(e, base):
+            old.unlink()
+        written.append(lb.write(e, base))
+    lb.render_all(base)
+    return written
 
 
 def existing_entry(root: Path, suite: str, name: str) -> Path | None:

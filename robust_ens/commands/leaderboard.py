@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     v = action.add_parser("validate", help="validate entry files (or every entry under folders)")
     v.add_argument("paths", nargs="*", default=None, help="files or folders (default: the leaderboard folder)")
     v.add_argument("--root", default=None, help=_ROOT_HELP)
+    a = action.add_parser("add", help="put entries a run wrote (bench run --entries) into the leaderboard and re-render")
+    a.add_argument("paths", nargs="+", help="entry files or folders (e.g. runs/X/entries)")
+    a.add_argument("--root", default=None, help=_ROOT_HELP)
+    a.add_argument("--replace", action="store_true", help="overwrite entries of the same name in the same suite")
     r = action.add_parser("render", help="write README.md, a sortable page per suite and PNG plots")
     r.add_argument("--root", default=None, help=_ROOT_HELP)
     r.add_argument("--check", action="store_true", help="write nothing; exit 1 when a rendered file is stale")
@@ -46,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``leaderboard validate|render|schema|export|import-robustbench``; returns the exit status."""
+    """Run ``leaderboard validate|add|render|schema|export|import-robustbench``; returns the exit status."""
     from robust_ens import leaderboard as lb
 
     if getattr(args, "root", None) is not None and args.action in ("validate", "export") and not Path(args.root).is_dir():
@@ -62,6 +66,13 @@ def run(args: argparse.Namespace) -> int:
         entries = lb.validate_tree(files)
         versions = sorted({e.schema_version for e in entries})
         print(f"{len(files)} entries valid (schema {', '.join(versions)})")
+    elif args.action == "add":
+        from robust_ens.bench.submit import add_entries
+
+        written = add_entries(args.paths, args.root, replace=args.replace)
+        for path in written:
+            print(f"added {path}")
+        print(f"{len(written)} entries added under {lb.leaderboard_root(args.root)}; commit them with git add")
     elif args.action == "render":
         from robust_ens.leaderboard_pages import stale_files
 
