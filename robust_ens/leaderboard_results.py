@@ -112,10 +112,13 @@ def results_markdown(entries: Sequence[Any]) -> str:
     if a_rows:
         parts += [f"Attacks (`{ATTACKS}`, {TIER} tier): success rate on the target panel, over the images each target "
                   "gets right.", "", tabulate(a_rows, headers=a_headers, tablefmt="github", disable_numparse=True), ""]
+    parts += _separation(ranked)
     clean = [e.results.clean.acc for e in ranked]
+    train_n = sorted({n for e in ranked if (n := _train_n(e)) is not None})
     parts += [
-        f"What these numbers are: the zoo trains each member on 2,000 of cifar10-jpeg's training images for the "
-        f"defense recipes' `small` tier (minutes on a CPU), so clean accuracy is {100 * min(clean):.0f}-"
+        f"What these numbers are: the zoo trains each member on {' or '.join(f'{n:,}' for n in train_n) or 'a subset'} "
+        f"of cifar10-jpeg's training images for the defense recipes' `small` tier (minutes on a CPU), so clean "
+        f"accuracy is {100 * min(clean):.0f}-"
         f"{100 * max(clean):.0f}%, not the papers' 90%+ from 50,000 images and 200 epochs, and the rankings "
         "and gaps need not match the papers' figures. The images are the JPEG copy of CIFAR-10 "
         f"(`{DATASET}`), not the original PNG-equivalent arrays, so no number here is comparable to a CIFAR-10 "
@@ -126,6 +129,39 @@ def results_markdown(entries: Sequence[Any]) -> str:
         END,
     ]
     return "\n".join(parts)
+
+
+def _train_n(e: Any) -> int | None:
+    """Training images of a zoo entry's model (from the zoo manifest), else ``None``."""
+    from robust_ens.models.zoo import ZOO_PREFIX, index
+
+    spec = e.model.target.spec if e.model.target is not None else ""
+    z = index().get(spec[len(ZOO_PREFIX):]) if spec.startswith(ZOO_PREFIX) else None
+    n = (z or {}).get("recipe", {}).get("train_n")
+    return int(n) if n is not None else None
+
+
+def _separation(ranked: Sequence[Any]) -> list[str]:
+    """One computed sentence: which defenses' worst case at the largest eps the intervals separate from the baseline."""
+    base = next((e for e in ranked if e.model.defense == "baseline" and not e.model.architecture.startswith("packed:")),
+                None)
+    if base is None or not base.results.worst_case:
+        return []
+    top = base.results.worst_case[-1].eps
+    b = base.worst(top)
+    above: list[str] = []
+    overlap: list[str] = []
+    for e in ranked:
+        w = e.worst(top)
+        if e is base or w is None or e.model.defense in (None, "baseline"):
+            continue
+        (above if w.ci95[0] > b.ci95[1] else overlap).append(f"{e.name} {100 * w.robust_acc:.1f} ({100 * (w.robust_acc - b.robust_acc):+.1f})")
+    text = f"Transfer worst at eps {_eps(top)} against {base.name}'s {100 * b.robust_acc:.1f}%: "
+    if above:
+        text += f"above its interval: {', '.join(above)}; "
+    if overlap:
+        text += f"intervals overlapping its (not separated at n={base.protocol.n_examples}): {', '.join(overlap)}."
+    return [text.rstrip("; ") + ("" if text.endswith(".") else "."), ""]
 
 
 def replace_block(text: str, block: str) -> str:

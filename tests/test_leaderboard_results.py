@@ -1,0 +1,50 @@
+"""The README's generated Results block: every number comes from an entry, joined by model name."""
+
+from __future__ import annotations
+
+import pytest
+
+from robust_ens import leaderboard as lb
+from robust_ens.leaderboard_results import (
+    BEGIN,
+    DATASET,
+    END,
+    TIER,
+    TRANSFER,
+    WHITEBOX,
+    defense_table,
+    replace_block,
+    results_markdown,
+)
+
+ENTRIES = lb.load_entries()
+
+
+def _ours(suite: str) -> list[lb.Entry]:
+    return [e for e in ENTRIES if isinstance(e, lb.Entry) and e.protocol.suite == suite and e.protocol.tier == TIER
+            and e.protocol.dataset == DATASET and e.external is None]
+
+
+def test_replace_block_touches_only_the_marked_block() -> None:
+    text = f"intro\n{BEGIN}\nold\n{END}\noutro\n"
+    assert replace_block(text, f"{BEGIN}\nnew\n{END}") == f"intro\n{BEGIN}\nnew\n{END}\noutro\n"
+    assert replace_block("no markers\n", "x") == "no markers\n"
+
+
+@pytest.mark.skipif(not _ours(TRANSFER), reason="no committed cifar10-jpeg transfer entries")
+def test_every_transfer_entry_is_a_row_with_its_own_numbers() -> None:
+    headers, rows, ranked = defense_table(ENTRIES)
+    assert sorted(r[0] for r in rows) == sorted(e.name for e in _ours(TRANSFER))
+    white = {e.name: e for e in _ours(WHITEBOX)}
+    col = headers.index(next(h for h in headers if h.startswith("AutoAttack")))
+    for row, e in zip(rows, ranked, strict=True):
+        lo, hi = e.results.clean.ci95
+        assert row[0] == e.name and row[4] == f"{100 * e.results.clean.acc:.1f} [{100 * lo:.0f}, {100 * hi:.0f}]"
+        top = e.results.worst_case[-1]
+        assert row[4 + len(e.results.worst_case)].startswith(f"{100 * top.robust_acc:.1f} ")
+        if e.name in white:
+            assert row[col].startswith(f"{100 * white[e.name].results.worst_case[0].robust_acc:.1f} ")
+    worst = [e.worst(e.results.worst_case[-1].eps).robust_acc for e in ranked]  # type: ignore[union-attr]
+    assert worst == sorted(worst, reverse=True)
+    block = results_markdown(ENTRIES)
+    assert block.startswith(BEGIN) and block.endswith(END) and all(e.name in block for e in ranked)
