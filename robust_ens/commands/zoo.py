@@ -37,10 +37,11 @@ def run(args: argparse.Namespace) -> int:
         rows = []
         for name, e in sorted(zoo.index().items()):
             acc = (e.get("accuracy") or {}).get("test_acc")
+            secs = (e.get("cost") or {}).get("train_seconds")
             sha = e.get("sha256") or next(iter(e.get("files", {}).values()), "")
             rows.append([name, e.get("arch", ""), e.get("members", 1), e.get("dataset", ""), e.get("tier", ""),
-                         "" if acc is None else f"{100 * acc:.1f}%", sha[:16]])
-        print(tabulate(rows, headers=["name", "arch", "members", "dataset", "tier", "test acc", "sha256"]))
+                         "" if acc is None else f"{100 * acc:.1f}%", "" if secs is None else f"{secs:.0f}", sha[:16]])
+        print(tabulate(rows, headers=["name", "arch", "members", "dataset", "tier", "test acc", "train s", "sha256"]))
         return 0
     if args.out is None:
         raise RobustEnsError("zoo rebuild needs --out DIR (it never writes over the shipped zoo)")
