@@ -52,15 +52,18 @@ def defense_table(entries: Sequence[Any]) -> tuple[list[str], list[list[str]], l
         wb = w.results.worst_case[0] if w is not None and w.results.worst_case else None
         c = corr.get(e.name)
         mca = c.results.metrics.get("mean_corruption_accuracy") if c is not None else None
-        rows.append([e.name, e.model.defense or "-", str(e.model.n_members), f"{e.model.parameters or 0:,}",
-                     _rate(e.results.clean.acc, e.results.clean.ci95)]
+        kept = e.worst(top).robust_acc / e.results.clean.acc if top and e.worst(top) and e.results.clean.acc else None
+        rows.append([e.name, e.model.defense or "-", e.model.architecture, str(e.model.n_members),
+                     f"{e.model.parameters or 0:,}", _rate(e.results.clean.acc, e.results.clean.ci95)]
                     + [_rate(x.robust_acc, x.ci95) if (x := e.worst(p)) else "-" for p in eps]
-                    + [_rate(wb.robust_acc, wb.ci95) if wb else "-", f"{100 * mca:.1f}" if mca is not None else "-",
+                    + ["-" if kept is None else f"{100 * kept:.0f}",
+                       _rate(wb.robust_acc, wb.ci95) if wb else "-", f"{100 * mca:.1f}" if mca is not None else "-",
                        ", ".join(f.split(":")[0] for f in e.results.flags) or "-"])
     wb_eps = sorted({x.eps for e in white.values() for x in e.results.worst_case})
-    headers = (["model", "defense", "members", "parameters", "clean %"]
+    headers = (["model", "defense", "architecture", "members", "parameters", "clean %"]
                + [f"transfer worst @ {_eps(p)} %" for p in eps]
-               + [f"AutoAttack @ {', '.join(_eps(p) for p in wb_eps) or '-'} %", "corruptions mCA %", "flags"])
+               + [f"kept @ {_eps(top)} %" if top else "kept %",
+                  f"AutoAttack @ {', '.join(_eps(p) for p in wb_eps) or '-'} %", "corruptions mCA %", "flags"])
     return headers, rows, ranked
 
 
@@ -100,7 +103,8 @@ def results_markdown(entries: Sequence[Any]) -> str:
         f"Defenses on {DATASET}, {TIER} tier: the reference zoo (`zoo:NAME`, `robust-ens zoo list`), every number "
         f"with its 95% Wilson interval. *Transfer worst*: the share of {n_t} test images that every transfer attack "
         f"of `{TRANSFER}` from every surrogate ensemble fails on (per image, the worst case over "
-        f"{len(ranked[0].protocol.attacks)} attacks x {len(ranked[0].protocol.surrogates)} surrogates); "
+        f"{len(ranked[0].protocol.attacks)} attacks x {len(ranked[0].protocol.surrogates)} surrogates); *kept*: that "
+        "worst case as a share of the clean accuracy (the correctly classified images the attacks fail to flip); "
         + (f"*AutoAttack*: `{WHITEBOX}` ({white[0].protocol.n_examples} images, white-box); " if white else "")
         + (f"*mCA*: mean accuracy over `{CORRUPTIONS}`'s 15 corruptions x 5 severities "
            f"({corr[0].protocol.n_examples} images)." if corr else ""),

@@ -39,9 +39,10 @@ def test_every_transfer_entry_is_a_row_with_its_own_numbers() -> None:
     col = headers.index(next(h for h in headers if h.startswith("AutoAttack")))
     for row, e in zip(rows, ranked, strict=True):
         lo, hi = e.results.clean.ci95
-        assert row[0] == e.name and row[4] == f"{100 * e.results.clean.acc:.1f} [{100 * lo:.0f}, {100 * hi:.0f}]"
+        assert row[0] == e.name and row[5] == f"{100 * e.results.clean.acc:.1f} [{100 * lo:.0f}, {100 * hi:.0f}]"
         top = e.results.worst_case[-1]
-        assert row[4 + len(e.results.worst_case)].startswith(f"{100 * top.robust_acc:.1f} ")
+        assert row[5 + len(e.results.worst_case)].startswith(f"{100 * top.robust_acc:.1f} ")
+        assert row[6 + len(e.results.worst_case)] == f"{100 * top.robust_acc / e.results.clean.acc:.0f}"
         if e.name in white:
             assert row[col].startswith(f"{100 * white[e.name].results.worst_case[0].robust_acc:.1f} ")
     worst = [e.worst(e.results.worst_case[-1].eps).robust_acc for e in ranked]  # type: ignore[union-attr]
