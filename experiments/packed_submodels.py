@@ -1,34 +1,27 @@
-"""Diverse sub-models: full ensembles vs packed (BatchEnsemble) ensembles under transfer attacks.
+"""Diverse sub-models: full ensembles vs packed (BatchEnsemble) ensembles, through the benchmark engine.
 
 For each defense (baseline, DVERGE, TRS) and each architecture -- three independent ResNet-20s
-(``full3``), a packed 3-member ResNet-20 (``packed3``) and a packed 6-member one (``packed6``),
-both ``models.create("packed:resnet20", members=M)`` -- this trains the ensemble with
-:func:`robust_ens.defenses.train_defense` at the defenses' ``small`` tier on cifar10-jpeg and
-measures:
+(``r20x3``), a packed 3-member ResNet-20 (``packed3``) and a packed 6-member one (``packed6``),
+all ``zoo:<defense>-<arch>`` entries trained by ``robust-ens zoo rebuild --dataset cifar10``
+(the defenses' ``small`` tier; see ``robust_ens/zoo/cifar10.toml`` for where the zoo departs from
+it) -- this table joins:
 
-* parameters (shared weights counted once), training seconds per epoch, inference seconds per
-  example (from the checkpoint sidecar);
-* clean accuracy of the ensemble on the evaluation images;
-* transfer robust accuracy at eps 0.01/0.02/0.03: adversarial images crafted on a held-out
-  surrogate (three baseline ResNet-20s trained with other seeds) by each transfer attack, the
-  worst case taken per example over the attacks (an image counts as robust only if the target is
-  right on every attack's version of it);
-* the transferability matrix between the sub-models (:func:`defenses.transferability_matrix`,
-  PGD on one member, success on every other member) and its off-diagonal mean;
-* the mean pairwise cosine of the members' input gradients (:func:`defenses.mean_gradient_cosine`).
+* from the engine's ``cifar10-transfer`` ``small`` run folder (``--run``): clean accuracy and the
+  worst-case transfer robust accuracy at eps 0.01/0.02/0.03 with 95% Wilson intervals (an image
+  counts only if it survives all 6 attacks x 2 surrogate ensembles of that eps);
+* from the zoo manifest: parameters (shared weights counted once), training seconds per epoch and
+  inference seconds per example (measured right after training);
+* computed here, on the protocol's own evaluation images: the transferability matrix between the
+  sub-models (:func:`defenses.transferability_matrix`: PGD on one member, success on every other)
+  and its off-diagonal mean, and the mean pairwise cosine of the members' input gradients
+  (:func:`defenses.mean_gradient_cosine`), both on (up to) the first images every member gets right.
 
-DVERGE and TRS start from the baseline ensemble of the same architecture (``init=``), which is
-what their small-tier warm-up would train (DVERGE's warm-up is exactly the baseline small recipe;
-TRS's is the same recipe for 6 instead of 8 epochs), so each baseline is trained once.
+It writes ``experiments/results/packed_submodels.{json,md}`` and the README's "Diverse sub-models"
+table. Run it after the engine run that holds the nine targets::
 
-Every stage is resumable (``--work-dir``): trained ensembles are loaded from their checkpoints,
-adversarial sets and finished cells are cached, and the results file, the markdown table and the
-README section are rewritten from the cached cells after each cell.
-
-Run (one thread; the lock serializes heavy jobs on a shared machine)::
-
-    flock /tmp/robust-ens-heavy.lock nice -n 5 env OMP_NUM_THREADS=1 ROBUST_ENS_DATA=../shared/data \\
-        .venv/bin/python experiments/packed_submodels.py --work-dir runs/packed_submodels
+    robust-ens bench run cifar10-transfer --tier small --target zoo:baseline-r20x3 --name baseline-r20x3 ... \\
+        --out runs/lb/cifar10-transfer-small
+    ROBUST_ENS_DATA=../shared/data .venv/bin/python experiments/packed_submodels.py --run runs/lb/cifar10-transfer-small
 """
 
 from __future__ import annotations
@@ -36,10 +29,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import logging
 import platform
 import re
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,16 +41,13 @@ from torch import nn
 
 from robust_ens import Ensemble, data
 from robust_ens.attacks import create_attack
-from robust_ens.defenses import correct_by_all, mean_gradient_cosine, train_defense, transferability_matrix
-from robust_ens.evaluation import correct
-
-log = logging.getLogger("packed_submodels")
+from robust_ens.defenses import correct_by_all, mean_gradient_cosine, transferability_matrix
+from robust_ens.models import zoo
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ARCHS: dict[str, tuple[str, int]] = {"full3": ("resnet20", 3), "packed3": ("packed:resnet20", 3),
-                                     "packed6": ("packed:resnet20", 6)}
-ARCH_LABEL = {"full3": "3x ResNet-20", "packed3": "packed ResNet-20, 3 members", "packed6": "packed ResNet-20, 6 members"}
+DEFENSES = ("baseline", "dverge", "trs")
+ARCHS = {"r20x3": "3x ResNet-20", "packed3": "packed ResNet-20, 3 members", "packed6": "packed ResNet-20, 6 members"}
 README_BEGIN = "<!-- packed-submodels:begin (generated by experiments/packed_submodels.py; do not edit) -->"
 README_END = "<!-- packed-submodels:end -->"
 
@@ -71,114 +59,25 @@ def fp32(ens: Ensemble) -> Ensemble:
     return view
 
 
-def eval_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    return data.subset_indices(y, n, seed=seed)
+def diversity(name: str, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
+    """Transferability matrix and gradient cosine of zoo ensemble ``name`` on ``x, y``."""
+    target = fp32(zoo.load(f"zoo:{name}"))  # type: ignore[arg-type]
+    ok = correct_by_all(list(target.members), x, y)
+    xm, ym = x[ok][: args.n_matrix], y[ok][: args.n_matrix]
+    pgd = create_attack("pgd", eps=args.matrix_eps, alpha=2.5 * args.matrix_eps / args.matrix_steps,
+                        steps=args.matrix_steps, random_start=True)
 
-
-def attack_objects(names: Sequence[str], eps: float, steps: int) -> dict[str, Any]:
-    """The transfer attacks, all L-inf, ``steps`` iterations of ``eps / steps * 1.25`` (MI/DI decay 1)."""
-    alpha = 1.25 * eps / steps
-    out = {}
-    for name in names:
-        kw: dict[str, Any] = {"eps": eps, "alpha": alpha, "steps": steps}
-        if name == "pgd":
-            kw["random_start"] = True
-        out[name] = create_attack(name, **kw)
-    return out
-
-
-def adv_set(work: Path, surrogate: nn.Module, name: str, atk: Any, eps: float, x: torch.Tensor, y: torch.Tensor,
-            seed: int, batch: int) -> tuple[torch.Tensor, float]:
-    """Adversarial images of one (attack, eps), cached (safetensors) in ``work/adv``."""
-    from safetensors.torch import load_file, save_file
-
-    path = work / "adv" / f"{name}_eps{eps:g}.safetensors"
-    meta = path.with_suffix(".json")
-    if path.is_file() and meta.is_file():
-        rec = json.loads(meta.read_text())
-        if rec.get("n") == len(x) and rec.get("config") == atk.config():
-            return load_file(str(path))["x_adv"], float(rec["seconds"])
-    t0 = time.perf_counter()
-    xs = [atk(surrogate, x[i : i + batch], y[i : i + batch], seed=seed + b).x_adv
-          for b, i in enumerate(range(0, len(x), batch))]
-    x_adv = torch.cat(xs).contiguous()
-    secs = time.perf_counter() - t0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"x_adv": x_adv}, str(tmp))
-    tmp.replace(path)
-    meta.write_text(json.dumps({"n": len(x), "config": atk.config(), "seconds": secs}, indent=2) + "\n")
-    return x_adv, secs
-
-
-def train(work: Path, defense: str, arch_key: str, args: argparse.Namespace, init: Ensemble | None) -> Ensemble:
-    arch, n = ARCHS[arch_key]
-    over: dict[str, Any] = {"eval_n": args.n_eval}
-    if args.train_n:
-        over["train_n"] = args.train_n
-    if defense in ("trs", "dverge") and args.finetune_n:
-        over["train_n"] = args.finetune_n
-    if defense == "trs" and args.trs_epochs:
-        over["epochs"] = args.trs_epochs
-    if defense == "dverge" and args.dverge_epochs:
-        over["epochs"] = args.dverge_epochs
-    return train_defense(defense, arch=arch, n_members=n, dataset="cifar10", recipe="small", overrides=over,
-                         init=init, seed=args.seed, out_dir=work / f"{defense}-{arch_key}", progress=not args.quiet)
-
-
-def sidecar_metrics(work: Path, defense: str, arch_key: str) -> dict[str, Any]:
-    """Cost figures recorded by train_defense (summary.json of the run)."""
-    summary = work / f"{defense}-{arch_key}" / "summary.json"
-    return json.loads(summary.read_text()).get("metrics", {}) if summary.is_file() else {}
-
-
-def run_cell(work: Path, defense: str, arch_key: str, ens: Ensemble, advs: dict[tuple[str, float], torch.Tensor],
-             x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace, train_seconds: float) -> dict[str, Any]:
-    cell_path = work / "cells" / f"{defense}-{arch_key}.json"
-    if cell_path.is_file():
-        return json.loads(cell_path.read_text())
-    t0 = time.perf_counter()
-    target = fp32(ens)
-    clean_ok = correct(target, x, y)
-    robust: dict[str, dict[str, float]] = {}
-    worst: dict[str, float] = {}
-    for e in args.eps:
-        ok_all = clean_ok.clone()
-        robust[f"{e:g}"] = {}
-        for a in args.attacks:
-            ok = correct(target, advs[(a, e)], y)
-            robust[f"{e:g}"][a] = float(ok.float().mean())
-            ok_all &= ok
-        worst[f"{e:g}"] = float(ok_all.float().mean())
-    ok_members = correct_by_all(list(target.members), x, y)
-    xm, ym = x[ok_members][: args.n_matrix], y[ok_members][: args.n_matrix]
-    steps = args.matrix_steps
-    pgd = create_attack("pgd", eps=args.matrix_eps, alpha=2.5 * args.matrix_eps / steps, steps=steps, random_start=True)
-
-    def matrix_attack(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> Any:
+    def attack(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> Any:
         return pgd(model, xb, yb, seed=args.seed)
 
-    tm = transferability_matrix(target, xm, ym, attack=matrix_attack) if len(xm) else None
-    xc, yc = x[ok_members][: args.n_cos], y[ok_members][: args.n_cos]
-    cos = mean_gradient_cosine(target, xc, yc) if len(xc) else None
-    cost = sidecar_metrics(work, defense, arch_key)
-    cell = {
-        "defense": defense, "arch": arch_key, "arch_name": ARCHS[arch_key][0], "members": ARCHS[arch_key][1],
-        "parameters": int(sum(p.numel() for p in ens.parameters())),
-        "clean_acc": float(clean_ok.float().mean()),
-        "member_clean_acc": [float(correct(m, x, y).float().mean()) for m in ens.members],
-        "worst_case_robust_acc": worst, "robust_acc": robust,
+    tm = transferability_matrix(target, xm, ym, attack=attack) if len(xm) else None
+    xc, yc = x[ok][: args.n_cos], y[ok][: args.n_cos]
+    return {
+        "n_all_correct": int(ok.sum()),
         "transfer_matrix": tm.to_dict() if tm is not None else None,
         "transfer_offdiag_mean": tm.off_diagonal_mean() if tm is not None else None,
-        "mean_gradient_cosine": cos,
-        "train_seconds": train_seconds,
-        "train_seconds_per_epoch": cost.get("train_seconds_per_epoch"),
-        "inference_seconds_per_example": cost.get("inference_seconds_per_example"),
-        "eval_seconds": time.perf_counter() - t0,
+        "mean_gradient_cosine": mean_gradient_cosine(target, xc, yc) if len(xc) else None,
     }
-    cell_path.parent.mkdir(parents=True, exist_ok=True)
-    cell_path.write_text(json.dumps(cell, indent=2) + "\n")
-    return cell
 
 
 def fmt(v: float | None, pct: bool = True) -> str:
@@ -187,25 +86,17 @@ def fmt(v: float | None, pct: bool = True) -> str:
     return f"{100 * v:.1f}" if pct else f"{v:.3f}"
 
 
-def _reductions(cfg: dict[str, Any]) -> str:
-    """How the DVERGE/TRS phases depart from the small tier (said in the table's header)."""
-    from robust_ens.defenses import load_recipe
-
-    parts = []
-    for d, key in (("DVERGE", "dverge_epochs"), ("TRS", "trs_epochs")):
-        tier = load_recipe(d.lower(), "small")["train"]["epochs"]
-        epochs = cfg.get(key) or tier
-        n = cfg.get("finetune_n") or cfg["train_n"]
-        parts.append(f"{d} {epochs} epoch{'s' if epochs != 1 else ''} on {n} images (tier: {tier} on {cfg['train_n']})")
-    return "; DVERGE and TRS start from the baseline ensemble of the same architecture and train " + ", ".join(parts)
+def _ci(rate: dict[str, Any]) -> str:
+    lo, hi = rate["ci95"]
+    return f"{100 * rate['acc']:.1f} [{100 * lo:.0f}, {100 * hi:.0f}]"
 
 
 def _summary(cells: list[dict[str, Any]], eps: str) -> list[str]:
     """Packed minus full, per defense, computed from the cells (so the prose cannot drift from the table)."""
     by = {(c["defense"], c["arch"]): c for c in cells}
     rows = []
-    for d in dict.fromkeys(c["defense"] for c in cells):
-        full = by.get((d, "full3"))
+    for d in DEFENSES:
+        full = by.get((d, "r20x3"))
         if full is None:
             continue
         parts = []
@@ -216,13 +107,21 @@ def _summary(cells: list[dict[str, Any]], eps: str) -> list[str]:
             dt = (c["transfer_offdiag_mean"] - full["transfer_offdiag_mean"]) \
                 if c.get("transfer_offdiag_mean") is not None and full.get("transfer_offdiag_mean") is not None else None
             parts.append(
-                f"{a}: clean {100 * (c['clean_acc'] - full['clean_acc']):+.1f}, worst case at eps {eps} "
-                f"{100 * (c['worst_case_robust_acc'][eps] - full['worst_case_robust_acc'][eps]):+.1f}, "
+                f"{a}: clean {100 * (c['clean']['acc'] - full['clean']['acc']):+.1f}, worst case at eps {eps} "
+                f"{100 * (c['worst_case'][eps]['acc'] - full['worst_case'][eps]['acc']):+.1f}, "
                 f"sub-model transfer {'-' if dt is None else f'{100 * dt:+.1f}'} points, "
                 f"{c['parameters'] / full['parameters']:.2f}x the parameters"
             )
         if parts:
             rows.append(f"* {d}, packed minus 3x ResNet-20: " + "; ".join(parts) + ".")
+    pairs = [(c, by[(c["defense"], "r20x3")]) for c in cells if c["arch"] != "r20x3" and (c["defense"], "r20x3") in by]
+    apart = [f"{c['defense']}-{c['arch']}" for c, f in pairs
+             if c["worst_case"][eps]["ci95"][0] > f["worst_case"][eps]["ci95"][1]
+             or c["worst_case"][eps]["ci95"][1] < f["worst_case"][eps]["ci95"][0]]
+    if pairs:
+        rows.append(f"* Worst case at eps {eps}: {len(apart)} of {len(pairs)} packed ensembles have a 95% interval disjoint "
+                    "from that of the full ensemble they replace" + (f" ({', '.join(apart)})" if apart else
+                                                           "; at 500 images the engine does not separate them") + ".")
     return ["", *rows] if rows else []
 
 
@@ -230,51 +129,43 @@ def render_markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
     eps = [f"{e:g}" for e in cfg["eps"]]
     lines = [
-        f"Transfer attacks ({', '.join(cfg['attacks'])}; {cfg['attack_steps']} steps) crafted on a held-out "
-        f"ensemble of three baseline ResNet-20s; {cfg['n_eval']} cifar10-jpeg test images; "
-        f"defenses' `small` tier (baseline: {cfg['train_n']} training images, its recipe's epochs)"
-        + _reductions(cfg) + ". Robust accuracy is the per-example worst case "
-        "over the attacks. Transfer = mean off-diagonal success of PGD "
-        f"(eps {cfg['matrix_eps']:g}, {cfg['matrix_steps']} steps) from one sub-model to another on "
-        f"(up to) the first {cfg['n_matrix']} evaluation images that all members classify correctly; cos = mean "
-        f"pairwise cosine of input gradients (up to {cfg['n_cos']} such images). Accuracies in %.",
+        f"`cifar10-transfer` small tier through the benchmark engine: {cfg['n']} cifar10-jpeg test images, "
+        f"{len(cfg['attacks'])} transfer attacks ({', '.join(cfg['attacks'])}) x {len(cfg['surrogates'])} baseline "
+        f"ResNet-20 surrogate ensembles ({', '.join(cfg['surrogates'])}); robust accuracy is the per-example worst "
+        "case over all of them, with its 95% Wilson interval. Targets are the zoo's entries (defenses' `small` tier, "
+        "2,000 training images; DVERGE and TRS start from the baseline of the same architecture, TRS runs 2 of its "
+        f"tier's 8 epochs: `robust_ens/zoo/cifar10.toml`). Transfer = mean off-diagonal success of PGD (eps "
+        f"{cfg['matrix_eps']:g}, {cfg['matrix_steps']} steps) from one sub-model to another on (up to) the first "
+        f"{cfg['n_matrix']} evaluation images every member gets right; cos = mean pairwise cosine of input gradients "
+        f"(up to {cfg['n_cos']} such images). Accuracies in %.",
         "",
-        "| defense | ensemble | parameters | clean | " + " | ".join(f"eps {e}" for e in eps)
+        "| defense | ensemble | parameters | clean | " + " | ".join(f"worst @ {e}" for e in eps)
         + " | transfer | cos | train s/epoch | inference ms/img |",
         "|---|---|---:|---:|" + "---:|" * len(eps) + "---:|---:|---:|---:|",
     ]
     for c in result["cells"]:
         inf = c.get("inference_seconds_per_example")
+        per_epoch = c.get("train_seconds_per_epoch")
         lines.append(
-            f"| {c['defense']} | {ARCH_LABEL[c['arch']]} | {c['parameters']:,} | {fmt(c['clean_acc'])} | "
-            + " | ".join(fmt(c["worst_case_robust_acc"][e]) for e in eps)
+            f"| {c['defense']} | {ARCHS[c['arch']]} | {c['parameters']:,} | {_ci(c['clean'])} | "
+            + " | ".join(_ci(c["worst_case"][e]) for e in eps)
             + f" | {fmt(c['transfer_offdiag_mean'])} | {fmt(c['mean_gradient_cosine'], pct=False)} | "
-            + (f"{c['train_seconds_per_epoch']:.0f}" if c.get("train_seconds_per_epoch") else "-")
+            + (f"{per_epoch:.0f}" if per_epoch else "-")
             + f" | {fmt(inf * 1000, pct=False) if inf else '-'} |"
         )
     lines += _summary(result["cells"], eps[-1])
-    lines += ["", "train s/epoch: seconds per epoch of the row's own training (baseline: the full training subset; "
-              "DVERGE/TRS: their fine-tuning subset, see above). inference ms/img: the ensemble's forward in fp32 "
-              "(a packed one: the batched pass; on this CPU the member loop is faster, see "
-              "`experiments/results/bench_packed_cpu.json`), batch 256, timed once right after training on a shared "
-              "machine, so a rough figure."]
-    missing = result.get("missing") or []
-    if missing:
-        lines += ["", f"Not measured in this run: {', '.join(missing)}."]
     env = result["environment"]
-    cpu = result["cpu_seconds"]
-    lines += ["", f"Surrogate clean accuracy {fmt(result['surrogate']['clean_acc'])}%. Measured on {env['machine']} "
-              f"({env['threads']} torch thread; other jobs on the machine's other core), torch {env['torch']}: "
-              f"{cpu['total'] / 60:.0f} min in all (surrogate {cpu['surrogate'] / 60:.1f}, adversarial sets "
-              f"{cpu['adversarial_sets'] / 60:.1f}, training {cpu['training'] / 60:.1f}, evaluation "
-              f"{cpu['evaluation'] / 60:.1f}), summed over resumed runs."]
+    lines += ["", "train s/epoch: seconds per epoch of the row's own phase (DVERGE/TRS: their phase after the "
+              "baseline they start from). inference ms/img: the ensemble's forward in fp32 (a packed one: the batched "
+              "pass; on this CPU the member loop is faster, see `experiments/results/bench_packed_cpu.json`), batch "
+              f"256, timed once right after training. Measured on {env['machine']}, CPU only, torch {env['torch']}; "
+              f"this table's own diversity measurements took {result['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
 
 
 def update_readme(readme: Path, table: str, command: str) -> None:
     text = readme.read_text()
-    body = (f"{README_BEGIN}\n{table}\nRerun: `{command}` (resumable; results in "
-            f"`experiments/results/packed_submodels.json`).\n{README_END}")
+    body = f"{README_BEGIN}\n{table}\nRegenerate: `{command}`.\n{README_END}"
     if README_BEGIN in text and README_END in text:
         text = re.sub(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), lambda _: body, text, flags=re.S)
     else:
@@ -284,135 +175,71 @@ def update_readme(readme: Path, table: str, command: str) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "packed_submodels")
+    p.add_argument("--run", type=Path, default=ROOT / "runs" / "lb" / "cifar10-transfer-small",
+                   help="the engine's cifar10-transfer small run folder holding the nine zoo targets")
     p.add_argument("--out", type=Path, default=HERE / "results" / "packed_submodels.json")
     p.add_argument("--out-md", type=Path, default=HERE / "results" / "packed_submodels.md")
     p.add_argument("--readme", default=str(ROOT / "README.md"), help="README to update ('' to skip)")
-    p.add_argument("--defenses", default="baseline,trs,dverge")
-    p.add_argument("--archs", default="full3,packed3,packed6")
-    p.add_argument("--train-n", type=int, default=0, help="training images (0: the small tier's)")
-    p.add_argument("--finetune-n", type=int, default=0,
-                   help="training images of the DVERGE/TRS phase that starts from the baseline (0: --train-n)")
-    p.add_argument("--trs-epochs", type=int, default=0, help="TRS epochs (0: the small tier's)")
-    p.add_argument("--dverge-epochs", type=int, default=0, help="DVERGE epochs (0: the small tier's)")
-    p.add_argument("--n-eval", type=int, default=500)
-    p.add_argument("--n-matrix", type=int, default=100)
+    p.add_argument("--n-matrix", type=int, default=64)
     p.add_argument("--matrix-eps", type=float, default=0.03)
     p.add_argument("--matrix-steps", type=int, default=20)
-    p.add_argument("--n-cos", type=int, default=200)
-    p.add_argument("--attacks", default="pgd,mifgsm,difgsm")
-    p.add_argument("--attack-steps", type=int, default=10)
-    p.add_argument("--eps", default="0.01,0.02,0.03")
+    p.add_argument("--n-cos", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--surrogate-seed", type=int, default=100)
-    p.add_argument("--batch", type=int, default=250)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
-    args.defenses = [d for d in args.defenses.split(",") if d]
-    args.archs = [a for a in args.archs.split(",") if a]
-    args.attacks = [a for a in args.attacks.split(",") if a]
-    args.eps = [float(e) for e in args.eps.split(",")]
-    unknown = [a for a in args.archs if a not in ARCHS]
-    if unknown:
-        p.error(f"unknown arch {unknown}; known: {list(ARCHS)}")
-    return args
+    p.add_argument("--render-only", action="store_true", help="rewrite the markdown and README from --out's JSON")
+    return p.parse_args(argv)
+
+
+def write_outputs(args: argparse.Namespace, result: dict[str, Any]) -> str:
+    """Write the markdown table and the README section from ``result``; return the table."""
+    table = render_markdown(result)
+    args.out_md.write_text("# Diverse sub-models: full vs packed ensembles\n\n" + table)
+    if args.readme:
+        update_readme(Path(args.readme), table, "ROBUST_ENS_DATA=../shared/data .venv/bin/python "
+                      "experiments/packed_submodels.py --run runs/lb/cifar10-transfer-small")
+    return table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(args.threads)
-    work = args.work_dir
-    work.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
+    if args.render_only:
+        print(write_outputs(args, json.loads(args.out.read_text())))
+        return 0
+    t0 = time.perf_counter()
+    summary = json.loads((args.run / "summary.json").read_text())
+    if (summary["suite"], summary["tier"]) != ("cifar10-transfer", "small"):
+        raise SystemExit(f"{args.run} is a {summary['suite']} {summary['tier']} run; give the cifar10-transfer small one")
     xte, yte = data.load_uint8("cifar10", "test")
-    idx = eval_subset(yte, args.n_eval, seed=args.seed)
+    idx = data.subset_indices(yte, summary["n"], seed=summary["seed"])  # the protocol's own images
     x, y = xte[idx].float().div(255), yte[idx]
-
-    log.info("surrogate: three baseline ResNet-20s (seeds %d..)", args.surrogate_seed)
-    over: dict[str, Any] = {"eval_n": args.n_eval}
-    if args.train_n:
-        over["train_n"] = args.train_n
-    surrogate = fp32(train_defense("baseline", arch="resnet20", n_members=3, dataset="cifar10", recipe="small",
-                                   overrides=over, seed=args.surrogate_seed, out_dir=work / "surrogate",
-                                   progress=not args.quiet))
-    sur_clean = float(correct(surrogate, x, y).float().mean())
-    advs: dict[tuple[str, float], torch.Tensor] = {}
-    adv_seconds = 0.0
-    for e in args.eps:
-        for name, atk in attack_objects(args.attacks, e, args.attack_steps).items():
-            advs[(name, e)], secs = adv_set(work, surrogate, name, atk, e, x, y, args.seed, args.batch)
-            adv_seconds += secs
-            log.info("adversarial set %s eps %g (%.0f s)", name, e, secs)
-
-    cells: list[dict[str, Any]] = []
-    command = ("flock /tmp/robust-ens-heavy.lock nice -n 5 env OMP_NUM_THREADS=1 ROBUST_ENS_DATA=../shared/data "
-               ".venv/bin/python experiments/packed_submodels.py " + " ".join(argv if argv is not None else sys.argv[1:]))
-    baselines: dict[str, Ensemble] = {}
-    for defense in args.defenses:
-        for arch_key in args.archs:
-            t0 = time.perf_counter()
-            init = None
-            if defense in ("dverge", "trs"):
-                if arch_key not in baselines:
-                    baselines[arch_key] = train(work, "baseline", arch_key, args, None)
-                init = baselines[arch_key]
-            log.info("train %s %s", defense, arch_key)
-            ens = train(work, defense, arch_key, args, init)
-            if defense == "baseline":
-                baselines[arch_key] = ens
-            train_secs = float(sidecar_metrics(work, defense, arch_key).get("train_seconds", time.perf_counter() - t0))
-            cell = run_cell(work, defense, arch_key, ens, advs, x, y, args, train_secs)
-            log.info("%s %s: clean %.3f worst %s transfer %s cos %s", defense, arch_key, cell["clean_acc"],
-                     cell["worst_case_robust_acc"], cell["transfer_offdiag_mean"], cell["mean_gradient_cosine"])
-            cells.append(cell)
-            write_results(args, cells, sur_clean, adv_seconds, time.perf_counter() - t_start, command)
-    return 0
-
-
-def _cpu_seconds(args: argparse.Namespace, cells: list[dict[str, Any]], adv_seconds: float) -> dict[str, float]:
-    """Seconds spent per stage, from the records of every run that produced the cells (resumes included)."""
-    sur = args.work_dir / "surrogate" / "summary.json"
-    surrogate = float(json.loads(sur.read_text())["metrics"].get("train_seconds", 0.0)) if sur.is_file() else 0.0
-    training = sum(float(c.get("train_seconds") or 0.0) for c in cells)
-    evaluation = sum(float(c.get("eval_seconds") or 0.0) for c in cells)
-    return {"surrogate": surrogate, "adversarial_sets": adv_seconds, "training": training, "evaluation": evaluation,
-            "total": surrogate + adv_seconds + training + evaluation}
-
-
-def write_results(args: argparse.Namespace, cells: list[dict[str, Any]], sur_clean: float, adv_seconds: float,
-                  seconds: float, command: str) -> None:
-    from robust_ens.defenses import load_recipe
-
-    done = {(c["defense"], c["arch"]) for c in cells}
-    missing = [f"{d}/{a}" for d in args.defenses for a in args.archs if (d, a) not in done]
+    cells = []
+    for d in DEFENSES:
+        for a in ARCHS:
+            name = f"{d}-{a}"
+            row = summary["targets"].get(name)
+            if row is None:
+                print(f"{name}: not in {args.run}; skipped")
+                continue
+            e = zoo.entry(name)
+            cells.append({
+                "defense": d, "arch": a, "zoo": f"zoo:{name}", "parameters": int(row["model"]["parameters"]),
+                "clean": row["clean"], "worst_case": row["worst_case"], "flags": row.get("flags", []),
+                "train_seconds": e["cost"].get("train_seconds"),
+                "train_seconds_per_epoch": e["cost"].get("train_seconds_per_epoch"),
+                "inference_seconds_per_example": e["cost"].get("inference_seconds_per_example"),
+                **diversity(name, x, y, args),
+            })
+            print(f"{name}: done ({time.perf_counter() - t0:.0f} s)", flush=True)
     result = {
-        "config": {
-            "dataset": "cifar10-jpeg", "tier": "small", "train_n": args.train_n or load_recipe("baseline", "small")["train_n"],
-            "finetune_n": args.finetune_n or None, "trs_epochs": args.trs_epochs or None, "dverge_epochs": args.dverge_epochs or None, "n_eval": args.n_eval, "eps": args.eps, "attacks": args.attacks,
-            "attack_steps": args.attack_steps, "n_matrix": args.n_matrix, "matrix_eps": args.matrix_eps,
-            "matrix_steps": args.matrix_steps, "n_cos": args.n_cos, "seed": args.seed,
-            "surrogate": {"arch": "resnet20", "members": 3, "defense": "baseline", "seed": args.surrogate_seed},
-            "init": "dverge and trs start from the baseline ensemble of the same architecture",
-        },
-        "surrogate": {"clean_acc": sur_clean},
+        "config": {"run": str(args.run), "n": summary["n"], "eps": summary["eps"], "attacks": summary["attacks"],
+                   "surrogates": summary["surrogates"], "digest": summary["digest"], "n_matrix": args.n_matrix,
+                   "matrix_eps": args.matrix_eps, "matrix_steps": args.matrix_steps, "n_cos": args.n_cos},
         "cells": cells,
-        "missing": missing,
-        "seconds": seconds,
-        "adv_seconds": adv_seconds,
-        "cpu_seconds": _cpu_seconds(args, cells, adv_seconds),
-        "command": command,
-        "environment": {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-                        "cpu_count": __import__("os").cpu_count(), "threads": torch.get_num_threads(),
-                        "torch": torch.__version__, "python": platform.python_version()},
+        "environment": {"machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "seconds": time.perf_counter() - t0,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    table = render_markdown(result)
-    args.out_md.write_text("# Diverse sub-models: full vs packed ensembles\n\n" + table)
-    if args.readme:
-        update_readme(Path(args.readme), table, command)
+    print(write_outputs(args, result))
+    return 0
 
 
 if __name__ == "__main__":
