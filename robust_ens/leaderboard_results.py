@@ -70,13 +70,17 @@ def defense_table(entries: Sequence[Any]) -> tuple[list[str], list[list[str]], l
 def attack_table(entries: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the attack entries: mean and minimum success over the target panel per eps."""
     attacks = _ours(entries, ATTACKS)
-    keys = sorted({float(k.split("@", 1)[1]) for e in attacks for k in e.results.metrics if k.startswith("mean_success@")})
+    keys = sorted({float(x) for e in attacks for x in e.protocol.eps})  # metric keys print eps to 6 digits only
+
+    def metric(e: Any, prefix: str, k: float) -> float | None:
+        return next((v for m, v in e.results.metrics.items()
+                     if m.startswith(prefix) and abs(float(m[len(prefix):]) - k) < 1e-6), None)
 
     def mean(e: Any, k: float) -> float:
-        return next((v for m, v in e.results.metrics.items() if m.startswith("mean_success@") and abs(float(m[13:]) - k) < 1e-12), 0.0)
+        return metric(e, "mean_success@", k) or 0.0
 
     def minimum(e: Any, k: float) -> float | None:
-        return next((v for m, v in e.results.metrics.items() if m.startswith("min_success@") and abs(float(m[12:]) - k) < 1e-12), None)
+        return metric(e, "min_success@", k)
 
     rows = []
     for e in sorted(attacks, key=lambda e: -sum(mean(e, k) for k in keys)):

@@ -49,3 +49,18 @@ def test_every_transfer_entry_is_a_row_with_its_own_numbers() -> None:
     assert worst == sorted(worst, reverse=True)
     block = results_markdown(ENTRIES)
     assert block.startswith(BEGIN) and block.endswith(END) and all(e.name in block for e in ranked)
+
+
+@pytest.mark.skipif(not _ours("cifar10-attacks"), reason="no committed cifar10-jpeg attack entries")
+def test_every_attack_entry_is_a_row_with_its_mean_success_per_eps() -> None:
+    from robust_ens.leaderboard_results import attack_table
+
+    headers, rows = attack_table(ENTRIES)
+    entries = {e.name: e for e in _ours("cifar10-attacks")}
+    assert sorted(r[0] for r in rows) == sorted(entries)
+    assert all("/255" in h for h in headers[2:])  # eps shown exactly, not as rounded metric keys
+    for row in rows:
+        e = entries[row[0]]
+        for cell, eps in zip(row[2:], sorted(e.protocol.eps), strict=True):
+            key = next(k for k in e.results.metrics if k.startswith("mean_success@") and abs(float(k[13:]) - eps) < 1e-6)
+            assert cell.startswith(f"{100 * e.results.metrics[key]:.1f}")
