@@ -14,6 +14,7 @@ Either way the output ends with the table and the path of the suite's HTML page.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ def _engine(suite: str, tier: str, spec: str, name: str, out: Path, progress: bo
 
 
 def run(out_dir: str | Path = "runs/demo", *, progress: bool = True, digits: bool | None = None,
-        epochs: int | None = None) -> dict[str, Any]:
+        epochs: int | None = None, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the demo and return ``{"suite", "tier", "table", "page", "quickstart"?}``.
 
     Args:
@@ -67,7 +68,10 @@ def run(out_dir: str | Path = "runs/demo", *, progress: bool = True, digits: boo
         digits: Force the digits demo (``True``) or the CIFAR-10 one (``False``); default: CIFAR-10
             when its images are found.
         epochs: Digits demo: the quickstart's epochs (default its recipe's).
+        echo: Where each stage's text goes as it is ready (the command passes ``print``); the
+            returned ``table`` holds the leaderboard either way.
     """
+    say = echo or (lambda _text: None)
     from robust_ens import data
 
     out = Path(out_dir)
@@ -77,23 +81,22 @@ def run(out_dir: str | Path = "runs/demo", *, progress: bool = True, digits: boo
         from robust_ens import quickstart
 
         qs = quickstart.run(out / "quickstart", progress=progress, epochs=epochs)
-        print(quickstart.render(qs), flush=True)
+        say(quickstart.render(qs))
         suite, tier = DIGITS_SUITE, DIGITS_TIER
-        print(f"\nEvaluating the quickstart's target ensemble under {suite} ({tier} tier) with the benchmark engine",
-              flush=True)
+        say(f"\nEvaluating the quickstart's target ensemble under {suite} ({tier} tier) with the benchmark engine")
         entries = _engine(suite, tier, str(out / "quickstart" / "target"), "quickstart-target", out / f"{suite}-{tier}",
                           progress)
         result["quickstart"] = qs
     else:
         suite, tier = CIFAR_SUITE, CIFAR_TIER
-        print(f"Evaluating zoo:{CIFAR_TARGET} under {suite} ({tier} tier: 500 cifar10-jpeg test images, 6 attacks x "
-              "2 surrogate ensembles x 3 eps) with the benchmark engine.\nThe first run trains the protocol's 5 "
-              "surrogate ResNet-20s and crafts 72 adversarial batches (tens of minutes on 2 CPU cores; interrupt and "
-              f"rerun to resume); later runs read them back from {data.cache_dir() / 'advsets'}.", flush=True)
+        say(f"Evaluating zoo:{CIFAR_TARGET} under {suite} ({tier} tier: 500 cifar10-jpeg test images, 6 attacks x "
+            "2 surrogate ensembles x 3 eps) with the benchmark engine.\nThe first run trains the protocol's 5 "
+            "surrogate ResNet-20s and crafts 72 adversarial batches (tens of minutes on 2 CPU cores; interrupt and "
+            f"rerun to resume); later runs read them back from {data.cache_dir() / 'advsets'}.")
         entries = _engine(suite, tier, f"zoo:{CIFAR_TARGET}", CIFAR_TARGET, out / f"{suite}-{tier}", progress)
     table = leaderboard_with(entries, suite, tier)
     page = page_path(suite)
-    print(f"\nLeaderboard: {suite}, {tier} tier (committed entries and this run; accuracies in %, worst case "
-          f"over every attack and surrogate)\n{table}\nHTML page: {page}", flush=True)
+    say(f"\nLeaderboard: {suite}, {tier} tier (committed entries and this run; accuracies in %, worst case "
+        f"over every attack and surrogate)\n{table}\nHTML page: {page}")
     result.update(suite=suite, tier=tier, table=table, page=str(page))
     return result

@@ -22,5 +22,6 @@ def run(args: argparse.Namespace) -> int:
     from robust_ens.commands.common import check_output_folder, progress_enabled
 
     check_output_folder(args.out)
-    demo.run(args.out, progress=progress_enabled(), digits=True if args.digits else None, epochs=args.epochs)
+    demo.run(args.out, progress=progress_enabled(), digits=True if args.digits else None, epochs=args.epochs,
+             echo=lambda text: print(text, flush=True))
     return 0
