@@ -53,6 +53,24 @@ def test_every_suite_loads_with_three_tiers() -> None:
     assert t.eps == (0.01, 0.02, 0.03) and set(t.attacks) == {"mpgd", "mdi2fgsm", "sgm", "mifgsm", "cwa", "svre"}
 
 
+def test_attack_surrogates_give_an_attack_its_own_surrogates_and_leave_the_rest(tmp_path: Path) -> None:
+    src = (ROOT / "robust_ens" / "bench" / "protocols" / "digits-transfer.toml").read_text()
+    toml = tmp_path / "own.toml"
+    toml.write_text(src.replace('surrogates = ["zoo2"]\n', 'surrogates = ["zoo2"]\n'
+                                'attack_surrogates = { cwa = ["cnn3"] }\n', 1))
+    own, plain = load_protocol(toml), get_suite("digits-transfer")
+    t = own.tier("smoke")
+    assert t.surrogates_for("cwa") == ("cnn3",) and t.surrogates_for("mifgsm") == ("zoo2",)
+    assert t.all_surrogates == ("zoo2", "cnn3")
+    assert own.digest("smoke") != plain.digest("smoke") and own.digest("small") == plain.digest("small")
+    s = run_suite(str(toml), "smoke", [DIGITS], tmp_path / "r", progress=False)
+    cells = {(c["attack"], c["surrogate"]) for c in s["targets"][DIGITS]["cells"]}
+    assert cells == {("mifgsm", "zoo2"), ("cwa", "cnn3")} and s["surrogates"] == ["zoo2", "cnn3"]
+    ref = run_suite("digits-transfer", "smoke", [DIGITS], tmp_path / "ref", progress=False)
+    mif = {c["id"]: c["k"] for c in ref["targets"][DIGITS]["cells"] if c["attack"] == "mifgsm"}
+    assert {c["id"]: c["k"] for c in s["targets"][DIGITS]["cells"] if c["attack"] == "mifgsm"} == mif
+
+
 def test_unknown_suite_and_tier_list_what_exists() -> None:
     with pytest.raises(UnknownNameError, match="digits-transfer"):
         get_suite("digits-transfr")
@@ -70,6 +88,15 @@ def test_unknown_suite_and_tier_list_what_exists() -> None:
     (lambda s: s.replace('params = { steps = 10, decay = 1.0 }', 'params = { steps = 10, decoy = 1.0 }', 1),
      r"attacks.mifgsm: unknown hyperparameter\(s\) decoy"),
     (lambda s: s + "\n[[broken", r"not valid TOML"),
+    (lambda s: s.replace('surrogates = ["zoo2"]\n', 'surrogates = ["zoo2"]\nattack_surrogates = { pgd = ["zoo2"] }\n', 1),
+     r"tiers.smoke.attack_surrogates.pgd: 'pgd' is not one of this tier's attacks \(mifgsm, cwa\)"),
+    (lambda s: s.replace('surrogates = ["zoo2"]\n', 'surrogates = ["zoo2"]\nattack_surrogates = { cwa = ["zoo3"] }\n', 1),
+     r"tiers.smoke.attack_surrogates.cwa: names 'zoo3', which \[surrogates\] does not define"),
+    (lambda s: s.replace('surrogates = ["zoo2"]\n', 'surrogates = ["zoo2"]\nattack_surrogates = { cwa = [] }\n', 1),
+     r"tiers.smoke.attack_surrogates.cwa: give at least one surrogate"),
+    (lambda s: s.replace('kind = "defense"', 'kind = "attack"', 1).replace('surrogates = ["zoo2", "cnn3"]', 'surrogates = ["zoo2"]')
+     .replace('surrogates = ["zoo2"]\n', 'surrogates = ["zoo2"]\nattack_surrogates = { cwa = ["zoo2", "cnn3"] }\n', 1),
+     r"tiers.smoke.surrogates: an attack suite crafts each attack on exactly one surrogate; 'cwa' has 2"),
 ])
 def test_bad_protocol_file_names_file_and_key(tmp_path: Path, edit, message: str) -> None:
     src = (ROOT / "robust_ens" / "bench" / "protocols" / "digits-transfer.toml").read_text()

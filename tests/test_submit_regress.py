@@ -191,7 +191,10 @@ def test_regress_reruns_attack_entries_and_catches_an_edited_success_rate(tmp_pa
     summary = run_suite("cifar10-attacks", "smoke", [], tmp_path / "run", progress=False)
     root = tmp_path / "lb"
     paths = [lb.write(e, root) for e in to_entries(summary, "test", run_dir=tmp_path / "run")]
-    assert {lb.validate(p).kind for p in paths} == {"attack"} and len(paths) == 2
+    assert {lb.validate(p).kind for p in paths} == {"attack"} and len(paths) == 3
+    vit = lb.validate(next(p for p in paths if p.stem == "vit_ensemble"))
+    assert vit.protocol.surrogates == ["vitx2-smoke"] and {c.surrogate for c in vit.results.cells} == {"vitx2-smoke"}
+    assert all(c.success_rate is not None for c in vit.results.cells)
     assert main(["--quiet", "regress", "--root", str(root)]) == 0
     assert f"{len(paths)} entries re-run" in capsys.readouterr().out
     d = json.loads(paths[0].read_text())

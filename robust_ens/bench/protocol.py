@@ -92,7 +92,12 @@ class Sanity:
 
 @dataclass(frozen=True)
 class Tier:
-    """One size of a protocol."""
+    """One size of a protocol.
+
+    Every attack is crafted on every surrogate of ``surrogates``, except the attacks named in
+    ``attack_surrogates`` (``[tiers.X.attack_surrogates]``: attack -> its own surrogate list), for
+    attacks that need surrogates of another kind (ViT-EnsembleAttack augments ViT blocks).
+    """
 
     name: str
     n: int
@@ -106,6 +111,21 @@ class Tier:
     corruptions: tuple[str, ...] = ()
     severities: tuple[int, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
+    attack_surrogates: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def surrogates_for(self, attack: str) -> tuple[str, ...]:
+        """The surrogates ``attack`` is crafted on: its own list in ``attack_surrogates``, else the tier's."""
+        return self.attack_surrogates.get(attack, self.surrogates)
+
+    @property
+    def all_surrogates(self) -> tuple[str, ...]:
+        """Every surrogate some attack of the tier is crafted on, the tier's own first."""
+        if not self.attack_surrogates:
+            return self.surrogates
+        out = [s for s in self.surrogates if any(s in self.surrogates_for(a) for a in self.attacks)]
+        for a in self.attacks:
+            out += [s for s in self.surrogates_for(a) if s not in out]
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -151,8 +171,12 @@ class Protocol:
             "attacks": {a: {"spec": vars(self.attacks[a]), "built": [
                 {**(atk := self.attacks[a].build(e, steps=t.steps)).config(), "code_version": type(atk).code_version}
                 for e in t.eps]} for a in t.attacks},
-            "surrogates": {s: self.surrogates[s].config() for s in t.surrogates},
-            "tier": {**{k: v for k, v in vars(t).items() if k != "sanity"}, "sanity": vars(t.sanity)},
+            "surrogates": {s: self.surrogates[s].config() for s in t.all_surrogates},
+            # attack_surrogates only when given, so a tier without it keeps the digest it always had
+            "tier": {**{k: v for k, v in vars(t).items() if k not in ("sanity", "attack_surrogates")},
+                     "sanity": vars(t.sanity),
+                     **({"attack_surrogates": {a: list(v) for a, v in sorted(t.attack_surrogates.items())}}
+                        if t.attack_surrogates else {})},
         })
 
 
@@ -275,6 +299,9 @@ def parse_protocol(doc: dict[str, Any], source: str) -> Protocol:
         sn = t.sub("sanity")
         sanity = Sanity(n=sn.get("n", int, 0), steps=sn.get("steps", int, 10))
         sn.finish()
+        asub = t.sub("attack_surrogates")
+        per_attack = {a: tuple(asub.get(a, list, item=str)) for a in asub.table}
+        asub.finish()
         tier = Tier(
             name=name, n=t.get("n", int), batch_size=t.get("batch_size", int, 100), eps=_eps_list(t, "eps"),
             attacks=tuple(t.get("attacks", list, [], item=str)),
@@ -282,7 +309,7 @@ def parse_protocol(doc: dict[str, Any], source: str) -> Protocol:
             targets=tuple(t.get("targets", list, [], item=str)), steps=t.get("steps", int, None), sanity=sanity,
             corruptions=tuple(t.get("corruptions", list, [], item=str)),
             severities=tuple(t.get("severities", list, [], item=int)),
-            options=dict(t.get("options", dict, {})),
+            options=dict(t.get("options", dict, {})), attack_surrogates=per_attack,
         )
         t.finish()
         if tier.n < 1 or tier.batch_size < 1:
@@ -293,6 +320,20 @@ def parse_protocol(doc: dict[str, Any], source: str) -> Protocol:
         for s_ in tier.surrogates:
             if s_ not in surrogates:
                 raise tt._err(f"{name}.surrogates", f"names {s_!r}, which [surrogates] does not define")
+        for a_name, listed in per_attack.items():
+            where = f"{name}.attack_surrogates.{a_name}"
+            if a_name not in tier.attacks:
+                raise tt._err(where, f"{a_name!r} is not one of this tier's attacks ({', '.join(tier.attacks)})")
+            if not listed:
+                raise tt._err(where, "give at least one surrogate")
+            for s_ in listed:
+                if s_ not in surrogates:
+                    raise tt._err(where, f"names {s_!r}, which [surrogates] does not define")
+        if kind == "attack":  # an attack entry's success rate per target is over one surrogate
+            for a_name in tier.attacks:
+                if len(tier.surrogates_for(a_name)) != 1:
+                    raise tt._err(f"{name}.surrogates", f"an attack suite crafts each attack on exactly one surrogate; "
+                                  f"{a_name!r} has {len(tier.surrogates_for(a_name))} (use attack_surrogates)")
         if task == "transfer" and not (tier.eps and tier.attacks and tier.surrogates):
             raise tt._err(name, "a transfer tier needs eps, attacks and surrogates")
         tiers[name] = tier

@@ -182,12 +182,14 @@ def _attack_entries(summary: dict[str, Any], proto: Protocol2, cost: Cost2, prov
     for attack in summary.get("attacks", []):
         cells: list[Cell] = []
         metrics: dict[str, float] = {}
+        surs = list(dict.fromkeys(str(c["surrogate"]) for c in summary.get("cells", []) if c["attack"] == attack))
+        surs = surs or list(proto.surrogates)
         for tname in tnames:
             for c in summary["targets"][tname]["cells"]:
                 if c["attack"] != attack:
                     continue
                 v = view.get(attack, {}).get(eps_key(float(c["eps"])), {})
-                succ = v.get("per_target", {}).get(tname, {}).get("success") if len(proto.surrogates) == 1 else None
+                succ = v.get("per_target", {}).get(tname, {}).get("success") if len(surs) == 1 else None
                 cells.append(Cell(attack=attack, surrogate=str(c["surrogate"]), eps=float(c["eps"]), target=tname,
                                   robust_acc=float(c["acc"]), k=int(c["k"]), n=int(c["n"]),
                                   ci95=[float(x) for x in c["ci95"]], success_rate=succ))
@@ -206,9 +208,9 @@ def _attack_entries(summary: dict[str, Any], proto: Protocol2, cost: Cost2, prov
         entries.append(Entry(
             schema_version="2", kind="attack", name=entry_name(attack),
             model=ModelInfo2(name=attack, architecture="attack", n_members=1,
-                             description=f"attack {attack} from surrogates {', '.join(proto.surrogates)}",
+                             description=f"attack {attack} from surrogates {', '.join(surs)}",
                              config={"targets": {t: summary["targets"][t]["model"] for t in tnames}}),
-            protocol=proto.model_copy(update={"attacks": [attack]}),
+            protocol=proto.model_copy(update={"attacks": [attack], "surrogates": surs}),
             results=Results2(clean=Rate(acc=k / n, k=k, n=n, ci95=list(wilson(k, n))), cells=cells, worst_case=worst,
                              metrics=metrics,
                              flags=sorted({f for t in tnames for f in summary["targets"][t].get("flags", [])})),

@@ -202,7 +202,8 @@ class Engine:
     def transfer_cells(self) -> list[dict[str, Any]]:
         """The tier's (attack, surrogate, eps) cells, in a fixed order."""
         return [{"id": f"{a}@{s}@{e:.6g}", "attack": a, "surrogate": s, "eps": e}
-                for s in self.tier.surrogates for a in self.tier.attacks for e in self.tier.eps]
+                for s in self.tier.all_surrogates for a in self.tier.attacks if s in self.tier.surrogates_for(a)
+                for e in self.tier.eps]
 
     def advset(self, cell: dict[str, Any], b: int, sl: slice) -> torch.Tensor:
         """The uint8 adversarial batch ``b`` of ``cell`` (from the store, or made now)."""
@@ -293,7 +294,7 @@ class Engine:
         return {"suite": p.suite, "version": p.version, "kind": p.kind, "task": p.task, "tier": t.name,
                 "digest": p.digest(t.name), "dataset": self.ex.label, "split": p.split, "n": len(self.ex.y),
                 "seed": p.seed, "norm": p.norm, "eps": list(t.eps), "attacks": list(t.attacks),
-                "surrogates": list(t.surrogates), "reference": p.reference, "robust_ens": __version__,
+                "surrogates": list(t.all_surrogates), "reference": p.reference, "robust_ens": __version__,
                 "targets": {}}
 
     def _target_summary(self, t: Target, clean: torch.Tensor, cells: list[dict[str, Any]],

@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -106,7 +107,7 @@ def run_show(args: argparse.Namespace) -> int:
     if proto.reference:
         print(f"reference: {proto.reference}")
     rows = [[t.name, t.n, t.batch_size, ", ".join(f"{e:.4g}" for e in t.eps) or "-",
-             ", ".join(t.attacks) or ", ".join(t.corruptions) or "-", ", ".join(t.surrogates) or "-",
+             ", ".join(t.attacks) or ", ".join(t.corruptions) or "-", _surrogates(t),
              ", ".join(t.targets) or "(--target)", t.steps or "-", t.sanity.n or "-"]
             for t in proto.tiers.values()]
     print(tabulate(rows, headers=["tier", "n", "batch", "eps", "attacks / corruptions", "surrogates", "targets",
@@ -180,3 +181,9 @@ def _run_depth(proto: object, args: argparse.Namespace, out: Path, device: torch
     print(f"clean abs_rel {res['clean']['abs_rel']:.4f}; mCE {s.get('mCE', float('nan')):.1f}, "
           f"mRR {s.get('mRR', float('nan')):.1f} (RoboDepth, vs MonoDepth2); summary.json in {out}")
     return 0
+
+
+def _surrogates(t: Any) -> str:
+    """A tier's surrogates, with the attacks that have their own (``attack_surrogates``)."""
+    own = "; ".join(f"{a}: {', '.join(v)}" for a, v in t.attack_surrogates.items())
+    return (", ".join(t.surrogates) or "-") + (f" ({own})" if own else "")
