@@ -6,8 +6,9 @@ markers; ``render --check`` reports it stale when the entries changed. Nothing i
 tables and the numbers in the prose come from the entries of :data:`DATASET`.
 
 * Defenses: one row per model name with an entry in :data:`TRANSFER` (the ranking), joined by
-  name with its :data:`WHITEBOX` and :data:`CORRUPTIONS` entries of the same tier.
-* Attacks: one row per attack entry of :data:`ATTACKS`, its mean and minimum success per eps.
+  name with its :data:`WHITEBOX` and :data:`CORRUPTIONS` entries of the same tier; each defense is
+  compared with the baseline trained on as many images (the zoo manifest's ``train_n``).
+* Attacks: one row per attack entry of :data:`ATTACKS`, its surrogate, its mean and minimum success per eps.
 """
 
 from __future__ import annotations
@@ -53,14 +54,16 @@ def defense_table(entries: Sequence[Any]) -> tuple[list[str], list[list[str]], l
         c = corr.get(e.name)
         mca = c.results.metrics.get("mean_corruption_accuracy") if c is not None else None
         kept = e.worst(top).robust_acc / e.results.clean.acc if top and e.worst(top) and e.results.clean.acc else None
+        n_train = _train_n(e)
         rows.append([e.name, e.model.defense or "-", e.model.architecture, str(e.model.n_members),
-                     f"{e.model.parameters or 0:,}", _rate(e.results.clean.acc, e.results.clean.ci95)]
+                     f"{e.model.parameters or 0:,}", "-" if n_train is None else f"{n_train:,}",
+                     _rate(e.results.clean.acc, e.results.clean.ci95)]
                     + [_rate(x.robust_acc, x.ci95) if (x := e.worst(p)) else "-" for p in eps]
                     + ["-" if kept is None else f"{100 * kept:.0f}",
                        _rate(wb.robust_acc, wb.ci95) if wb else "-", f"{100 * mca:.1f}" if mca is not None else "-",
                        ", ".join(f.split(":")[0] for f in e.results.flags) or "-"])
     wb_eps = sorted({x.eps for e in white.values() for x in e.results.worst_case})
-    headers = (["model", "defense", "architecture", "members", "parameters", "clean %"]
+    headers = (["model", "defense", "architecture", "members", "parameters", "train images", "clean %"]
                + [f"transfer worst @ {_eps(p)} %" for p in eps]
                + [f"kept @ {_eps(top)} %" if top else "kept %",
                   f"AutoAttack @ {', '.join(_eps(p) for p in wb_eps) or '-'} %", "corruptions mCA %", "flags"])
@@ -85,10 +88,10 @@ def attack_table(entries: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for e in sorted(attacks, key=lambda e: -sum(mean(e, k) for k in keys)):
         targets = sorted({c.target for c in e.results.cells if c.target})
-        rows.append([e.name, ", ".join(targets)]
+        rows.append([e.name, ", ".join(e.protocol.surrogates), ", ".join(targets)]
                     + [f"{100 * mean(e, k):.1f} / {100 * m:.1f}" if (m := minimum(e, k)) is not None else f"{100 * mean(e, k):.1f}"
                        for k in keys])
-    return ["attack", "targets"] + [f"success @ {_eps(k)} % (mean / min)" for k in keys], rows
+    return ["attack", "surrogate", "targets"] + [f"success @ {_eps(k)} % (mean / min)" for k in keys], rows
 
 
 def results_markdown(entries: Sequence[Any]) -> str:
@@ -150,7 +153,15 @@ def _train_n(e: Any) -> int | None:
 
 
 def _separation(ranked: Sequence[Any]) -> list[str]:
-    """One computed sentence: which defenses' worst case at the largest eps the intervals separate from the baseline."""
+    """Computed sentences, one per training size: which defenses' worst case at the largest eps the
+    intervals separate from the baseline (3x ResNet-20 deep ensemble) trained on as many images."""
+    out: list[str] = []
+    for n in sorted({_train_n(e) for e in ranked}, key=lambda v: -(v or 0)):
+        out += _separation_from_baseline([e for e in ranked if _train_n(e) == n], n)
+    return out
+
+
+def _separation_from_baseline(ranked: Sequence[Any], n_train: int | None) -> list[str]:
     base = next((e for e in ranked if e.model.defense == "baseline" and not e.model.architecture.startswith("packed:")),
                 None)
     if base is None or not base.results.worst_case:
@@ -164,7 +175,8 @@ def _separation(ranked: Sequence[Any]) -> list[str]:
         if e is base or w is None or e.model.defense in (None, "baseline"):
             continue
         (above if w.ci95[0] > b.ci95[1] else overlap).append(f"{e.name} {100 * w.robust_acc:.1f} ({100 * (w.robust_acc - b.robust_acc):+.1f})")
-    text = f"Transfer worst at eps {_eps(top)} against {base.name}'s {100 * b.robust_acc:.1f}%: "
+    trained = f"trained on {n_train:,} images, " if n_train else ""
+    text = f"Transfer worst at eps {_eps(top)}, {trained}against {base.name}'s {100 * b.robust_acc:.1f}%: "
     if above:
         text += f"above its interval: {', '.join(above)}; "
     if overlap:

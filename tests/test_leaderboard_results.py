@@ -39,10 +39,10 @@ def test_every_transfer_entry_is_a_row_with_its_own_numbers() -> None:
     col = headers.index(next(h for h in headers if h.startswith("AutoAttack")))
     for row, e in zip(rows, ranked, strict=True):
         lo, hi = e.results.clean.ci95
-        assert row[0] == e.name and row[5] == f"{100 * e.results.clean.acc:.1f} [{100 * lo:.0f}, {100 * hi:.0f}]"
+        assert row[0] == e.name and row[6] == f"{100 * e.results.clean.acc:.1f} [{100 * lo:.0f}, {100 * hi:.0f}]"
         top = e.results.worst_case[-1]
-        assert row[5 + len(e.results.worst_case)].startswith(f"{100 * top.robust_acc:.1f} ")
-        assert row[6 + len(e.results.worst_case)] == f"{100 * top.robust_acc / e.results.clean.acc:.0f}"
+        assert row[6 + len(e.results.worst_case)].startswith(f"{100 * top.robust_acc:.1f} ")
+        assert row[7 + len(e.results.worst_case)] == f"{100 * top.robust_acc / e.results.clean.acc:.0f}"
         if e.name in white:
             assert row[col].startswith(f"{100 * white[e.name].results.worst_case[0].robust_acc:.1f} ")
     worst = [e.worst(e.results.worst_case[-1].eps).robust_acc for e in ranked]  # type: ignore[union-attr]
@@ -58,9 +58,29 @@ def test_every_attack_entry_is_a_row_with_its_mean_success_per_eps() -> None:
     headers, rows = attack_table(ENTRIES)
     entries = {e.name: e for e in _ours("cifar10-attacks")}
     assert sorted(r[0] for r in rows) == sorted(entries)
-    assert all("/255" in h for h in headers[2:])  # eps shown exactly, not as rounded metric keys
+    assert all("/255" in h for h in headers[3:])  # eps shown exactly, not as rounded metric keys
     for row in rows:
         e = entries[row[0]]
-        for cell, eps in zip(row[2:], sorted(e.protocol.eps), strict=True):
+        assert row[1] == ", ".join(e.protocol.surrogates)
+        for cell, eps in zip(row[3:], sorted(e.protocol.eps), strict=True):
             key = next(k for k in e.results.metrics if k.startswith("mean_success@") and abs(float(k[13:]) - eps) < 1e-6)
             assert cell.startswith(f"{100 * e.results.metrics[key]:.1f}")
+
+
+def test_each_defense_is_compared_with_the_baseline_trained_on_as_many_images(monkeypatch) -> None:
+    from types import SimpleNamespace as NS
+
+    from robust_ens import leaderboard_results as lr
+
+    def entry(name: str, defense: str, acc: float, ci: tuple[float, float], n_train: int) -> NS:
+        w = NS(eps=0.03, robust_acc=acc, ci95=list(ci))
+        return NS(name=name, n_train=n_train, model=NS(defense=defense, architecture="resnet20"),
+                  results=NS(worst_case=[w]), worst=lambda eps, w=w: w, protocol=NS(n_examples=500))
+
+    ranked = [entry("dverge-5k", "dverge", 0.40, (0.36, 0.44), 5000), entry("base-5k", "baseline", 0.25, (0.21, 0.29), 5000),
+              entry("dverge-2k", "dverge", 0.28, (0.24, 0.32), 2000), entry("base-2k", "baseline", 0.27, (0.23, 0.31), 2000)]
+    monkeypatch.setattr(lr, "_train_n", lambda e: e.n_train)
+    first, _, second, _ = lr._separation(ranked)
+    assert "5,000 images" in first and "base-5k's 25.0%" in first and "above its interval: dverge-5k 40.0 (+15.0)" in first
+    assert "2,000 images" in second and "base-2k's 27.0%" in second and "overlapping" in second and "dverge-2k" in second
+    assert "dverge-2k" not in first and "dverge-5k" not in second
