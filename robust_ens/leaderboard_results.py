@@ -39,13 +39,16 @@ def _eps(e: float) -> str:
 
 
 def defense_table(entries: Sequence[Any]) -> tuple[list[str], list[list[str]], list[Any]]:
-    """Headers, rows (best worst case at the largest eps first) and the ranked transfer entries."""
+    """Headers, rows and the ranked transfer entries: grouped by training images (most first), best
+    worst case at the largest eps first within a group."""
     transfer = _ours(entries, TRANSFER)
     white = {e.name: e for e in _ours(entries, WHITEBOX)}
     corr = {e.name: e for e in _ours(entries, CORRUPTIONS)}
     eps = sorted({w.eps for e in transfer for w in e.results.worst_case})
     top = eps[-1] if eps else None
-    ranked = sorted(transfer, key=lambda e: (-(e.worst(top).robust_acc if top and e.worst(top) else 0.0),
+    # the models trained on the most images first; within them the best worst case at the largest eps
+    ranked = sorted(transfer, key=lambda e: (-(_train_n(e) or 0),
+                                             -(e.worst(top).robust_acc if top and e.worst(top) else 0.0),
                                              -e.results.clean.acc))
     rows = []
     for e in ranked:

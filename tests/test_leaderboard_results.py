@@ -45,8 +45,13 @@ def test_every_transfer_entry_is_a_row_with_its_own_numbers() -> None:
         assert row[7 + len(e.results.worst_case)] == f"{100 * top.robust_acc / e.results.clean.acc:.0f}"
         if e.name in white:
             assert row[col].startswith(f"{100 * white[e.name].results.worst_case[0].robust_acc:.1f} ")
-    worst = [e.worst(e.results.worst_case[-1].eps).robust_acc for e in ranked]  # type: ignore[union-attr]
-    assert worst == sorted(worst, reverse=True)
+    from robust_ens.leaderboard_results import _train_n
+
+    sizes = [_train_n(e) or 0 for e in ranked]
+    assert sizes == sorted(sizes, reverse=True)  # most training images first
+    for n in set(sizes):
+        worst = [e.worst(e.results.worst_case[-1].eps).robust_acc for e in ranked if (_train_n(e) or 0) == n]
+        assert worst == sorted(worst, reverse=True)
     block = results_markdown(ENTRIES)
     assert block.startswith(BEGIN) and block.endswith(END) and all(e.name in block for e in ranked)
 
