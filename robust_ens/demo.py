@@ -20,7 +20,7 @@ from typing import Any
 
 from robust_ens import leaderboard as lb
 
-CIFAR_TARGET = "dverge-r20x3"
+CIFAR_TARGET = "dverge-r20x3-5k"
 CIFAR_SUITE, CIFAR_TIER = "cifar10-transfer", "small"
 DIGITS_SUITE, DIGITS_TIER = "digits-transfer", "smoke"
 THIS_RUN = " (this run)"

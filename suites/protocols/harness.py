@@ -115,7 +115,7 @@ def default_targets(suite: str, tier: str, given: list[str]) -> list[str]:
 
 #: The cifar10-jpeg zoo's defense ensembles (robust_ens/zoo/cifar10.toml), the default targets of
 #: the CIFAR-10 defense suites above the smoke tier.
-ZOO_DEFENSES = [f"zoo:{d}-r20x3" for d in ("baseline", "adp", "gal", "dverge", "trs")]
+ZOO_DEFENSES = [f"zoo:{d}-r20x3-5k" for d in ("baseline", "adp", "gal", "dverge", "trs")]
 
 
 #: Targets a defense protocol evaluates when no ``--target`` is given: committed zoo models, or
