@@ -189,7 +189,8 @@ def test_attack_suite_entries_rank_attacks_with_a_cell_per_target(tmp_path: Path
     src = (ROOT / "robust_ens" / "bench" / "protocols" / "digits-transfer.toml").read_text()
     toml = tmp_path / "digits-attacks.toml"
     toml.write_text(src.replace('suite = "digits-transfer"', 'suite = "digits-attacks"')
-                    .replace('kind = "defense"', 'kind = "attack"'))
+                    .replace('kind = "defense"', 'kind = "attack"')
+                    .replace('surrogates = ["zoo2", "cnn3"]', 'surrogates = ["zoo2"]'))  # one surrogate per attack
     targets = [DIGITS, "zoo:digits_small_cnn_s1"]
     summary = run_suite(str(toml), "smoke", targets, tmp_path / "run", progress=False)
     entries = {e.name: e for e in to_entries(summary, "test", run_dir=tmp_path / "run")}
