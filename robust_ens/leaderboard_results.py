@@ -124,8 +124,13 @@ def results_markdown(entries: Sequence[Any]) -> str:
     ]
     a_headers, a_rows = attack_table(entries)
     if a_rows:
+        surrogates = sorted({r[1] for r in a_rows})
+        peers = (f" Compare attacks from the same surrogate: the surrogate sets most of the number "
+                 f"({' vs '.join(f'`{x}`' for x in surrogates)}); per-target cells are in the leaderboard pages."
+                 if len(surrogates) > 1 else "")
         parts += [f"Attacks (`{ATTACKS}`, {TIER} tier): success rate on the target panel, over the images each target "
-                  "gets right.", "", tabulate(a_rows, headers=a_headers, tablefmt="github", disable_numparse=True), ""]
+                  f"gets right.{peers}", "", tabulate(a_rows, headers=a_headers, tablefmt="github", disable_numparse=True),
+                  ""]
     parts += _separation(ranked)
     clean = [e.results.clean.acc for e in ranked]
     train_n = sorted({n for e in ranked if (n := _train_n(e)) is not None})
