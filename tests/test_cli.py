@@ -54,6 +54,11 @@ def test_zoo_list(capsys):
     assert main(["zoo", "list"]) == 0
     out = capsys.readouterr().out
     assert "digits_small_cnn_s0" in out and "small_cnn" in out
+    from robust_ens.models.zoo import index
+
+    for name, e in index().items():  # each cifar10 ensemble's row shows its training images
+        if (n := (e.get("recipe") or {}).get("train_n")) is not None:
+            assert any(line.split()[0] == name and f"{n:,}" in line.split() for line in out.splitlines()), name
 
 
 @pytest.mark.parametrize("argv", [["zoo", "list", "--quiet"], ["--quiet", "zoo", "list"], ["zoo", "list", "-v"]])

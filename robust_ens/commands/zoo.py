@@ -39,9 +39,12 @@ def run(args: argparse.Namespace) -> int:
             acc = (e.get("accuracy") or {}).get("test_acc")
             secs = (e.get("cost") or {}).get("train_seconds")
             sha = e.get("sha256") or next(iter(e.get("files", {}).values()), "")
+            n_train = (e.get("recipe") or {}).get("train_n")
             rows.append([name, e.get("arch", ""), e.get("members", 1), e.get("dataset", ""), e.get("tier", ""),
-                         "" if acc is None else f"{100 * acc:.1f}%", "" if secs is None else f"{secs:.0f}", sha[:16]])
-        print(tabulate(rows, headers=["name", "arch", "members", "dataset", "tier", "test acc", "train s", "sha256"]))
+                         "" if n_train is None else f"{n_train:,}", "" if acc is None else f"{100 * acc:.1f}%",
+                         "" if secs is None else f"{secs:.0f}", sha[:16]])
+        print(tabulate(rows, headers=["name", "arch", "members", "dataset", "tier", "train images", "test acc",
+                                      "train s", "sha256"]))
         return 0
     if args.out is None:
         raise RobustEnsError("zoo rebuild needs --out DIR (it never writes over the shipped zoo)")
