@@ -475,7 +475,10 @@ def fit(
             )
     bar.close()
     for m in modules.values():
-        m.eval()
+        # back to the layout a checkpoint loads in: a model used right after training must compute
+        # what its reload computes (channels_last convolutions round differently, and an
+        # adversarial set crafted on either is stored under the same weights' sha256)
+        m.to(memory_format=torch.contiguous_format).eval()
     secs = time.perf_counter() - t0
     return TrainResult(history, resumed, secs, seen / secs if secs > 0 else 0.0)
 
