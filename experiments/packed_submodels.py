@@ -194,8 +194,10 @@ def write_outputs(args: argparse.Namespace, result: dict[str, Any]) -> str:
     table = render_markdown(result)
     args.out_md.write_text("# Diverse sub-models: full vs packed ensembles\n\n" + table)
     if args.readme:
+        run = Path(result["config"]["run"])
+        shown = run.relative_to(ROOT) if run.is_absolute() and ROOT in run.parents else run
         update_readme(Path(args.readme), table, "ROBUST_ENS_DATA=../shared/data .venv/bin/python "
-                      "experiments/packed_submodels.py --run runs/lb/cifar10-transfer-small")
+                      f"experiments/packed_submodels.py --run {shown}")
     return table
 
 

@@ -593,3 +593,70 @@ def train_ensemble(
         members.append(m.eval())
         records.append(metrics)
     return members, records
+
+
+@dataclass(frozen=True)
+class TrainTable:
+    """A ``train = {...}`` table of a protocol surrogate or a zoo entry, resolved into what
+    :func:`train_ensemble` takes.
+
+    Attributes:
+        arch: Member architecture.
+        members: Ensemble size (seeds ``seed, seed+1, ...``).
+        seed: Seed of member 0.
+        train_n: Training images (``None``: the whole training set).
+        arch_kwargs: Extra architecture arguments.
+        config: The training recipe.
+    """
+
+    arch: str
+    members: int
+    seed: int
+    train_n: int | None
+    arch_kwargs: dict[str, Any]
+    config: TrainConfig
+
+    def train(self, dataset: str, *, out_dir: str | Path | None = None, device: str | torch.device | None = None,
+              progress: bool = True) -> tuple[list[nn.Module], list[dict[str, Any]]]:
+        """Train (or load, when ``out_dir`` holds them) the members; see :func:`train_ensemble`."""
+        return train_ensemble(self.arch, self.members, dataset, recipe=self.config, seed=self.seed,
+                              train_n=self.train_n, out_dir=out_dir, device=device, progress=progress,
+                              arch_kwargs=self.arch_kwargs)
+
+
+def parse_train_table(table: Mapping[str, Any], dataset: str, *, what: str) -> TrainTable:
+    """Read a ``train`` table: ``arch`` or ``recipe`` (a named recipe of
+    :data:`robust_ens.attacks.vit_recipes.VIT_RECIPES`), ``members``, ``seed``, ``train_n``,
+    ``epochs``, ``arch_kwargs``; any other key overrides a :class:`TrainConfig` field of the
+    dataset's default recipe (or the named recipe's).
+
+    Args:
+        table: The table.
+        dataset: Whose default recipe applies.
+        what: What the table belongs to, for error messages (``"surrogate 'r20x2-small'"``).
+
+    Raises:
+        RobustEnsError: an unknown recipe or a bad setting (one line naming ``what``).
+    """
+    spec = dict(table)
+    members = int(spec.pop("members", 1))
+    seed = int(spec.pop("seed", 0))
+    train_n = spec.pop("train_n", None)
+    arch_kwargs = dict(spec.pop("arch_kwargs", {}))
+    cfg: TrainConfig
+    if "recipe" in spec:
+        from robust_ens.attacks.vit_recipes import VIT_RECIPES
+
+        rname = spec.pop("recipe")
+        if rname not in VIT_RECIPES:
+            raise RobustEnsError(f"{what}: unknown recipe {rname!r}; known: {', '.join(VIT_RECIPES)}")
+        r = VIT_RECIPES[rname]
+        arch, arch_kwargs, cfg = r.arch, {**r.arch_kwargs, **arch_kwargs}, r.config
+    else:
+        arch = spec.pop("arch", "resnet20")
+        cfg = default_recipe(dataset)
+    try:
+        cfg = cfg.replace(**spec)
+    except (TypeError, RobustEnsError) as err:
+        raise RobustEnsError(f"{what}: bad train setting: {err}") from None
+    return TrainTable(arch, members, seed, None if train_n is None else int(train_n), arch_kwargs, cfg)

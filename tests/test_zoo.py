@@ -130,6 +130,68 @@ def test_zoo_command_errors(argv: list[str], message: str, tmp_path: Path, capsy
     assert not (tmp_path / "out").exists()
 
 
+PROTOCOL_MODEL = """
+dataset = "digits"
+
+[sur]
+protocol = "digits-transfer"
+role = "surrogate"
+tier = "small"
+train = { arch = "small_cnn", members = 2, seed = 1000, train_n = 200, epochs = 1 }
+"""
+
+
+def test_a_protocols_model_is_trained_from_its_train_table_and_shipped_fp16(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from robust_ens import train
+
+    recipes = tmp_path / "digits.toml"
+    recipes.write_text(PROTOCOL_MODEL)
+    r = zoo.zoo_recipes("digits", recipes)["sur"]
+    assert (r.defense, r.arch, r.members, r.seed, r.train_n, r.epochs) == ("baseline", "small_cnn", 2, 1000, 200, 1)
+    first = zoo.rebuild_zoo(tmp_path / "a", dataset="digits", device="cpu", progress=False, recipes=recipes)["sur"]
+    assert (first["protocol"], first["role"], first["members"], first["recipe"]["train_n"]) == ("digits-transfer", "surrogate", 2, 200)
+    assert [m["seed"] for m in first["recipe"]["members"]] == [1000, 1001]
+    for f in first["files"]:
+        assert all(v.dtype == torch.float16 for v in load_file(tmp_path / "a" / "digits" / "sur" / f).values()
+                   if v.is_floating_point())
+    # members already trained (a protocol's surrogate cache, copied in) are shipped as they are, not retrained
+    shutil.copytree(tmp_path / "a" / "train" / "sur", tmp_path / "b" / "train" / "sur")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("retrained a member that was already trained")
+
+    monkeypatch.setattr(train, "train_classifier", refuse)
+    again = zoo.rebuild_zoo(tmp_path / "b", dataset="digits", device="cpu", progress=False, recipes=recipes)["sur"]
+    assert again["files"] == first["files"]
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('protocol = "p"\nrole = "surrogate"\ntier = "small"\n', r"\[m\] is a protocol's model but lacks train"),
+    ('protocol = "p"\nrole = "judge"\ntier = "small"\ntrain = { members = 1 }\n', r"role = 'judge'; expected one of surrogate, target"),
+    ('protocol = "p"\nrole = "target"\ntier = "small"\ntrain = { members = 1 }\ndefense = "adp"\n', r"unknown keys \['defense'\]"),
+    ('protocol = "p"\nrole = "target"\ntier = "small"\ntrain = { recipe = "nope" }\n', r"\[m\]: unknown recipe 'nope'"),
+])
+def test_bad_protocol_model_entries_are_one_line(table: str, message: str, tmp_path: Path) -> None:
+    bad = tmp_path / "r.toml"
+    bad.write_text("[m]\n" + table)
+    with pytest.raises(RobustEnsError, match=message):
+        zoo.zoo_recipes("digits", bad)
+
+
+def test_a_zoo_ensemble_surrogate_crafts_in_fp32(shipped: Path, tmp_path: Path) -> None:
+    from robust_ens.bench import load_protocol
+    from robust_ens.bench.runner import Engine
+
+    text = (Path(__file__).resolve().parent.parent / "robust_ens/bench/protocols/digits-transfer.toml").read_text()
+    toml = tmp_path / "p.toml"
+    toml.write_text(text.replace('members = ["zoo:digits_small_cnn_s0", "zoo:digits_small_cnn_s1"]', 'members = ["zoo:base"]'))
+    engine = Engine(load_protocol(toml), "smoke", tmp_path / "run", progress=False)
+    sur = engine.surrogate("zoo2")
+    assert isinstance(sur.module, Ensemble) and sur.module.precision == "fp32"  # a zoo load alone is "auto"
+    assert isinstance(zoo.load("zoo:base"), Ensemble) and zoo.load("zoo:base").precision == "auto"
+
+
 def test_bad_recipe_files_are_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "r.toml"
     bad.write_text('[a]\ndefense = "baseline"\narch = "small_cnn"\nmembers = 2\ntier = "small"\nlr = 1\n')
@@ -153,6 +215,9 @@ def test_the_shipped_cifar10_zoo_matches_its_manifest_and_recipes() -> None:
     for name, e in entries.items():
         r = recipes[name]
         assert (e["defense"], e["arch"], e["members"], e["tier"], e["init"]) == (r.defense, r.arch, r.members, r.tier, r.init)
+        assert (e.get("protocol"), e.get("role")) == (r.protocol, r.role)
+        if r.train is not None:
+            assert e["recipe"]["train"] == r.train
         for f, sha in e["files"].items():
             path = CIFAR.parent / e["folder"] / f
             assert sha256_file(path) == sha, path
@@ -161,3 +226,19 @@ def test_the_shipped_cifar10_zoo_matches_its_manifest_and_recipes() -> None:
             assert sidecar["sha256"] == sha and sidecar["stored_dtype"] == "float16"
         assert abs(e["accuracy"]["test_acc"] - e["accuracy"]["test_acc_fp32"]) < 0.02  # fp16 costs next to nothing
     assert total < 40 * 2**20
+
+
+def test_every_suite_names_zoo_models_that_exist_and_belong_to_it() -> None:
+    from robust_ens.bench import get_suite, list_suites
+
+    entries = zoo.index()
+    named = 0
+    for suite in list_suites():
+        for sur in get_suite(suite).surrogates.values():
+            for spec in sur.members:
+                for part in spec.split(","):
+                    assert part.startswith(zoo.ZOO_PREFIX), (suite, sur.name, part)
+                    e = entries[part[len(zoo.ZOO_PREFIX):]]  # KeyError: a suite names a model the zoo lacks
+                    assert e.get("protocol") in (None, suite), (suite, part, e.get("protocol"))
+                    named += e.get("protocol") == suite
+    assert named >= 8  # cifar10-transfer's two small surrogates, cifar10-attacks' two and its four targets

@@ -101,6 +101,11 @@ def zoo_model_info(spec: str) -> tuple[str | None, str, Paper | None]:
     e = index().get(spec[len(ZOO_PREFIX):]) if spec.startswith(ZOO_PREFIX) else None
     if not e or "defense" not in e:
         return None, "", None
+    if e.get("protocol"):  # a protocol's own surrogate or target: plain members trained from its train table
+        description = (f"robust-ens zoo: {e['protocol']} {e['tier']}-tier {e['role']}, {e['members']} x {e['arch']}, "
+                       f"plain training, train_n={e['recipe'].get('train_n')}, {e['epochs']} epochs, fp16 weights")
+        title = load_meta(e["defense"]).get("paper")
+        return e["defense"], description, Paper(title=title) if title else None
     budget = f", {e['epochs']} defense epochs" if e.get("epochs") else ""
     start = f", from zoo:{e['init']}" if e.get("init") else ""
     description = (f"robust-ens zoo: {e['defense']} {e['tier']} tier, {e['members']} x {e['arch']}, "

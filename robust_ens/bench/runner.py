@@ -37,6 +37,7 @@ from robust_ens.bench.protocol import Protocol, Tier, get_suite
 from robust_ens.bench.runfolder import RunFolder
 from robust_ens.bench.targets import Target, check_target, resolve_target, resolve_trained
 from robust_ens.canonical import sha256_json
+from robust_ens.ensemble import Ensemble
 from robust_ens.errors import RobustEnsError
 from robust_ens.evaluation import correct, eval_mode, predict
 
@@ -162,6 +163,8 @@ class Engine:
                 t = resolve_trained(name, s.train, self.protocol.dataset, device=self.device, progress=self.progress)
             else:
                 t = resolve_target(",".join(s.members), dataset=self.protocol.dataset, device=self.device, name=name)
+                if isinstance(t.module, Ensemble):
+                    t.module.precision = "fp32"  # surrogates craft in fp32 on every device, as trained ones do
             t.name = name
             self._surrogates[name] = t
         return self._surrogates[name]

@@ -299,39 +299,20 @@ def resolve_trained(
 ) -> Target:
     """Train (once; cached and resumable) the ensemble a protocol's ``train`` table describes.
 
-    Keys: ``arch`` or ``recipe`` (a named recipe of :data:`robust_ens.attacks.vit_recipes.VIT_RECIPES`),
-    ``members``, ``seed``, ``train_n``, ``epochs``, ``arch_kwargs``; any other key overrides a
-    :class:`~robust_ens.train.TrainConfig` field.
+    The table's keys are those of :func:`~robust_ens.train.parse_train_table`. The cache is keyed
+    by the table and the training images, not by the hardware: bf16 training (CPUs with AVX512-BF16,
+    GPUs) and the thread count change the weights, so suites whose entries must be re-run exactly
+    name committed ``zoo:`` checkpoints (``members``) instead.
     """
     from robust_ens.models.checkpoint import sha256_file
-    from robust_ens.train import TrainConfig, default_recipe, train_ensemble
+    from robust_ens.train import parse_train_table
 
-    spec = dict(train)
-    members = int(spec.pop("members", 1))
-    seed = int(spec.pop("seed", 0))
-    train_n = spec.pop("train_n", None)
-    arch_kwargs = dict(spec.pop("arch_kwargs", {}))
-    cfg: TrainConfig
-    if "recipe" in spec:
-        from robust_ens.attacks.vit_recipes import VIT_RECIPES
-
-        rname = spec.pop("recipe")
-        if rname not in VIT_RECIPES:
-            raise RobustEnsError(f"surrogate {name!r}: unknown recipe {rname!r}; known: {', '.join(VIT_RECIPES)}")
-        r = VIT_RECIPES[rname]
-        arch, arch_kwargs, cfg = r.arch, {**r.arch_kwargs, **arch_kwargs}, r.config
-    else:
-        arch = spec.pop("arch", "resnet20")
-        cfg = default_recipe(dataset)
-    try:
-        cfg = cfg.replace(**spec)
-    except (TypeError, RobustEnsError) as err:
-        raise RobustEnsError(f"surrogate {name!r}: bad train setting: {err}") from None
+    plan = parse_train_table(train, dataset, what=f"surrogate {name!r}")
+    members, arch = plan.members, plan.arch
     xtr, _ = data.load_uint8(dataset, "train")
     folder = trained_dir(train, dataset, hashlib.sha256(xtr.numpy().tobytes()).hexdigest())
     log.info("surrogate %s: %d x %s (cached in %s)", name, members, arch, folder)
-    mods, _ = train_ensemble(arch, members, dataset, recipe=cfg, seed=seed, train_n=train_n, out_dir=folder,
-                             device=device, progress=progress, arch_kwargs=arch_kwargs)
+    mods, _ = plan.train(dataset, out_dir=folder, device=device, progress=progress)
     files = {str(folder / f"member{i}.safetensors"): sha256_file(folder / f"member{i}.safetensors") for i in range(members)}
     module: nn.Module = mods[0] if members == 1 else Ensemble(mods, precision="fp32")
     return Target(name, f"train:{name}", module.to(device).eval(), files, arch, members)

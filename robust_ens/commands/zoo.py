@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         entries = zoo.rebuild_zoo(args.out, dataset=args.dataset, names=args.only, device=args.device,
                                   progress=progress_enabled())
-    print(tabulate([[n, e.get("arch", ""), e.get("sha256") or ""] for n, e in sorted(entries.items())],
-                   headers=["name", "arch", "sha256"]))
+    print(tabulate([[n, e.get("arch", ""), e.get("members", 1),
+                     (e.get("sha256") or next(iter(e.get("files", {}).values()), ""))[:16]] for n, e in sorted(entries.items())],
+                   headers=["name", "arch", "members", "sha256 (first file)"]))
     print(f"rebuilt into {args.out}; compare with the shipped zoo, then copy what you mean to ship")
     return 0

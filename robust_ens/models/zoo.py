@@ -8,7 +8,10 @@ Two kinds of entries, both verified against their sha256 on every load (never do
   fp16 safetensors and their sidecars (or one ``packed`` checkpoint), with the recipe, tier, the
   sha256 of every file and the accuracy measured on the shipped weights. They are trained from
   ``robust_ens/zoo/<dataset>.toml`` by :func:`rebuild_zoo` (``robust-ens zoo rebuild``), which
-  writes into a folder you give it, never over the shipped files.
+  writes into a folder you give it, never over the shipped files. Besides the defenses, the file
+  holds the protocols' own models (entries with ``protocol``: surrogate ensembles and an attack
+  suite's targets, plain members trained from a ``train`` table), which the suites name as
+  ``zoo:`` checkpoints so that their adversarial sets are the same on every machine.
 """
 
 from __future__ import annotations
@@ -166,6 +169,11 @@ class ZooRecipe:
         init: Another entry whose trained members this one starts from (DVERGE, TRS), or ``None``.
         epochs: The defense's epochs when they depart from the tier (a CPU budget), else ``None``.
         train_n: Training images when they depart from the tier, else ``None``.
+        protocol: For a protocol's own model (a surrogate or an attack suite's target), the suite it
+            belongs to; such an entry is trained from ``train`` (plain members, like a protocol's
+            ``train`` table), not by a defense recipe.
+        role: ``"surrogate"`` or ``"target"`` for a protocol's model, else ``None``.
+        train: The ``train`` table of a protocol's model (see :func:`~robust_ens.train.parse_train_table`).
     """
 
     name: str
@@ -177,9 +185,35 @@ class ZooRecipe:
     init: str | None = None
     epochs: int | None = None
     train_n: int | None = None
+    protocol: str | None = None
+    role: str | None = None
+    train: dict[str, Any] | None = None
 
 
 _RECIPE_KEYS = {"defense", "arch", "members", "tier", "seed", "init", "epochs", "train_n"}
+_PROTOCOL_KEYS = {"protocol", "role", "tier", "train"}
+_ROLES = ("surrogate", "target")
+
+
+def _protocol_recipe(path: Path, name: str, table: dict[str, Any], dataset: str) -> ZooRecipe:
+    """A protocol's model (``protocol``, ``role``, ``tier``, ``train``) as a :class:`ZooRecipe`."""
+    from robust_ens.train import parse_train_table
+
+    unknown = set(table) - _PROTOCOL_KEYS
+    if unknown:
+        raise RobustEnsError(f"{path}: [{name}] is a protocol's model (it has 'protocol'); unknown keys "
+                             f"{sorted(unknown)}; allowed: {sorted(_PROTOCOL_KEYS)}")
+    missing = sorted(_PROTOCOL_KEYS - set(table))
+    if missing:
+        raise RobustEnsError(f"{path}: [{name}] is a protocol's model but lacks {', '.join(missing)}")
+    if table["role"] not in _ROLES:
+        raise RobustEnsError(f"{path}: [{name}] role = {table['role']!r}; expected one of {', '.join(_ROLES)}")
+    if not isinstance(table["train"], dict):
+        raise RobustEnsError(f"{path}: [{name}] train must be a table (arch, members, seed, train_n, epochs, ...)")
+    plan = parse_train_table(table["train"], dataset, what=f"{path}: [{name}]")
+    return ZooRecipe(name=name, defense="baseline", arch=plan.arch, members=plan.members, tier=str(table["tier"]),
+                     seed=plan.seed, epochs=plan.config.epochs, train_n=plan.train_n, protocol=str(table["protocol"]),
+                     role=str(table["role"]), train=dict(table["train"]))
 
 
 def zoo_recipes(dataset: str = "cifar10", recipes: str | Path | None = None) -> dict[str, ZooRecipe]:
@@ -196,6 +230,9 @@ def zoo_recipes(dataset: str = "cifar10", recipes: str | Path | None = None) -> 
     out: dict[str, ZooRecipe] = {}
     for name, table in doc.items():
         if not isinstance(table, dict):
+            continue
+        if "protocol" in table:
+            out[name] = _protocol_recipe(path, name, table, str(doc.get("dataset", dataset)))
             continue
         unknown = set(table) - _RECIPE_KEYS
         if unknown:
@@ -259,7 +296,6 @@ def rebuild_zoo(
     Returns:
         The manifest's entries.
     """
-    from robust_ens.defenses import train_defense
     from robust_ens.evaluation import accuracy
     from robust_ens.models.checkpoint import sha256_file
 
@@ -282,12 +318,8 @@ def rebuild_zoo(
     for name in [n for n in table if n in todo]:
         r = table[name]
         train_dir = dest / "train" / name
-        ens = train_defense(
-            r.defense, arch=r.arch, n_members=r.members, dataset=dataset, recipe=r.tier, seed=r.seed,
-            init=(dest / "train" / r.init) if r.init else None, warmup_epochs=0 if r.init else None,
-            epochs=r.epochs, train_n=r.train_n, device=device, progress=progress, out_dir=train_dir,
-        )
-        summary = json.loads((train_dir / "summary.json").read_text())
+        trained = _train_protocol_model(r, train_dir, dataset, device, progress) if r.train is not None else \
+            _train_defense_entry(r, dest, train_dir, dataset, device, progress)
         ship = ship_root / name
         if ship.exists():
             shutil.rmtree(ship)
@@ -298,22 +330,71 @@ def rebuild_zoo(
 
         shipped: torch.nn.Module = (load_checkpoint(ship / stems[0]) if len(stems) == 1
                                     else Ensemble([load_checkpoint(ship / s) for s in stems]))
-        eval_n = summary["metrics"].get("eval_n")
-        x, y = _eval_subset(dataset, eval_n)
-        metrics = summary["metrics"]
+        x, y = _eval_subset(dataset, trained["eval_n"])
         manifest["entries"][name] = {
             "folder": name, "files": files, "defense": r.defense, "arch": r.arch, "members": r.members,
             "dataset": dataset, "tier": r.tier, "seed": r.seed, "init": r.init, "epochs": r.epochs, "train_n": r.train_n,
-            "recipe": summary["record"],
-            "accuracy": {"test_acc": accuracy(shipped, x, y), "test_acc_fp32": metrics.get("test_acc"),
-                         "member_test_acc_fp32": metrics.get("member_test_acc"), "eval_n": len(y)},
-            "parameters": metrics.get("parameters"),
-            "cost": {k: metrics.get(k) for k in ("train_seconds", "train_seconds_per_epoch", "warmup_seconds",
-                                                 "inference_seconds_per_example", "device") if k in metrics},
+            **({"protocol": r.protocol, "role": r.role} if r.protocol else {}),
+            "recipe": trained["recipe"],
+            "accuracy": {"test_acc": accuracy(shipped, x, y), "test_acc_fp32": trained["test_acc"],
+                         "member_test_acc_fp32": trained["member_test_acc"], "eval_n": len(y)},
+            "parameters": trained["parameters"],
+            "cost": trained["cost"],
             "bytes": sum((ship / f).stat().st_size for f in files),
         }
         for f, sha in files.items():
             assert sha256_file(ship / f) == sha
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        del ens
     return dict(manifest["entries"])
+
+
+# what rebuild_zoo records of a trained entry: recipe, fp32 accuracy (ensemble on eval_n test images,
+# members), parameters, cost
+_Trained = dict[str, Any]
+
+
+def _train_defense_entry(r: ZooRecipe, dest: Path, train_dir: Path, dataset: str,
+                         device: str | torch.device | None, progress: bool) -> _Trained:
+    """Train a defense entry with :func:`~robust_ens.defenses.train_defense` (its tier's recipe)."""
+    from robust_ens.defenses import train_defense
+
+    train_defense(
+        r.defense, arch=r.arch, n_members=r.members, dataset=dataset, recipe=r.tier, seed=r.seed,
+        init=(dest / "train" / r.init) if r.init else None, warmup_epochs=0 if r.init else None,
+        epochs=r.epochs, train_n=r.train_n, device=device, progress=progress, out_dir=train_dir,
+    )
+    summary = json.loads((train_dir / "summary.json").read_text())
+    metrics = summary["metrics"]
+    return {"recipe": summary["record"], "eval_n": metrics.get("eval_n"), "test_acc": metrics.get("test_acc"),
+            "member_test_acc": metrics.get("member_test_acc"), "parameters": metrics.get("parameters"),
+            "cost": {k: metrics.get(k) for k in ("train_seconds", "train_seconds_per_epoch", "warmup_seconds",
+                                                 "inference_seconds_per_example", "device") if k in metrics}}
+
+
+PROTOCOL_EVAL_N = 1000  # test images a protocol model's shipped accuracy is measured on (as the defenses')
+
+
+def _train_protocol_model(r: ZooRecipe, train_dir: Path, dataset: str, device: str | torch.device | None,
+                          progress: bool) -> _Trained:
+    """Train a protocol's model from its ``train`` table (plain members, like an uncommitted surrogate).
+
+    A member already in ``train_dir`` with the same recipe is loaded, not retrained, so the members
+    a protocol trained (its surrogate cache folder) can be copied in and shipped as they are.
+    """
+    from robust_ens.ensemble import Ensemble
+    from robust_ens.evaluation import accuracy
+    from robust_ens.train import parse_train_table
+
+    assert r.train is not None
+    plan = parse_train_table(r.train, dataset, what=f"zoo entry {r.name!r}")
+    mods, records = plan.train(dataset, out_dir=train_dir, device=device, progress=progress)
+    x, y = _eval_subset(dataset, PROTOCOL_EVAL_N)
+    model = mods[0] if len(mods) == 1 else Ensemble(mods, precision="fp32")
+    return {"recipe": {"protocol": r.protocol, "role": r.role, "train": dict(r.train), "arch": plan.arch,
+                       "arch_kwargs": plan.arch_kwargs, "train_n": records[0].get("train_n"),
+                       "members": [plan.config.replace(seed=plan.seed + i).to_dict() for i in range(len(mods))]},
+            "eval_n": PROTOCOL_EVAL_N, "test_acc": accuracy(model, x, y),
+            "member_test_acc": [accuracy(m, x, y) for m in mods],
+            "parameters": sum(p.numel() for m in mods for p in m.parameters()),
+            "cost": {"train_seconds": sum(float(rec.get("train_seconds") or 0.0) for rec in records),
+                     "device": str(device or ("cuda" if torch.cuda.is_available() else "cpu"))}}
