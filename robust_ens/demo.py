@@ -3,8 +3,8 @@
 * With CIFAR-10 found (``$ROBUST_ENS_DATA`` holding ``cifar10-jpeg``): a zoo ensemble
   (:data:`CIFAR_TARGET`) is evaluated under the ``cifar10-transfer`` protocol's ``small`` tier by
   the benchmark engine, and the committed leaderboard of that suite and tier is printed with the
-  run's row among its entries. On a 2-core CPU the first run trains the protocol's surrogates and
-  crafts its adversarial sets into ``$ROBUST_ENS_CACHE/advsets`` (tens of minutes; resumable,
+  run's row among its entries. On a 2-core CPU the first run crafts the protocol's adversarial sets
+  on its committed surrogates into ``$ROBUST_ENS_CACHE/advsets`` (about half an hour; resumable,
   interrupt and rerun to continue); a later run, from any clone on the machine, reads them back.
 * Without it: the digits quickstart (:mod:`robust_ens.quickstart`, about a minute), then its
   target ensemble under ``digits-transfer`` ``smoke``, printed among that leaderboard's entries.
@@ -90,9 +90,9 @@ def run(out_dir: str | Path = "runs/demo", *, progress: bool = True, digits: boo
     else:
         suite, tier = CIFAR_SUITE, CIFAR_TIER
         say(f"Evaluating zoo:{CIFAR_TARGET} under {suite} ({tier} tier: 500 cifar10-jpeg test images, 6 attacks x "
-            "2 surrogate ensembles x 3 eps) with the benchmark engine.\nThe first run trains the protocol's 5 "
-            "surrogate ResNet-20s and crafts 72 adversarial batches (tens of minutes on 2 CPU cores; interrupt and "
-            f"rerun to resume); later runs read them back from {data.cache_dir() / 'advsets'}.")
+            "2 surrogate ensembles x 3 eps) with the benchmark engine.\nThe first run crafts 72 adversarial batches "
+            "on the protocol's committed surrogates (about half an hour on 2 CPU cores; interrupt and rerun to "
+            f"resume); later runs read them back from {data.cache_dir() / 'advsets'}.")
         entries = _engine(suite, tier, f"zoo:{CIFAR_TARGET}", CIFAR_TARGET, out / f"{suite}-{tier}", progress)
     table = leaderboard_with(entries, suite, tier)
     page = page_path(suite)

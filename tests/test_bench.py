@@ -286,6 +286,26 @@ def test_wilson_interval() -> None:
     assert agg.wilson(0, 10)[0] == 0.0 and agg.wilson(10, 10)[1] == 1.0 and agg.wilson(10, 10)[0] > 0.69
 
 
+@pytest.mark.parametrize(("only_a", "only_b", "both"), [(10, 2, 30), (0, 0, 5), (7, 7, 1), (40, 21, 200), (0, 9, 0)])
+def test_the_paired_test_agrees_with_scipys_binomial_test(only_a: int, only_b: int, both: int) -> None:
+    from scipy.stats import binomtest
+
+    a = torch.tensor([True] * only_a + [False] * only_b + [True] * both + [False] * 3)
+    b = torch.tensor([False] * only_a + [True] * only_b + [True] * both + [False] * 3)
+    got = agg.mcnemar_exact(a, b)
+    assert (got["only_a"], got["only_b"], got["n"]) == (only_a, only_b, len(a))
+    assert got["diff"] == pytest.approx((only_a - only_b) / len(a))
+    want = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    assert got["p"] == pytest.approx(want, rel=1e-9)
+    with pytest.raises(ValueError, match="same examples"):
+        agg.mcnemar_exact(a, b[:-1])
+
+
+def test_holm_adjusts_in_order_and_stays_monotone() -> None:
+    assert agg.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert agg.holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+
+
 # --------------------------------------------------------------------------- targets and the CLI
 
 

@@ -53,6 +53,47 @@ def worst_case(cells: Iterable[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+def mcnemar_exact(a: torch.Tensor, b: torch.Tensor) -> dict[str, Any]:
+    """Exact McNemar test of two models' per-example results on the same examples.
+
+    Two models measured on one image set are paired: only the discordant examples (``a`` right
+    and ``b`` wrong, or the reverse) carry evidence, so a paired test separates gaps that two
+    overlapping Wilson intervals cannot.
+
+    Args:
+        a: Per-example correctness (bool) of the first model.
+        b: The second model's, on the same examples in the same order.
+
+    Returns:
+        ``{"diff", "only_a", "only_b", "n", "p"}``: accuracy of ``a`` minus ``b``, the two discordant
+        counts, the example count and the two-sided exact binomial p-value (``1.0`` with no
+        discordant example).
+
+    Raises:
+        ValueError: the vectors differ in length.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"paired results need the same examples: {tuple(a.shape)} vs {tuple(b.shape)}")
+    a, b = a.bool(), b.bool()
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    m = only_a + only_b
+    tail = sum(math.comb(m, i) for i in range(min(only_a, only_b) + 1)) / 2**m if m else 0.5
+    n = int(a.numel())
+    return {"diff": (only_a - only_b) / n if n else 0.0, "only_a": only_a, "only_b": only_b, "n": n,
+            "p": min(1.0, 2 * tail)}
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given): several comparisons, one error rate."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    out = [0.0] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        out[i] = running
+    return out
+
+
 def noise_margin(p: float, n: int) -> float:
     """Two binomial standard errors of a proportion (at least one example's worth)."""
     return max(1.0 / max(n, 1), 2 * math.sqrt(max(p * (1 - p), 1.0 / max(n, 1)) / max(n, 1)))
