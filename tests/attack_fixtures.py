@@ -1,8 +1,12 @@
-"""Tiny trained digits models for the attack tests (session-scoped, a few seconds on a CPU).
+"""Tiny trained digits models for the attack tests (session-scoped, loaded from committed files).
 
-The test modules import the fixtures they use by name. ``single_thread`` runs a test with one
-torch thread: the 8x8 models gain nothing from more, and on a shared 2-core machine OpenMP
-threads spinning against other processes made a ResNet-20 step 100x slower.
+The models are the checkpoints of :mod:`tests.fixtures.make_digits_weights`, not trained at session
+start: weights trained on one CPU differ from those trained on another (SIMD kernels, bf16, thread
+count), and the attack tests' thresholds (white-box accuracy drops, targeted success above chance)
+must not depend on which machine trained them. The test modules import the fixtures they use by
+name. ``single_thread`` runs a test with one torch thread: the 8x8 models gain nothing from more,
+and on a shared 2-core machine OpenMP threads spinning against other processes made a ResNet-20
+step 100x slower.
 """
 
 from __future__ import annotations
@@ -14,18 +18,12 @@ import torch
 from torch import nn
 
 from robust_ens import Ensemble, data, models
-from robust_ens.train import TrainConfig, train_classifier
+from tests.fixtures.make_digits_weights import SEEDS, single_path
 
 
-def train_digits_model(seed: int, epochs: int = 5, width: int = 16) -> nn.Module:
-    """A small_cnn trained on the digits train split with the project's training loop (1-2 s)."""
-    torch.manual_seed(seed)
-    x, y = data.load_uint8("digits", split="train")
-    m = models.create("small_cnn", in_chans=1, width=width)
-    cfg = TrainConfig(epochs=epochs, batch_size=128, optimizer="adam", lr=1e-2, weight_decay=0.0,
-                      schedule="constant", crop_padding=0, flip=False, precision="fp32", seed=seed)
-    train_classifier(m, x, y, cfg, device="cpu", progress=False)
-    return m.eval()
+def load_digits_model(seed: int) -> nn.Module:
+    """The committed small_cnn (width 16) of ``seed``, in eval mode (sha256-checked)."""
+    return models.load_checkpoint(single_path(seed)).eval()
 
 
 @pytest.fixture(autouse=False)
@@ -46,15 +44,15 @@ def digits_test() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.fixture(scope="session")
+def digits_test_256() -> tuple[torch.Tensor, torch.Tensor]:
+    """256 digits test images and labels: enough for a binomial test of targeted success against chance."""
+    return data.load("digits", split="test", n=256, seed=0)
+
+
+@pytest.fixture(scope="session")
 def digits_models() -> list[nn.Module]:
-    """Three independently trained small CNNs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng():
-            return [train_digits_model(s) for s in range(3)]
-    finally:
-        torch.set_num_threads(before)
+    """Three independently trained small CNNs (committed weights, the same on every machine)."""
+    return [load_digits_model(s) for s in SEEDS]
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,14 @@ Each attack in ``list_attacks()``: budget and [0, 1] box hold for random shapes,
 (hypothesis); shape/dtype/device are kept; the same seed gives the same output bit for bit; it
 lowers the white-box accuracy of a trained digits model; targeted mode reaches the target more
 often than chance.
+
+The trained models are committed checkpoints (:mod:`tests.fixtures.make_digits_weights`), so the
+strength checks see the same weights on every machine. Targeted success is judged by a one-sided
+binomial test against chance (1/9 over the 9 other classes) on 256 images: at least
+:data:`TARGET_HITS` hits, a count that chance reaches with probability below 1e-4. Measured on the
+committed weights (eps 0.3, 2026-12-04): the weakest attack, single-step FGSM, hits 37% of targets
+on the packed ensemble and 47% on one model (95 and 119 of 256 against a threshold of 50); every
+iterative attack hits 58% or more.
 """
 
 from __future__ import annotations
@@ -15,16 +23,29 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scipy.stats import binom
 from torch import nn
 
 from robust_ens import Ensemble, models
 from robust_ens.attacks import ATTACKS, Attack, create_attack, list_attacks
-from tests.attack_fixtures import digits_ensemble, digits_model, digits_models, digits_test, single_thread  # noqa: F401
+from tests.attack_fixtures import (  # noqa: F401
+    digits_ensemble,
+    digits_model,
+    digits_models,
+    digits_test,
+    digits_test_256,
+    single_thread,
+)
 from tests.packed_fixtures import digits_packed  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 ALL = list_attacks()
+N_TARGETED = 256
+CHANCE = 1 / 9
+# The fewest hits that chance (each of the 9 other classes equally likely) reaches with probability < 1e-4.
+TARGET_HITS = next(k for k in range(N_TARGETED + 1) if binom.sf(k - 1, N_TARGETED, CHANCE) < 1e-4)
+
 # Cheaper settings for attacks with expensive inner loops (the contract is about behavior, not strength).
 FAST: dict[str, dict[str, Any]] = {"vmifgsm": {"N": 2}, "svre": {"m": 3}, "sinifgsm": {"m": 2}}
 
@@ -124,11 +145,9 @@ def test_same_seed_same_output(name: str, digits_model: nn.Module, digits_ensemb
     assert a.seed == 123
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_lowers_whitebox_accuracy_and_targeted(name: str, digits_model: nn.Module, digits_ensemble: Ensemble, digits_test) -> None:  # noqa: F811
-    x, y = digits_test
+def check_strength(name: str, sur: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_min: float, what: str) -> None:
+    """White-box accuracy falls by 0.2 at least, and targeted hits pass the binomial test against chance."""
     atk = make(name, 1.5 if name == "pgdl2" else 0.3)
-    sur = surrogate_for(atk, digits_model, digits_ensemble)
     with torch.no_grad():
         clean = (sur(x).argmax(1) == y).float().mean().item()
     with _no_sgm_warning():
@@ -137,10 +156,19 @@ def test_lowers_whitebox_accuracy_and_targeted(name: str, digits_model: nn.Modul
         tres = atk(sur, x, y, target=t, seed=0)
     with torch.no_grad():
         adv = (sur(res.x_adv).argmax(1) == y).float().mean().item()
-        hit = (sur(tres.x_adv).argmax(1) == t).float().mean().item()
-    assert clean > 0.9
-    assert adv < clean - 0.2, f"{name}: white-box accuracy {adv:.2f} vs clean {clean:.2f}"
-    assert hit > 1 / 9 + 0.1, f"{name}: targeted success {hit:.2f} is not above chance (1/9)"
+        hits = int((sur(tres.x_adv).argmax(1) == t).sum())
+    assert clean > clean_min
+    assert adv < clean - 0.2, f"{name}: white-box accuracy {adv:.2f} vs clean {clean:.2f}{what}"
+    assert hits >= TARGET_HITS, (
+        f"{name}: {hits} of {len(y)} targets hit{what}; chance (1/9) reaches {TARGET_HITS} with p < 1e-4")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_lowers_whitebox_accuracy_and_targeted(name: str, digits_model: nn.Module,  # noqa: F811
+                                               digits_ensemble: Ensemble, digits_test_256) -> None:  # noqa: F811
+    x, y = digits_test_256
+    sur = surrogate_for(make(name, 0.3), digits_model, digits_ensemble)
+    check_strength(name, sur, x, y, 0.9, "")
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -194,24 +222,13 @@ def test_packed_surrogate_budget_box_shape_dtype(name: str, n: int, h: int, w: i
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_packed_surrogate_same_seed_lowers_accuracy_and_targets(name: str, digits_packed: Ensemble, digits_test) -> None:  # noqa: F811
-    x, y = digits_test
+def test_packed_surrogate_same_seed_lowers_accuracy_and_targets(name: str, digits_packed: Ensemble,  # noqa: F811
+                                                                digits_test_256) -> None:  # noqa: F811
+    x, y = digits_test_256
     sur = digits_packed
     small = make(name, 0.2, steps=3)
     with _no_sgm_warning():
         a = small(sur, x[:16], y[:16], seed=5)
         b = small(sur, x[:16], y[:16], seed=5)
     assert torch.equal(a.x_adv, b.x_adv)
-    atk = make(name, 1.5 if name == "pgdl2" else 0.3)
-    with torch.no_grad():
-        clean = (sur(x).argmax(1) == y).float().mean().item()
-    with _no_sgm_warning():
-        res = atk(sur, x, y, seed=0)
-        t = (y + 1 + torch.randint(0, 9, y.shape, generator=torch.Generator().manual_seed(1))) % 10
-        tres = atk(sur, x, y, target=t, seed=0)
-    with torch.no_grad():
-        adv = (sur(res.x_adv).argmax(1) == y).float().mean().item()
-        hit = (sur(tres.x_adv).argmax(1) == t).float().mean().item()
-    assert clean > 0.85
-    assert adv < clean - 0.2, f"{name}: white-box accuracy {adv:.2f} vs clean {clean:.2f} on a packed ensemble"
-    assert hit > 1 / 9 + 0.1, f"{name}: targeted success {hit:.2f} on a packed ensemble"
+    check_strength(name, sur, x, y, 0.85, " on a packed ensemble")

@@ -42,7 +42,8 @@ def test_evaluate_accuracy_table_mean_and_relative_mce(trained: torch.nn.Module,
     _, _, xte, yte = digits32
     names, sevs = ["gaussian_noise", "contrast", "glass_blur"], [1, 3, 5]
     res = ev.evaluate_corruptions(trained, xte, yte, corruptions=names, severities=sevs, batch_size=50)
-    assert res["clean_accuracy"] > 0.6  # well above chance (0.1)
+    # Well above chance (0.1): over 16 trainings the worst was 0.867, mean 0.95 (experiments/results/threshold_spread.md).
+    assert res["clean_accuracy"] > 0.6
     assert set(res["accuracy"]) == set(names) and all(set(v) == set(sevs) for v in res["accuracy"].values())
     allacc = [a for v in res["accuracy"].values() for a in v.values()]
     assert res["mean_corruption_accuracy"] == pytest.approx(np.mean(allacc))
@@ -106,4 +107,6 @@ def test_glass_blur_accuracy_matches_reference(trained: torch.nn.Module, digits3
     pytest.importorskip("imagecorruptions")
     _, _, xte, yte = digits32
     for s, (ours, ref) in glass_accuracy_vs_reference(trained, xte, yte).items():
-        assert abs(ours - ref) <= 0.08, (s, ours, ref)  # 120 examples: binomial s.e. about 0.045
+        # 120 examples: binomial s.e. about 0.045. The largest gap over 16 trainings was 0.050, mean 0.031,
+        # sd 0.011 (experiments/results/threshold_spread.md).
+        assert abs(ours - ref) <= 0.08, (s, ours, ref)

@@ -344,7 +344,9 @@ def test_transferability_matrix_and_other_metrics():
     tm = transferability_matrix(ens, x, y, attack=fgsm)
     assert tm.matrix.shape == (2, 3) and 0 < tm.n_examples <= 60
     assert ((tm.matrix >= 0) & (tm.matrix <= 1)).all()
-    assert (tm.matrix.diagonal() > 0.5).all()  # white-box FGSM at 0.3 fools the source member
+    # White-box FGSM at 0.3 fools the source member: the smallest diagonal over 16 trainings was 0.905
+    # (4 seeds x fp32/bf16 x 1/2 threads; experiments/results/threshold_spread.md).
+    assert (tm.matrix.diagonal() > 0.5).all()
     assert sum(calls) == 2 * tm.n_examples
     vo = vulnerability_overlap(ens, x, y, steps=3)
     assert vo.shape == (2, 2) and torch.isfinite(vo).all()

@@ -28,7 +28,7 @@ SMALL = {"width": 16}  # a narrow small_cnn keeps every training test at a few s
 BUDGETS = {
     "baseline": (recipe(3), {}),
     "adp": (recipe(3), {}),
-    "gal": (recipe(4), {}),
+    "gal": (recipe(8), {}),  # 4 epochs left GAL at 0.26 on one seed (experiments/results/threshold_spread.md)
     "trs": (recipe(2, lr=1e-3, warmup=3), {}),
     "dverge": (recipe(1, lr=1e-3, warmup=3), {"steps": 2}),
 }
@@ -40,7 +40,9 @@ def test_defense_trains_and_beats_chance(name):
     ens = train_defense(name, arch="small_cnn", n_members=2, dataset="digits", recipe=rec, overrides=over,
                         progress=False, arch_kwargs=SMALL)
     assert len(ens) == 2
-    assert ens.metrics["test_acc"] > 0.25, ens.metrics  # chance is 0.1
+    # Chance is 0.1. Over 16 trainings per defense (4 seeds x fp32/bf16 x 1/2 threads) the worst was
+    # 0.62 (baseline), mean 0.70-0.78, sd 0.04-0.07 (experiments/results/threshold_spread.md).
+    assert ens.metrics["test_acc"] > 0.25, ens.metrics
     assert not any(m.training for m in ens.members)
 
 
@@ -100,6 +102,7 @@ def test_defense_trains_a_packed_ensemble_and_beats_chance(name):
     ens = train_defense(name, arch="packed:small_cnn", n_members=2, dataset="digits", recipe=rec, overrides=over,
                         progress=False, arch_kwargs=SMALL)
     assert isinstance(ens, PackedEnsemble) and len(ens) == 2
+    # Worst of 16 trainings per defense: 0.395 (baseline; mean 0.58, sd 0.09), GAL 0.54 (experiments/results/threshold_spread.md).
     assert ens.metrics["test_acc"] > 0.25, ens.metrics
     from robust_ens import models
 

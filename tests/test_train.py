@@ -31,6 +31,7 @@ def test_training_reaches_90_percent_on_digits(digits):
     xtr, ytr, xte, yte = digits
     m = new_model()
     res = train_classifier(m, xtr, ytr, default_recipe("digits"), device="cpu", x_test=xte, y_test=yte, progress=False)
+    # Over 16 trainings (4 seeds x fp32/bf16 x 1/2 threads): worst 0.990, mean 0.993 (experiments/results/threshold_spread.md).
     assert accuracy(m, xte, yte) >= 0.90
     assert res.history[-1]["test_acc"] >= 0.90 and res.history[0]["loss"] > res.history[-1]["loss"]
 
