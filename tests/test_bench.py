@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import warnings
@@ -240,10 +241,13 @@ def test_run_folder_of_another_protocol_is_refused(smoke_run: tuple[Path, dict])
 
 def test_torchrun_two_processes_equal_one(tmp_path: Path, smoke_run: tuple[Path, dict]) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ROBUST_ENS_QUIET": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    with socket.socket() as probe:  # a free port: two test runs on one machine must not collide
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
            "-m", "robust_ens.cli", "bench", "run", "digits-transfer", "--tier", "smoke", "--target", DIGITS,
            "--out", str(tmp_path / "run")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=850, cwd=ROOT)  # a hang guard only
     assert proc.returncode == 0, proc.stderr[-2000:]
     two = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert _numbers(two) == _numbers(smoke_run[1])

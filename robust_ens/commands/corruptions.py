@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         for_option,
         progress_enabled,
     )
+    from robust_ens.bench.submit import NAME
     from robust_ens.corruptions import evaluate as ev
     from robust_ens.corruptions import list_corruptions
     from robust_ens.ensemble import Ensemble
@@ -119,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset_label is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", args.dataset_label):
         raise RobustEnsError(f"--dataset-label must be a plain name like cifar10-jpeg (it becomes a folder), "
                              f"got {args.dataset_label!r}")
+    if args.name is not None and not NAME.match(args.name):
+        raise RobustEnsError(f"--name {args.name!r}: use letters, digits and . _ + - only (it becomes a file name)")
     check_device(args.device)
     check_output_folder(args.out)
     baseline = None
