@@ -7,18 +7,25 @@ Example:
     robust-ens leaderboard render --check
     robust-ens leaderboard export --format robustbench --out rb-model-info
     robust-ens leaderboard import-robustbench ../robustbench/model_info
+    robust-ens leaderboard import-robustbench ../robustbench/model_info --strict   # CI: any unreadable file fails
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from robust_ens.commands.common import check_output_file
 from robust_ens.errors import RobustEnsError
 
+if TYPE_CHECKING:
+    from robust_ens.robustbench_io import ImportResult
+
+log = logging.getLogger(__name__)
 _ROOT_HELP = "leaderboard folder (default: $ROBUST_ENS_LEADERBOARD, else ./leaderboards)"
 
 
@@ -46,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     i = action.add_parser("import-robustbench", help="import RobustBench model_info files as reference entries")
     i.add_argument("path", help="RobustBench's model_info folder (or one JSON file)")
     i.add_argument("--root", default=None, help=_ROOT_HELP)
+    i.add_argument("--strict", action="store_true",
+                   help="fail (and write nothing) when any file cannot be imported; by default such files "
+                        "are skipped with their reason and the rest is imported")
     p.set_defaults(func=run)
 
 
@@ -115,10 +125,17 @@ def run(args: argparse.Namespace) -> int:
 
         root = lb.leaderboard_root(args.root)
         check_output_folder(root, "--root")
-        written = import_robustbench(args.path, root)
-        print(f"imported {len(written)} RobustBench entries into {root}")
-        for path in lb.render_all(root):
-            print(f"wrote {path}")
+        result = import_robustbench(args.path, root, strict=args.strict)
+        for note in result.warnings:
+            log.warning(note)
+        for line in import_summary(result):
+            print(line)
+        if result.skipped and args.strict:
+            raise RobustEnsError(f"--strict: {len(result.skipped)} of {len(result.files)} RobustBench model_info "
+                                 f"files cannot be imported (listed above); nothing was imported")
+        if result.written:
+            for path in lb.render_all(root):
+                print(f"wrote {path}")
     else:
         text = json.dumps(lb.json_schema(args.version or lb.SCHEMA_VERSION), indent=2) + "\n"
         if args.out:
@@ -131,3 +148,19 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(text, end="")
     return 0
+
+
+def import_summary(result: ImportResult) -> list[str]:
+    """The lines ``import-robustbench`` prints: what was imported, and each skipped file grouped by reason."""
+    n = len(result.files)
+    lines = []
+    if result.strict and result.skipped:
+        lines.append(f"imported 0 of {n} RobustBench model_info files (--strict: a file cannot be imported)")
+    else:
+        lines.append(f"imported {len(result.imported)} of {n} RobustBench model_info files into {result.root}")
+    if result.skipped:
+        lines.append(f"skipped {len(result.skipped)} files that cannot be imported:")
+        for kind, items in result.skipped_by_kind().items():
+            lines.append(f"  {kind}: {len(items)}")
+            lines.extend(f"    {s.reason}" for s in items)
+    return lines
