@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robust_ens.atomic import atomic_write
 from robust_ens.errors import DatasetNotFoundError, RobustEnsError
 
 log = logging.getLogger(__name__)
@@ -233,10 +234,7 @@ def _cached(key: str, build: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tup
         except (OSError, ValueError, KeyError) as err:
             log.warning("ignoring unreadable cache %s (%s); rebuilding it", path, err)
     x, y = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, x=x, y=y)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: np.savez(tmp, x=x, y=y), suffix=".npz")
     return x, y
 
 

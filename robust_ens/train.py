@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust_ens import precision as _precision
+from robust_ens.atomic import atomic_write
 from robust_ens.errors import RobustEnsError
 from robust_ens.evaluation import accuracy
 
@@ -331,9 +332,7 @@ def _make_optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.o
 
 
 def _save_state(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def fit(

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +25,8 @@ from typing import Any
 
 import torch
 
-from robust_ens.canonical import canonical_json, sha256_bytes, sha256_json
+from robust_ens.atomic import atomic_write, atomic_write_text
+from robust_ens.canonical import sha256_bytes, sha256_json
 from robust_ens.errors import RobustEnsError
 
 log = logging.getLogger(__name__)
@@ -131,14 +130,8 @@ class AdvSetStore:
         data_path.parent.mkdir(parents=True, exist_ok=True)
         x = x_adv_u8.contiguous().cpu()
         rec = {**record, "format": FORMAT, "key": key, "sha256": sha256_bytes(x.numpy().tobytes())}
-        fd, tmp = tempfile.mkstemp(dir=data_path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"x_adv": x}, tmp)
-            os.replace(tmp, data_path)
-            atomic_write_text(rec_path, json.dumps(rec, indent=1, sort_keys=True) + "\n")
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        atomic_write(data_path, lambda tmp: save_file({"x_adv": x}, str(tmp)))
+        atomic_write_text(rec_path, json.dumps(rec, indent=1, sort_keys=True) + "\n")
         return StoredSet(key, x, rec, hit=False)
 
     def get_or_make(
@@ -171,20 +164,3 @@ class AdvSetStore:
                   "n": int(x_u8.shape[0]), **extra, **(measure(q) if measure is not None else {})}
         return self.put(key, q, record)
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    """Canonical-ish, human-readable JSON written atomically."""
-    canonical_json(value)  # refuses NaN/inf and non-JSON values before anything is written
-    atomic_write_text(path, json.dumps(value, indent=1, sort_keys=True) + "\n")

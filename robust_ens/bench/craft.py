@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from robust_ens import __version__
+from robust_ens.atomic import atomic_write, atomic_write_text
 from robust_ens.attacks import Attack
 from robust_ens.bench.advsets import AdvSetStore, StoredSet, enforced_eps
 from robust_ens.bench.targets import Target
@@ -141,18 +142,8 @@ def write_set(path: str | Path, crafted: CraftedSet, record: dict[str, Any]) -> 
     if crafted.target is not None:
         tensors["target"] = crafted.target.contiguous()
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"format": "robust-ens adversarial set (uint8)"})
-            os.replace(tmp, out)
-            fd2, tmp2 = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-            with os.fdopen(fd2, "w") as f:
-                f.write(json.dumps(record, indent=2, default=str) + "\n")
-            os.replace(tmp2, side)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "robust-ens adversarial set (uint8)"}))
+        atomic_write_text(side, json.dumps(record, indent=2, default=str) + "\n")
     except OSError as err:
         raise RobustEnsError(f"--out {path}: cannot write there ({err.strerror or err}); pick a writable path") from None
     return out, side

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from robust_ens import __version__
-from robust_ens.bench.advsets import atomic_write_json
+from robust_ens.atomic import atomic_write_json
 from robust_ens.bench.protocol import Protocol, get_suite
 from robust_ens.bench.runfolder import RunFolder
 from robust_ens.errors import RobustEnsError

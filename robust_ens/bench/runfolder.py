@@ -16,7 +16,6 @@ progress are read, and the numbers come out identical.
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import torch
 
-from robust_ens.bench.advsets import atomic_write_json, atomic_write_text
+from robust_ens.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from robust_ens.bench.protocol import Protocol
 from robust_ens.canonical import sha256_bytes
 from robust_ens.errors import RobustEnsError
@@ -113,11 +112,7 @@ class RunFolder:
         from safetensors.torch import save
 
         blob = save({"correct": correct.to(torch.uint8).contiguous().cpu(), "indices": indices.contiguous().cpu()})
-        path = self._result_path(target, cell)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(blob)
-        os.replace(tmp, path)
+        atomic_write_bytes(self._result_path(target, cell), blob)
         self.manifest.setdefault("cells", {}).setdefault(target, {})[cell] = sha256_bytes(blob)
         atomic_write_json(self._manifest_path, self.manifest)
         self._clear_partial(target, cell)
@@ -155,11 +150,8 @@ class RunFolder:
         """Keep one finished batch (any rank: batches are disjoint)."""
         from safetensors.torch import save
 
-        path = self._partial_path(target, cell, batch)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(save({"correct": correct.to(torch.uint8).contiguous().cpu()}))
-        os.replace(tmp, path)
+        atomic_write_bytes(self._partial_path(target, cell, batch),
+                           save({"correct": correct.to(torch.uint8).contiguous().cpu()}))
 
     def _clear_partial(self, target: str, cell: str) -> None:
         folder = self.root / "partial" / slug(target) / slug(cell)

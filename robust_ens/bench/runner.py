@@ -485,7 +485,7 @@ def run_suite(
     Returns:
         The summary (also written to ``<out>/summary.json``).
     """
-    from robust_ens.bench.advsets import atomic_write_json
+    from robust_ens.atomic import atomic_write_json
 
     proto = suite if isinstance(suite, Protocol) else get_suite(suite)
     if proto.task == "depth":

@@ -122,8 +122,8 @@ def run_show(args: argparse.Namespace) -> int:
 def run_run(args: argparse.Namespace) -> int:
     """Run one tier of a suite and print its summary table."""
     from robust_ens import progress
+    from robust_ens.atomic import atomic_write_json
     from robust_ens.bench import distributed, get_suite
-    from robust_ens.bench.advsets import atomic_write_json
     from robust_ens.bench.report import summary_table, to_entries
     from robust_ens.bench.runner import TargetArg, run_suite
     from robust_ens.commands.common import check_device, check_input_file, check_output_folder, for_option

@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from robust_ens.atomic import atomic_write_text
 from robust_ens.commands.common import check_output_file
 from robust_ens.errors import RobustEnsError
 
@@ -140,10 +140,7 @@ def run(args: argparse.Namespace) -> int:
         text = json.dumps(lb.json_schema(args.version or lb.SCHEMA_VERSION), indent=2) + "\n"
         if args.out:
             out = check_output_file(args.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-            tmp.write_text(text)
-            tmp.replace(out)
+            atomic_write_text(out, text)
             print(f"wrote {args.out}")
         else:
             print(text, end="")

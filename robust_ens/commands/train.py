@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from robust_ens.atomic import atomic_write_text
 from robust_ens.commands.common import (
     check_device,
     check_output_folder,
@@ -137,9 +138,7 @@ def run(args: argparse.Namespace) -> int:
         headers=["member", "test acc", "train img/s"],
     ))
     summary = Path(args.out) / "summary.json"
-    tmp = summary.with_name(f".{summary.name}.tmp")
-    tmp.write_text(json.dumps({"arch": args.arch, "data": args.data, "members": records}, indent=2) + "\n")
-    tmp.replace(summary)
+    atomic_write_text(summary, json.dumps({"arch": args.arch, "data": args.data, "members": records}, indent=2) + "\n")
     print(f"checkpoints and {summary.name} in {args.out}")
     return 0
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robust_ens.atomic import atomic_write, atomic_write_text
 from robust_ens.errors import CheckpointError
 from robust_ens.models.registry import create
 from robust_ens.models.wrapper import Normalized
@@ -85,9 +86,7 @@ def save_checkpoint(
     stem = _stem(path)
     stem.parent.mkdir(parents=True, exist_ok=True)
     weights = stem.with_suffix(WEIGHT_SUFFIX)
-    tmp = weights.with_suffix(".safetensors.tmp")
-    save_file(_state_dict(model), str(tmp))
-    tmp.replace(weights)
+    atomic_write(weights, lambda tmp: save_file(_state_dict(model), str(tmp)))
     import robust_ens
 
     record = {
@@ -106,7 +105,7 @@ def save_checkpoint(
         "robust_ens_version": robust_ens.__version__,
         "torch_version": torch.__version__,
     }
-    stem.with_suffix(SIDE_SUFFIX).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(stem.with_suffix(SIDE_SUFFIX), json.dumps(record, indent=2, sort_keys=True) + "\n")
     return weights
 
 
