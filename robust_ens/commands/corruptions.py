@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from robust_ens import data
     from robust_ens import leaderboard as lb
     from robust_ens.bench.runner import dataset_label
+    from robust_ens.bench.submit import NAME
     from robust_ens.bench.targets import check_target, resolve_target
     from robust_ens.commands.common import (
         check_device,
@@ -102,7 +103,6 @@ def run(args: argparse.Namespace) -> int:
         for_option,
         progress_enabled,
     )
-    from robust_ens.bench.submit import NAME
     from robust_ens.corruptions import evaluate as ev
     from robust_ens.corruptions import list_corruptions
     from robust_ens.ensemble import Ensemble
