@@ -28,6 +28,10 @@ uniforms); off-grid inputs use ``torch.poisson``.
 
 Speed: on CPU a batch is corrupted a few examples at a time (about 1M values per chunk), which
 keeps every intermediate in cache; per-example random streams make this invisible in the result.
+CPU work runs on one torch thread unless the user chose a count (:mod:`robust_ens.threads`), so a
+busy machine does not stall every small operation. With numba installed (``robust-ens[fast]``),
+glass blur and the final truncation to uint8 levels run compiled kernels on the CPU, bit-identical
+to their torch paths (checked once per process; ``ROBUST_ENS_NUMBA=0`` turns them off).
 """
 
 from __future__ import annotations
@@ -36,12 +40,16 @@ from typing import Any
 
 import torch
 
-from robust_ens.corruptions import blur, digital, noise, weather  # noqa: F401  (register corruptions)
+from robust_ens.corruptions import _compiled, blur, digital, noise, weather  # noqa: F401  (register corruptions)
 from robust_ens.corruptions._base import CORRUPTIONS, Ctx
-from robust_ens.corruptions._ops import quantize_u8
+from robust_ens.corruptions._ops import quantize_u8, quantize_u8_torch
 from robust_ens.corruptions._rng import ExampleRNG
 from robust_ens.corruptions.presets import COMMON, EXTRA, KITTIC, PRESETS
 from robust_ens.errors import RobustEnsError
+from robust_ens.threads import small_work_threads
+
+# The compiled kernels check themselves against these torch paths once per process.
+_compiled.set_references(glass_blur=blur.glass_blur_torch, quantize_u8=quantize_u8_torch)
 
 __all__ = ["CORRUPTIONS", "PRESETS", "corrupt", "describe", "list_corruptions", "list_presets"]
 
@@ -115,6 +123,9 @@ def corrupt(
             true indices when corrupting a dataset in chunks. Results are bit-identical for the
             same device and torch thread count; a different thread count can move about one
             pixel in 10^5 by one level (zoom blur, frost: float rounding of torch's interpolation).
+            On the CPU the corruption runs on one torch thread unless you chose a count
+            (``ROBUST_ENS_THREADS``, ``OMP_NUM_THREADS`` or ``torch.set_num_threads``; see
+            :mod:`robust_ens.threads`).
 
     Returns:
         Corrupted images, same shape, dtype and device as ``x``, values on the 256 uint8 levels.
@@ -131,6 +142,44 @@ def corrupt(
         >>> torch.equal(a, b)
         True
     """
+    name = _check_call(x, name, severity, preset)
+    n, c, h, w = x.shape
+    if n == 0:
+        return x.clone()
+    index = _check_index(x, index)
+    table = PRESETS[preset]
+    dtype = x.dtype
+    work = x.float() if dtype in (torch.float16, torch.bfloat16) else x
+    if c == 1:
+        work = work.expand(n, 3, h, w)
+    params = table[name][severity - 1]
+    fn = CORRUPTIONS.get(name)
+    on_grid = c == 3 and CORRUPTIONS.meta(name).get("on_grid", False)
+
+    def run(start: int, stop: int) -> torch.Tensor:
+        ctx = Ctx(preset=preset, severity=severity, rng=ExampleRNG(seed, index[start:stop], name, severity, x.device))
+        out = fn(work[start:stop].contiguous(), params, ctx)
+        if c == 1:
+            out = (out * torch.tensor([0.299, 0.587, 0.114], dtype=out.dtype, device=out.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        return out if on_grid else quantize_u8(out)
+
+    # On CPU, corrupt a few examples at a time: every corruption is a chain of whole-tensor passes,
+    # and passes over cache-resident chunks are about twice as fast as over a large batch. The
+    # random numbers are per example, so the result does not depend on the chunking.
+    # Small CPU work runs on one torch thread unless the user chose a count (robust_ens.threads): on a
+    # busy machine every parallel op of a few images would otherwise wait for a descheduled thread.
+    step = n if x.device.type != "cpu" else max(1, _CPU_CHUNK_ELEMENTS // (3 * h * w))
+    with small_work_threads(x.device):
+        if step >= n:
+            return run(0, n).to(dtype)
+        result = torch.empty_like(x)
+        for start in range(0, n, step):
+            result[start : start + step] = run(start, min(n, start + step))
+        return result
+
+
+def _check_call(x: torch.Tensor, name: str, severity: int, preset: str) -> str:
+    """The corruption's canonical name, after refusing a bad preset, name, severity or image batch."""
     _check_preset(preset)
     name = ALIASES.get(name, name)
     table = PRESETS[preset]
@@ -150,39 +199,19 @@ def corrupt(
         raise RobustEnsError(f"x must have 1 or 3 channels, got {c}")
     if h < 32 or w < 32:
         raise RobustEnsError(f"images must be at least 32x32 (the references' minimum), got {h}x{w}")
-    if n == 0:
-        return x.clone()
-    lo, hi = torch.aminmax(x)
-    if float(lo) < -1e-6 or float(hi) > 1 + 1e-6:
-        raise RobustEnsError(f"x must lie in [0, 1], got values in [{float(lo):.4g}, {float(hi):.4g}]")
+    if n:
+        lo, hi = torch.aminmax(x)
+        if float(lo) < -1e-6 or float(hi) > 1 + 1e-6:
+            raise RobustEnsError(f"x must lie in [0, 1], got values in [{float(lo):.4g}, {float(hi):.4g}]")
+    return name
+
+
+def _check_index(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """The examples' dataset indices on the CPU (default ``arange(N)``), checked against the batch."""
+    n = x.shape[0]
     if index is None:
-        index = torch.arange(n)
-    else:
-        index = torch.as_tensor(index).reshape(-1).cpu()
-        if index.numel() != n:
-            raise RobustEnsError(f"index has {index.numel()} entries for a batch of {n} images")
-    dtype = x.dtype
-    work = x.float() if dtype in (torch.float16, torch.bfloat16) else x
-    if c == 1:
-        work = work.expand(n, 3, h, w)
-    params = table[name][severity - 1]
-    fn = CORRUPTIONS.get(name)
-    on_grid = c == 3 and CORRUPTIONS.meta(name).get("on_grid", False)
-
-    def run(start: int, stop: int) -> torch.Tensor:
-        ctx = Ctx(preset=preset, severity=severity, rng=ExampleRNG(seed, index[start:stop], name, severity, x.device))
-        out = fn(work[start:stop].contiguous(), params, ctx)
-        if c == 1:
-            out = (out * torch.tensor([0.299, 0.587, 0.114], dtype=out.dtype, device=out.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        return out if on_grid else quantize_u8(out)
-
-    # On CPU, corrupt a few examples at a time: every corruption is a chain of whole-tensor passes,
-    # and passes over cache-resident chunks are about twice as fast as over a large batch. The
-    # random numbers are per example, so the result does not depend on the chunking.
-    step = n if x.device.type != "cpu" else max(1, _CPU_CHUNK_ELEMENTS // (3 * h * w))
-    if step >= n:
-        return run(0, n).to(dtype)
-    result = torch.empty_like(x)
-    for start in range(0, n, step):
-        result[start : start + step] = run(start, min(n, start + step))
-    return result
+        return torch.arange(n)
+    index = torch.as_tensor(index).reshape(-1).cpu()
+    if index.numel() != n:
+        raise RobustEnsError(f"index has {index.numel()} entries for a batch of {n} images")
+    return index

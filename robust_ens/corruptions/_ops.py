@@ -12,13 +12,19 @@ Border modes follow the libraries the reference corruptions use:
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from robust_ens.corruptions import _compiled
+from robust_ens.corruptions._taps import gaussian_kernel1d
+
 BorderMode = str
+
+#: Smallest tensor :func:`quantize_u8` hands to the compiled kernel (smaller work does not pay for
+#: loading numba, about 0.3 s once per process).
+_QUANTIZE_MIN = 1 << 16
 
 
 def pad_index(n: int, before: int, after: int, mode: BorderMode) -> np.ndarray:
@@ -53,25 +59,6 @@ def pad(x: torch.Tensor, dim: int, before: int, after: int, mode: BorderMode) ->
             return F.pad(x, p, mode="replicate" if mode == "edge" else "reflect")
     idx = torch.from_numpy(pad_index(n, before, after, mode)).to(x.device)
     return x.index_select(dim, idx)
-
-
-@lru_cache(maxsize=256)
-def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> tuple[float, ...]:
-    """scipy/skimage Gaussian taps: radius ``int(truncate * sigma + 0.5)``, normalised."""
-    if sigma <= 0:
-        return (1.0,)
-    radius = int(truncate * float(sigma) + 0.5)
-    t = np.arange(-radius, radius + 1, dtype=np.float64)
-    k = np.exp(-0.5 * (t / sigma) ** 2)
-    return tuple((k / k.sum()).tolist())
-
-
-@lru_cache(maxsize=64)
-def cv2_gaussian_kernel1d(ksize: int, sigma: float) -> tuple[float, ...]:
-    """OpenCV ``getGaussianKernel(ksize, sigma)`` for ``sigma > 0``."""
-    t = np.arange(ksize, dtype=np.float64) - (ksize - 1) / 2
-    k = np.exp(-(t**2) / (2 * sigma * sigma))
-    return tuple((k / k.sum()).tolist())
 
 
 def conv1d(x: torch.Tensor, taps: tuple[float, ...] | torch.Tensor, dim: int, mode: BorderMode) -> torch.Tensor:
@@ -138,7 +125,17 @@ def quantize_u8(x: torch.Tensor) -> torch.Tensor:
     """Clip to [0, 1] and truncate to the 256 uint8 levels (the references' final ``np.uint8`` cast).
 
     A margin of 1e-3 of a level absorbs float32 round-off, so an exact level ``k/255`` stays ``k``.
+    Contiguous float32 CPU tensors use the compiled kernel when numba is installed (one pass,
+    bit-identical; see :mod:`robust_ens.corruptions._compiled`).
     """
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() >= _QUANTIZE_MIN and x.is_contiguous():
+        if _compiled.usable(x):
+            return _compiled.quantize_u8(x)
+    return quantize_u8_torch(x)
+
+
+def quantize_u8_torch(x: torch.Tensor) -> torch.Tensor:
+    """:func:`quantize_u8` in torch alone (any device and dtype; the compiled kernel's reference)."""
     y = torch.add(x.new_tensor(1e-3), x, alpha=255.0)  # 255 x + 1e-3 in one pass
     return y.clamp_(1e-3, 255.0 + 1e-3).floor_().div_(255.0)
 

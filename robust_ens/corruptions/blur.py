@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from robust_ens.corruptions import _ops
+from robust_ens.corruptions import _compiled, _ops, _taps
 from robust_ens.corruptions._base import Ctx, register
 
 _HC = "Hendrycks & Dietterich 2019 (make_cifar_c.py / make_imagenet_c.py), imagecorruptions 1.1.2"
@@ -27,7 +27,7 @@ def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
     yy, xx = np.meshgrid(t, t, indexing="ij")
     k = ((xx**2 + yy**2) <= radius**2).astype(np.float32)
     k /= k.sum()
-    g = torch.tensor(_ops.cv2_gaussian_kernel1d(5 if big else 3, float(alias_blur)), dtype=torch.float64)
+    g = torch.tensor(_taps.cv2_gaussian_kernel1d(5 if big else 3, float(alias_blur)), dtype=torch.float64)
     kt = torch.from_numpy(k.astype(np.float64))[None, None]
     kt = _ops.conv1d(_ops.conv1d(kt, g, 2, "reflect101"), g, 3, "reflect101")
     return kt[0, 0].numpy().astype(np.float32)
@@ -75,7 +75,7 @@ def _disk_runs(x: torch.Tensor, radius: float, alias_blur: float) -> torch.Tenso
         out = rows.clone() if out is None else out.add_(rows)
     assert out is not None
     out.mul_(1.0 / count)
-    g = _ops.cv2_gaussian_kernel1d(3, alias_blur)
+    g = _taps.cv2_gaussian_kernel1d(3, alias_blur)
     out = out[:, :, 0:h, :] * g[0] + out[:, :, 1 : h + 1, :] * g[1] + out[:, :, 2 : h + 2, :] * g[2]
     return out[..., 0:w] * g[0] + out[..., 1 : w + 1] * g[1] + out[..., 2 : w + 2] * g[2]
 
@@ -159,7 +159,19 @@ def glass_source_map(n: int, h: int, w: int, delta: int, dy: torch.Tensor, dx: t
               "distribution by resolving copy chains with pointer doubling (no approximation of the "
               "visiting order); only the random numbers differ (per-example streams)."))
 def glass_blur(x: torch.Tensor, p: tuple[float, int, int], ctx: Ctx) -> torch.Tensor:
-    """Blur, truncate to uint8, ``n`` passes of local pixel copies, blur again."""
+    """Blur, truncate to uint8, ``n`` passes of local pixel copies, blur again.
+
+    On the CPU (float32) with numba installed this runs the compiled kernel of
+    :mod:`robust_ens.corruptions._compiled`, bit-identical to :func:`glass_blur_torch` (checked
+    once per process); otherwise, and on CUDA, :func:`glass_blur_torch`.
+    """
+    if _compiled.usable(x):
+        return _compiled.glass_blur_kernel(x, p, ctx)
+    return glass_blur_torch(x, p, ctx)
+
+
+def glass_blur_torch(x: torch.Tensor, p: tuple[float, int, int], ctx: Ctx) -> torch.Tensor:
+    """:func:`glass_blur` in whole-tensor torch operations (any device, any float dtype)."""
     sigma, delta, iters = float(p[0]), int(p[1]), int(p[2])
     n, c, h, w = x.shape
     y = _ops.quantize_u8(_ops.gaussian_blur(x, sigma, "edge"))

@@ -14,7 +14,9 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+from robust_ens.atomic import atomic_write
 from robust_ens.errors import RobustEnsError
 
 log = logging.getLogger(__name__)
@@ -126,10 +128,10 @@ def write_corrupted_tree(
     """
     import numpy as np
     import torch
-    from PIL import Image
 
     from robust_ens import progress as _progress
     from robust_ens.corruptions import corrupt
+    from robust_ens.threads import small_work_threads, use_threads
 
     level = png_compression
     rels = resolve_split(src, split, split_file)
@@ -138,20 +140,10 @@ def write_corrupted_tree(
     dev = torch.device(device)
 
     def load(path: Path) -> np.ndarray:
-        with Image.open(path) as f:
-            im = f.convert("RGB")
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.Resampling.LANCZOS)  # RoboDepth's ANTIALIAS
-            return np.asarray(im, dtype=np.uint8)
+        return _load_rgb(path, size)
 
     def save(arr: np.ndarray, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(arr).save(tmp, compress_level=level)
-            tmp.replace(path)
-        except OSError as err:
-            raise RobustEnsError(f"cannot write {path}: {err}; finished images are kept, rerun to resume") from err
+        _save_png(arr, path, level)
 
     jobs = [(n, s) for n in names for s in severities]
     bar = _progress.bar(total=len(jobs) * len(files), enable=progress, unit="img", desc="corrupt")
@@ -167,10 +159,9 @@ def write_corrupted_tree(
         while len(pending) > max_pending:
             pending.popleft().result()  # also re-raises a failed write
 
-    torch_threads = torch.get_num_threads()
-    if dev.type == "cpu":
-        torch.set_num_threads(threads or 1)
-    try:
+    # torch threads: the explicit ``threads``, else the small-work policy (one unless the user chose)
+    torch_threads = use_threads(threads) if threads and dev.type == "cpu" else small_work_threads(dev)
+    with torch_threads:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for start in range(0, len(files), batch_size):
                 idx = list(range(start, min(start + batch_size, len(files))))
@@ -199,9 +190,30 @@ def write_corrupted_tree(
                     bar.update(len(idx))
             while pending:
                 pending.popleft().result()
-    finally:
-        torch.set_num_threads(torch_threads)
     bar.close()
     log.info("wrote %d corrupted images (%d corruptions x %d severities x %d images) under %s",
              written, len(names), len(severities), len(files), out)
     return len(files), written
+
+
+def _load_rgb(path: Path, size: tuple[int, int] | None) -> Any:
+    """An image as uint8 ``[H, W, 3]``, resized to ``size`` (H, W) with Lanczos (RoboDepth's ANTIALIAS)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as f:
+        im = f.convert("RGB")
+        if size is not None and im.size != (size[1], size[0]):
+            im = im.resize((size[1], size[0]), Image.Resampling.LANCZOS)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def _save_png(arr: Any, path: Path, level: int) -> None:
+    """Write a uint8 ``[H, W, 3]`` array as a PNG atomically; a failure names the file in one line."""
+    from PIL import Image
+
+    try:
+        atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG", compress_level=level),
+                     suffix=".png")
+    except OSError as err:
+        raise RobustEnsError(f"cannot write {path}: {err}; finished images are kept, rerun to resume") from err

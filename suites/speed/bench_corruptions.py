@@ -12,6 +12,9 @@
     *uncompiled* (``py_func``, 1.1.2's exact Python loop), blur; every other corruption runs the
     fork's code, which is 1.1.2's.
   - *imagecorruptions-imaug* (the fork) as installed, numba loop included: the faster peer.
+* Glass blur alone (KITTI-C severity 2, 4 images of 192x640, one thread): ours (the numba kernel
+  when numba is installed, and the torch path) against the fork, alternately, medians; the issue's
+  target is 5x the fork.
 * CIFAR-10-C: generation of 10,000 32x32 images per severity for the 19 corruptions (smoke: 200).
 * On CUDA: the whole KITTI-C (697 x 18 x 5) at 192x640.
 
@@ -25,6 +28,7 @@ per-core comparison with the single-threaded reference that is also robust on a 
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections.abc import Iterator
 
@@ -124,6 +128,52 @@ def test_kittic_speed_vs_reference(benchmark, full_benchmark: bool) -> None:  # 
         "speedup_total_vs_1.1.2": total_ref_112 / total_ours, "images": n, "size": [h, w],
     })
     benchmark.pedantic(lambda: [corrupt(x, nm, s, preset="kittic") for nm in names], rounds=1, iterations=1)
+
+
+def test_glass_blur_speed_vs_fork(benchmark, full_benchmark: bool, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Glass blur, KITTI-C severity 2 on 4 images of 192x640, one thread: ours (compiled kernel when
+    numba is installed, and the torch path) against the fork (its numba pixel loop), run alternately,
+    medians of the repeats. Target (issue 22): ours at least 5x the fork."""
+    pytest.importorskip("imagecorruptions")
+    from robust_ens.corruptions import _compiled
+
+    n, h, w, s = 4, 192, 640, 2
+    repeat = 15 if full_benchmark else 3
+    x = _natural_batch(n, h, w)
+    imgs = [(t.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for t in x]
+    kernel = _compiled.usable(x)
+
+    def ours() -> None:
+        corrupt(x, "glass_blur", s, preset="kittic")
+
+    def torch_path() -> None:
+        with monkeypatch.context() as m:
+            m.setenv(_compiled.ENV_NUMBA, "0")
+            corrupt(x, "glass_blur", s, preset="kittic")
+
+    def fork() -> None:
+        for im in imgs:
+            reference(im, "glass_blur", s)
+
+    runs: dict[str, list[float]] = {"ours": [], "torch_path": [], "fork": []}
+    for fn in (ours, torch_path, fork):  # warm-up: numba compilation (both sides), caches
+        fn()
+    np.random.seed(0)
+    for _ in range(repeat):
+        for key, fn in (("fork", fork), ("ours", ours), ("torch_path", torch_path)):
+            runs[key].append(_time(fn))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\nglass_blur kittic s{s}, {n} x {h}x{w}, torch threads {torch.get_num_threads()}, load {load:.2f}, "
+          f"medians of {repeat}: ours {med['ours'] * 1e3:.1f} ms ({'numba kernel' if kernel else 'torch path'}), "
+          f"torch path {med['torch_path'] * 1e3:.1f} ms, fork {med['fork'] * 1e3:.1f} ms; "
+          f"ours/fork speed-up {med['fork'] / med['ours']:.2f}x (torch path {med['fork'] / med['torch_path']:.2f}x)")
+    benchmark.extra_info.update({
+        "ours_s": med["ours"], "torch_path_s": med["torch_path"], "fork_s": med["fork"], "kernel": kernel,
+        "speedup_vs_fork": med["fork"] / med["ours"], "speedup_torch_path_vs_fork": med["fork"] / med["torch_path"],
+        "load_1min": load, "images": n, "size": [h, w], "severity": s,
+    })
+    benchmark.pedantic(ours, rounds=1, iterations=1)
 
 
 def test_cifar10c_generation(benchmark, full_benchmark: bool) -> None:  # noqa: ANN001
