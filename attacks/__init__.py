@@ -45,29 +45,14 @@ x 2 (step enlargement), 3 augmented copies per surrogate; ``bayesopt.optimize_au
 Parts combine with any iterative attack: ``MIFGSM(transforms=[DI(), TI(), SI(m=5), SGM()])``.
 """
 
-from .base import (
-    ATTACKS,
-    PARTS,
-    Attack,
-    AttackResult,
-    AttackRun,
-    Cost,
-    GradientTransform,
-    InputTransform,
-    ModelHook,
-    Part,
-    attack_name,
-    create_attack,
-    create_part,
-    enforce_budget,
-    list_attacks,
-    parse_eps,
-    register_attack,
-)
+from .base import ATTACKS, Attack, attack_name, create_attack, list_attacks, register_attack
 from .bayesopt import optimize_augmentation
+from .budget import enforce_budget, parse_eps
 from .ensemble import CWA, SVRE, AdaEA, Ens
 from .gradient import BIM, DIFGSM, FGSM, MIFGSM, NIFGSM, PGD, TIFGSM, VMIFGSM
 from .lgv import LGV, lgv_collect
+from .parts import PARTS, GradientTransform, InputTransform, ModelHook, Part, create_part
+from .run import AttackResult, AttackRun, Cost
 from .transforms import DI, SGM, SI, TI, gaussian_kernel, ti_kernel_size
 from .vit_augment import AugmentParams, augmented
 from .vit_ensemble import ViTEnsembleAttack

@@ -1,4 +1,4 @@
-"""The attack base class: one iterative loop with hooks, budget enforcement, cost accounting.
+"""The attack base class: the attack registry and the one iterative loop with its hooks.
 
 Every attack in :mod:`robust_ens.attacks` is a subclass of :class:`Attack`. An attack object holds
 hyperparameters only (no model, no device, no mode); it is called as::
@@ -15,6 +15,12 @@ The loop (:meth:`Attack.perturb`) is::
 
 and :meth:`Attack.__call__` enforces the eps ball and the [0, 1] box on whatever ``perturb``
 returns (foolbox's rule), in float64 arithmetic and after the cast back to ``x.dtype``.
+
+The pieces the loop uses live in their own modules and are re-exported here: the budget
+(:mod:`~robust_ens.attacks.budget`: ``enforce_budget``, ``parse_eps``, ``NORMS``), one call's
+context and result (:mod:`~robust_ens.attacks.run`: ``AttackRun``, ``AttackResult``, ``Cost``) and
+the composable parts (:mod:`~robust_ens.attacks.parts`: ``Part``, ``InputTransform``,
+``GradientTransform``, ``ModelHook``, ``PARTS``, ``create_part``).
 """
 
 from __future__ import annotations
@@ -26,11 +32,9 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robust_ens.canonical import canonical_json, to_jsonable
@@ -38,12 +42,13 @@ from robust_ens.ensemble import Ensemble, check_images
 from robust_ens.errors import RobustEnsError
 from robust_ens.registry import Registry
 
+from .budget import _TINY, NORMS, _l1_mean, _l2, enforce_budget, parse_eps  # noqa: F401  (_l1_mean: re-exported)
+from .parts import PARTS, GradientTransform, InputTransform, ModelHook, Part, create_part, format_hparam
+from .run import AttackResult, AttackRun, Cost
+
 log = logging.getLogger(__name__)
 
 ATTACKS: Registry[Callable[..., Attack]] = Registry("attack")
-PARTS: Registry[type[Part]] = Registry("attack part")
-NORMS = ("Linf", "L2")
-_TINY = 1e-12  # added to every normalization so a zero gradient never divides by zero
 
 
 def register_attack(name: str, **meta: Any) -> Callable[[Any], Any]:
@@ -89,337 +94,12 @@ def list_attacks(pattern: str | Sequence[str] = "*", exclude: str | Sequence[str
     return ATTACKS.list(pattern, exclude)
 
 
-def parse_eps(value: str | float | int) -> float:
-    """Parse an epsilon written as ``8/255``, ``0.03`` or a number.
-
-    Raises:
-        RobustEnsError: naming ``eps`` when the text is not a number or fraction.
-    """
-    if isinstance(value, int | float):
-        return float(value)
-    text = str(value).strip()
-    try:
-        if "/" in text:
-            num, den = text.split("/", 1)
-            return float(num) / float(den)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise RobustEnsError(f"eps must be a number or a fraction like 8/255, got {value!r}") from None
-
-
-def _fmt(v: Any) -> str:
-    """Hyperparameter values for ``repr``: ``8/255`` rather than ``0.03137254901960784``."""
-    if isinstance(v, float) and 0 < v < 1 and len(repr(v)) > 7:
-        k = v * 255
-        if abs(k - round(k, 1)) < 1e-9:
-            return f"{round(k, 1):g}/255"
-        return f"{v:.6g}"
-    return repr(v)
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass
-class Cost:
-    """What an attack call spent.
-
-    Attributes:
-        forward: Model forward passes per example (an ensemble of M members counts M per call;
-            k transformed copies count k).
-        backward: Model backward passes per example, counted the same way.
-        seconds: Wall time of the call (device synchronized).
-        examples: Batch size ``N``.
-    """
-
-    forward: float
-    backward: float
-    seconds: float
-    examples: int
-
-    def as_dict(self) -> dict[str, float | int]:
-        """Plain dict (JSON-ready)."""
-        return asdict(self)
-
-
-@dataclass
-class AttackResult:
-    """What an attack returns.
-
-    Attributes:
-        x_adv: Adversarial images: same shape, dtype and device as ``x``; within the budget and [0, 1].
-        cost: Passes and time actually spent.
-        seed: The seed of the generator used (``None`` when a generator was passed in).
-    """
-
-    x_adv: torch.Tensor
-    cost: Cost
-    seed: int | None = None
-
-
-# --------------------------------------------------------------------------- one run's context
-
-
-class AttackRun:
-    """State of one attack call: the surrogate, labels, generator and pass counters.
-
-    Subclass hooks receive this object; it is created by :meth:`Attack.__call__` and never kept.
-
-    Attributes:
-        surrogate: The model or :class:`~robust_ens.Ensemble` under attack.
-        labels: What the objective is measured against: ``y`` (untargeted) or ``target``.
-        targeted: Whether the attack moves towards ``labels`` (targeted) or away from them.
-        generator: The ``torch.Generator`` all randomness is drawn from.
-        num_classes: Number of classes ``K``.
-    """
-
-    def __init__(
-        self,
-        surrogate: nn.Module,
-        labels: torch.Tensor,
-        targeted: bool,
-        generator: torch.Generator,
-        num_classes: int,
-        n: int,
-    ) -> None:
-        self.surrogate = surrogate
-        self.is_ensemble = isinstance(surrogate, Ensemble)
-        self.labels = labels
-        self.targeted = targeted
-        self.generator = generator
-        self.num_classes = num_classes
-        self.n = n
-        self._fwd = 0  # example-passes
-        self._bwd = 0
-        param = next(surrogate.parameters(), None)
-        self.model_dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-
-    # ---- members
-    @property
-    def members(self) -> list[nn.Module]:
-        """The ensemble's members (a single model counts as one member)."""
-        if isinstance(self.surrogate, Ensemble):
-            return list(self.surrogate.members)
-        return [self.surrogate]
-
-    @property
-    def n_members(self) -> int:
-        return len(self.surrogate) if isinstance(self.surrogate, Ensemble) else 1
-
-    def _to_model(self, x: torch.Tensor) -> torch.Tensor:
-        return x if x.dtype == self.model_dtype else x.to(self.model_dtype)
-
-    # ---- forwards (counted)
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Surrogate scores ``[n, K]``: an Ensemble combines its members its own way (``"vote"``,
-        which has no useful gradient, is attacked through the mean probability)."""
-        if isinstance(self.surrogate, Ensemble):
-            ens = self.surrogate
-            logits = self.member_logits(x)
-            if ens.combine == "vote":  # votes have no useful gradient: attack the mean probability
-                w = ens.weights.to(logits.device).view(-1, 1, 1)
-                return (w * F.softmax(logits, dim=-1)).sum(0).clamp_min(1e-12).log()
-            return ens.combine_logits(logits)
-        self._fwd += x.shape[0]
-        return self.surrogate(self._to_model(x)).float()
-
-    def member_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Every member's logits ``[M, n, K]`` (float32)."""
-        if isinstance(self.surrogate, Ensemble):
-            self._fwd += x.shape[0] * len(self.surrogate)
-            return self.surrogate.member_logits(self._to_model(x))
-        return self.logits(x).unsqueeze(0)
-
-    def member_logit(self, k: int, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[n, K]`` of member ``k`` alone, under the ensemble's precision policy."""
-        ens = self.surrogate
-        if not isinstance(ens, Ensemble):
-            if k != 0:
-                raise IndexError(k)
-            return self.logits(x)
-        self._fwd += x.shape[0]
-        return ens.member_forward(k, self._to_model(x))
-
-    # ---- objective (what the attack ascends)
-    def objective(self, logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-example objective ``[n]`` to maximize: CE to ``y``, or minus CE to the target."""
-        lab = self.labels if labels is None else labels
-        if logits.shape[0] != lab.shape[0]:  # transformed copies stacked along the batch
-            lab = lab.repeat(logits.shape[0] // lab.shape[0])
-        ce = F.cross_entropy(logits, lab, reduction="none")
-        return -ce if self.targeted else ce
-
-    def objective_from_log_probs(self, log_probs: torch.Tensor) -> torch.Tensor:
-        """Like :meth:`objective` for log-probabilities (probability-averaged ensembles)."""
-        lab = self.labels
-        if log_probs.shape[0] != lab.shape[0]:
-            lab = lab.repeat(log_probs.shape[0] // lab.shape[0])
-        nll = F.nll_loss(log_probs, lab, reduction="none")
-        return -nll if self.targeted else nll
-
-    def grad(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """Gradient of ``fn(x).sum()`` with respect to ``x`` (one backward per counted forward)."""
-        before = self._fwd
-        xg = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            loss = fn(xg).sum()
-            (g,) = torch.autograd.grad(loss, xg)
-        self._bwd += self._fwd - before
-        return g
-
-    def count_backward(self, example_passes: int) -> None:
-        """Record backward passes made outside :meth:`grad` (``example_passes`` = examples x models)."""
-        self._bwd += example_passes
-
-    # ---- randomness
-    def rand_like(self, x: torch.Tensor) -> torch.Tensor:
-        """Uniform [0, 1) noise shaped like ``x`` from the run's generator."""
-        return torch.rand(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
-
-    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
-        """Standard normal noise shaped like ``x`` from the run's generator."""
-        return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
-
-    def randint(self, low: int, high: int) -> int:
-        """One integer in ``[low, high)`` from the run's generator."""
-        if high <= low:
-            return low
-        dev = self.generator.device
-        return int(torch.randint(low, high, (1,), generator=self.generator, device=dev).item())
-
-    def cost(self, seconds: float) -> Cost:
-        n = max(self.n, 1)
-        return Cost(forward=self._fwd / n, backward=self._bwd / n, seconds=seconds, examples=self.n)
-
-
-# --------------------------------------------------------------------------- parts
-
-
-class Part:
-    """A composable piece of an attack (input transform, gradient transform or model hook).
-
-    Parts hold hyperparameters only; ``repr`` shows them and :meth:`config` gives them as JSON.
-    Every subclass is registered in :data:`PARTS` under its class name, so a config rebuilds it.
-    """
-
-    kind: ClassVar[str] = "part"
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        PARTS.add(cls.__name__, cls)
-
-    def _params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
-
-    def config(self) -> dict[str, Any]:
-        """``{"part": class name, **hyperparameters}``; :func:`create_part` rebuilds an equal part."""
-        return {"part": type(self).__name__, **to_jsonable(self._params(), type(self).__name__)}
-
-    def __repr__(self) -> str:
-        inner = ", ".join(f"{k}={_fmt(v)}" for k, v in self._params().items())
-        return f"{type(self).__name__}({inner})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self._params() == other._params()
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, tuple(sorted(map(str, self._params().items())))))
-
-
-class InputTransform(Part):
-    """Transforms the attacked input before the forward pass; gradients average over its copies."""
-
-    kind = "input"
-    copies: int = 1
-
-    def apply(self, x: torch.Tensor, index: int, run: AttackRun) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
-
-
-class GradientTransform(Part):
-    """Transforms the input gradient before the update rule (e.g. TI's smoothing)."""
-
-    kind = "gradient"
-
-    def apply(self, g: torch.Tensor, run: AttackRun) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
-
-
-class ModelHook(Part):
-    """Changes how gradients flow through the surrogate during an attack (e.g. SGM)."""
-
-    kind = "model"
-
-    def attach(self, model: nn.Module) -> list[Any]:  # pragma: no cover
-        """Install hooks on ``model``; return handles with ``.remove()``."""
-        raise NotImplementedError
-
-
-def create_part(config: dict[str, Any]) -> Part:
-    """Rebuild a part from :meth:`Part.config` (``{"part": "DI", "resize_rate": 0.9}``).
-
-    Raises:
-        RobustEnsError: for a missing or unknown part name or a wrong hyperparameter.
-    """
-    if not isinstance(config, dict) or not isinstance(config.get("part"), str):
-        raise RobustEnsError(f"an attack part config needs a 'part' name, got {config!r}")
-    params = {k: v for k, v in config.items() if k != "part"}
-    cls = PARTS.get(config["part"])
-    try:
-        return cls(**params)
-    except TypeError as err:
-        raise RobustEnsError(f"attack part {config['part']!r}: {err}") from None
-
-
 def attack_name(cls: type) -> str:
     """The registry name of an attack class (the first, sorted, if it has several)."""
     for name in ATTACKS.list():
         if ATTACKS.get(name) is cls:
             return name
     raise RobustEnsError(f"attack class {cls.__name__} is not registered, so it has no config; register it")
-
-
-# --------------------------------------------------------------------------- budget
-
-
-def enforce_budget(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """Return ``x_adv`` projected onto the eps ball around ``x`` and the [0, 1] box, in ``x.dtype``.
-
-    The budget holds in exact (float64) arithmetic after the cast to ``x.dtype``: elements (Linf)
-    that rounding pushes past ``eps`` move one ulp towards ``x`` at a time; examples (L2) are
-    shrunk towards ``x`` until they fit (``x`` itself always fits). NaNs fall back to ``x``.
-    """
-    x = x.detach()
-    xd = x.double()
-    d = x_adv.detach().to(device=x.device, dtype=torch.float64) - xd
-    d = torch.where(torch.isfinite(d), d, torch.zeros_like(d))
-    n = x.shape[0]
-    shape = (-1, *([1] * (x.dim() - 1)))
-    if norm == "Linf":
-        d = d.clamp(-eps, eps)
-    else:
-        nrm = d.reshape(n, -1).norm(dim=1).clamp_min(1e-300)
-        d = d * (eps / nrm).clamp(max=1.0).view(shape)
-    target = (xd + d).clamp(0.0, 1.0)
-    out = target.to(x.dtype)
-    if norm == "Linf":
-        for _ in range(16):
-            bad = (out.double() - xd).abs() > eps
-            if not bool(bad.any()):
-                return out
-            try:
-                out = torch.where(bad, torch.nextafter(out, x), out)
-            except (RuntimeError, NotImplementedError):  # no nextafter for this dtype/device
-                out = torch.where(bad, ((out.double() + xd) / 2).to(x.dtype), out)
-        return torch.where((out.double() - xd).abs() > eps, x, out)
-    for p in (40, 30, 23, 20, 16, 12, 10, 8, 6, 4, 2, 1):
-        bad = (out.double() - xd).reshape(n, -1).norm(dim=1) > eps
-        if not bool(bad.any()):
-            return out
-        out = torch.where(bad.view(shape), (xd + (target - xd) * (1 - 2.0**-p)).to(x.dtype), out)
-        target = torch.where(bad.view(shape), xd + (target - xd) * (1 - 2.0**-p), target)
-    bad = (out.double() - xd).reshape(n, -1).norm(dim=1) > eps
-    return torch.where(bad.view(shape), x, out)
 
 
 # --------------------------------------------------------------------------- the base class
@@ -562,14 +242,14 @@ class Attack:
         return out
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.config() == other.config()  # type: ignore[attr-defined]
+        return type(self) is type(other) and self.config() == other.config()
 
     def __hash__(self) -> int:
         return hash(canonical_json(self.config()))
 
     def __repr__(self) -> str:
         inner = ", ".join(
-            f"{k}={_fmt(v) if k != 'transforms' else list(v)}"
+            f"{k}={format_hparam(v) if k != 'transforms' else list(v)}"
             for k, v in self.hparams.items()
             if not (k == "transforms" and not v)
         )
@@ -802,16 +482,6 @@ class Attack:
         return x + delta
 
 
-def _l2(t: torch.Tensor) -> torch.Tensor:
-    """Per-example L2 norm, shaped to broadcast against ``t``."""
-    return t.reshape(t.shape[0], -1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
-
-
-def _l1_mean(t: torch.Tensor) -> torch.Tensor:
-    """Per-example mean absolute value (MI-FGSM's normalization), shaped to broadcast."""
-    return t.abs().reshape(t.shape[0], -1).mean(dim=1).view(-1, *([1] * (t.dim() - 1)))
-
-
 def _product(sizes: Sequence[int]) -> Iterator[tuple[int, ...]]:
     if not sizes:
         yield ()
@@ -821,8 +491,12 @@ def _product(sizes: Sequence[int]) -> Iterator[tuple[int, ...]]:
             yield (i, *rest)
 
 
+# Everything importable from here before the split keeps working (the budget, run and parts
+# modules are re-exported: ``from robust_ens.attacks.base import AttackRun`` etc.).
 __all__ = [
     "ATTACKS",
+    "NORMS",
+    "PARTS",
     "Attack",
     "AttackResult",
     "AttackRun",
@@ -831,7 +505,9 @@ __all__ = [
     "InputTransform",
     "ModelHook",
     "Part",
+    "attack_name",
     "create_attack",
+    "create_part",
     "enforce_budget",
     "list_attacks",
     "parse_eps",

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +121,78 @@ def transfer_success(
     return fooled / len(xs)
 
 
+def _check_search(mode: str, n_trials: Any, search_space: Mapping[str, tuple[float, float]] | None) -> dict[str, tuple[float, float]]:
+    """Validate the search settings; return the ranges per parameter."""
+    if mode not in MODES:
+        raise RobustEnsError(f"mode must be one of {MODES}, got {mode!r}")
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise RobustEnsError(f"n_trials must be an integer >= 1, got {n_trials!r}")
+    space = dict(SEARCH_SPACE if search_space is None else search_space)
+    if set(space) != {"p_h", "s", "lam"}:
+        raise RobustEnsError(f"search_space must give ranges for p_h, s and lam, got {sorted(space)}")
+    return space
+
+
+@dataclass
+class _Search:
+    """One search's settings and history: the studies of both modes draw and record through it."""
+
+    optuna: Any
+    attack: ViTEnsembleAttack
+    space: dict[str, tuple[float, float]]
+    n_trials: int
+    seed: int
+    score: Callable[[ViTEnsembleAttack, nn.Module], float]
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+    def suggest(self, trial: Any, suffix: str = "") -> dict[str, float]:
+        return {k: float(trial.suggest_float(k + suffix, *self.space[k])) for k in ("p_h", "s", "lam")}
+
+    def study(self, k: int) -> Any:
+        """A maximizing study with the TPE sampler seeded ``seed + k``."""
+        sampler = self.optuna.samplers.TPESampler(seed=self.seed + k, n_startup_trials=max(1, min(10, self.n_trials // 3)))
+        return self.optuna.create_study(direction="maximize", sampler=sampler)
+
+    def per_member(self, members: list[nn.Module], can: list[bool]) -> tuple[list[dict[str, float] | None], list[float]]:
+        """One study per augmentable member, attacking with that member alone."""
+        best_params: list[dict[str, float] | None] = [None] * len(members)
+        best_values: list[float] = []
+        for k, m in enumerate(members):
+            if not can[k]:
+                continue
+
+            def objective(trial: Any, k: int = k, m: nn.Module = m) -> float:
+                p = self.suggest(trial)
+                value = self.score(self.attack.replace(params=[p]), m)
+                self.trials.append({"study": k, "number": trial.number, "params": p, "value": value})
+                log.info("BO member %d trial %d: %s -> %.3f", k, trial.number, p, value)
+                return value
+
+            study = self.study(k)
+            study.optimize(objective, n_trials=self.n_trials)
+            best_params[k] = {key: float(study.best_params[key]) for key in ("p_h", "s", "lam")}
+            best_values.append(float(study.best_value))
+        return best_params, best_values
+
+    def joint(self, surrogate: nn.Module, can: list[bool]) -> tuple[list[dict[str, float] | None], list[float]]:
+        """One study over every member's parameters, attacking with the whole surrogate."""
+
+        def objective(trial: Any) -> float:
+            ps: list[dict[str, float] | None] = [self.suggest(trial, f"_{k}") if can[k] else None for k in range(len(can))]
+            value = self.score(self.attack.replace(params=ps), surrogate)
+            self.trials.append({"study": "joint", "number": trial.number, "params": ps, "value": value})
+            log.info("BO joint trial %d: %s -> %.3f", trial.number, ps, value)
+            return value
+
+        study = self.study(0)
+        study.optimize(objective, n_trials=self.n_trials)
+        best_params: list[dict[str, float] | None] = [
+            {key: float(study.best_params[f"{key}_{k}"]) for key in ("p_h", "s", "lam")} if can[k] else None
+            for k in range(len(can))
+        ]
+        return best_params, [float(study.best_value)]
+
+
 def optimize_augmentation(
     attack: ViTEnsembleAttack,
     surrogate: nn.Module,
@@ -160,71 +232,29 @@ def optimize_augmentation(
         import optuna
     except ImportError as err:  # pragma: no cover - dependency
         raise RobustEnsError("optimize_augmentation needs optuna: pip install 'optuna>=3.0'") from err
-    if mode not in MODES:
-        raise RobustEnsError(f"mode must be one of {MODES}, got {mode!r}")
-    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-        raise RobustEnsError(f"n_trials must be an integer >= 1, got {n_trials!r}")
-    space = dict(SEARCH_SPACE if search_space is None else search_space)
-    if set(space) != {"p_h", "s", "lam"}:
-        raise RobustEnsError(f"search_space must give ranges for p_h, s and lam, got {sorted(space)}")
+    space = _check_search(mode, n_trials, search_space)
     members = list(surrogate.members) if isinstance(surrogate, Ensemble) else [surrogate]
     can = [find_sites(m).supported for m in members]
     if not any(can):
         raise RobustEnsError("no surrogate member has an attention module that ViT augmentation supports")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     clean_mask = predict(validation_model, x, batch_size=batch_size).argmax(-1) == y
-    trials: list[dict[str, Any]] = []
-
-    def suggest(trial: Any, suffix: str = "") -> dict[str, float]:
-        return {k: float(trial.suggest_float(k + suffix, *space[k])) for k in ("p_h", "s", "lam")}
-
-    def sampler(k: int) -> Any:
-        return optuna.samplers.TPESampler(seed=seed + k, n_startup_trials=max(1, min(10, n_trials // 3)))
 
     def score(atk: ViTEnsembleAttack, sur: nn.Module) -> float:
         return transfer_success(atk, sur, validation_model, x, y, seed=attack_seed, batch_size=batch_size,
                                 clean_mask=clean_mask)
 
-    off = attack.replace(head_drop=False, score_scale=False, mlp_mix=False)
-    baseline = score(off, surrogate)
-    best_params: list[dict[str, float] | None] = [None] * len(members)
-    best_values: list[float] = []
+    search = _Search(optuna, attack, space, n_trials, seed, score)
+    baseline = score(attack.replace(head_drop=False, score_scale=False, mlp_mix=False), surrogate)
     if mode == "per_member":
-        for k, m in enumerate(members):
-            if not can[k]:
-                continue
-
-            def objective(trial: Any, k: int = k, m: nn.Module = m) -> float:
-                p = suggest(trial)
-                value = score(attack.replace(params=[p]), m)
-                trials.append({"study": k, "number": trial.number, "params": p, "value": value})
-                log.info("BO member %d trial %d: %s -> %.3f", k, trial.number, p, value)
-                return value
-
-            study = optuna.create_study(direction="maximize", sampler=sampler(k))
-            study.optimize(objective, n_trials=n_trials)
-            best_params[k] = {key: float(study.best_params[key]) for key in ("p_h", "s", "lam")}
-            best_values.append(float(study.best_value))
+        best_params, best_values = search.per_member(members, can)
     else:
-
-        def joint(trial: Any) -> float:
-            ps: list[dict[str, float] | None] = [suggest(trial, f"_{k}") if can[k] else None for k in range(len(members))]
-            value = score(attack.replace(params=ps), surrogate)
-            trials.append({"study": "joint", "number": trial.number, "params": ps, "value": value})
-            log.info("BO joint trial %d: %s -> %.3f", trial.number, ps, value)
-            return value
-
-        study = optuna.create_study(direction="maximize", sampler=sampler(0))
-        study.optimize(joint, n_trials=n_trials)
-        for k in range(len(members)):
-            if can[k]:
-                best_params[k] = {key: float(study.best_params[f"{key}_{k}"]) for key in ("p_h", "s", "lam")}
-        best_values.append(float(study.best_value))
+        best_params, best_values = search.joint(surrogate, can)
     tuned = attack.replace(params=best_params)
     cfg = {"mode": mode, "n_trials": n_trials, "seed": seed, "attack_seed": attack_seed,
            "search_space": {k: list(v) for k, v in space.items()}, "n_validation": len(x),
            "validation_model": type(validation_model).__name__}
-    return BOResult(tuned, best_params, best_values, trials, baseline, cfg)
+    return BOResult(tuned, best_params, best_values, search.trials, baseline, cfg)
 
 
 __all__ = ["MODES", "SEARCH_SPACE", "BOResult", "optimize_augmentation", "transfer_success"]

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from robust_ens.ensemble import Ensemble
 from robust_ens.errors import RobustEnsError
 
-from .base import _TINY, AttackRun, Part, _l1_mean, _l2, register_attack
+from .base import AttackRun, Part, register_attack
+from .budget import _TINY, _l1_mean, _l2
 from .gradient import MIFGSM
 
 FUSIONS = ("logits", "probs", "loss")

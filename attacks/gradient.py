@@ -14,7 +14,8 @@ import torch
 
 from robust_ens.errors import RobustEnsError
 
-from .base import _TINY, Attack, AttackRun, Part, _l1_mean, register_attack
+from .base import Attack, AttackRun, Part, register_attack
+from .budget import _TINY, _l1_mean
 from .transforms import DI, SGM, SI, TI
 
 

@@ -23,7 +23,8 @@ from torch import nn
 
 from robust_ens.errors import RobustEnsError
 
-from .base import AttackRun, GradientTransform, InputTransform, ModelHook
+from .parts import GradientTransform, InputTransform, ModelHook
+from .run import AttackRun
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], *, suffix: str = ".tmp") -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], object], *, suffix: str = ".tmp") -> Path:
     """Call ``write(tmp)`` on a temp file next to ``path``, then rename it to ``path``.
 
     Args:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Literal
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from robust_ens import precision as _precision
 from robust_ens.errors import RobustEnsError
+from robust_ens.evaluation import predict
 
 Combine = Literal["logits", "probs", "vote"]
 COMBINES = ("logits", "probs", "vote")
@@ -56,7 +58,9 @@ class Ensemble(nn.Module):
             ``"vote"`` (log of the vote share; ties broken by the mean probability; not
             differentiable).
         precision: ``"auto"`` (bf16 autocast + channels_last on CUDA and on CPUs with native
-            bf16, fp32 elsewhere), ``"fp32"`` or ``"bf16"``.
+            bf16, fp32 elsewhere), ``"fp32"`` or ``"bf16"``; ``None`` (default) is
+            :data:`robust_ens.precision.DEFAULT_PRECISION` (``"auto"``). Fixed here: for another
+            precision take a view with :meth:`with_precision`.
         weights: Optional non-negative member weights (normalized to sum 1) for logits/probs.
         compile: Wrap each member in ``torch.compile`` (first call is slow; later calls faster).
         check_inputs: Validate that inputs are float NCHW in [0, 1] on every call.
@@ -75,7 +79,7 @@ class Ensemble(nn.Module):
         self,
         members: Sequence[nn.Module],
         combine: Combine | str = "logits",
-        precision: _precision.Precision | str = "auto",
+        precision: _precision.Precision | str | None = None,
         *,
         weights: Sequence[float] | None = None,
         compile: bool = False,
@@ -88,7 +92,7 @@ class Ensemble(nn.Module):
         self,
         members: Sequence[nn.Module],
         combine: Combine | str,
-        precision: _precision.Precision | str,
+        precision: _precision.Precision | str | None,
         *,
         weights: Sequence[float] | None,
         compile: bool,
@@ -105,8 +109,7 @@ class Ensemble(nn.Module):
                 raise RobustEnsError(f"ensemble member {i} must be an nn.Module, got {type(m).__name__}")
         if combine not in COMBINES:
             raise RobustEnsError(f"combine must be one of {COMBINES}, got {combine!r}")
-        if precision not in _precision.PRECISIONS:
-            raise RobustEnsError(f"precision must be one of {_precision.PRECISIONS}, got {precision!r}")
+        chosen = _precision.validate(precision)
         classes = {i: _num_classes(m) for i, m in enumerate(members)}
         known = {n for n in classes.values() if n is not None}
         if len(known) > 1:
@@ -115,7 +118,7 @@ class Ensemble(nn.Module):
         self.members: nn.ModuleList | list[nn.Module] = nn.ModuleList(members) if register else members
         self.num_classes: int | None = known.pop() if known else None
         self.combine: str = combine
-        self.precision: str = precision
+        self._chosen_precision: str = chosen
         self.check_inputs = check_inputs
         w = torch.ones(len(members)) if weights is None else torch.as_tensor(list(weights), dtype=torch.float32)
         if w.shape != (len(members),) or (w < 0).any() or w.sum() <= 0:
@@ -130,6 +133,38 @@ class Ensemble(nn.Module):
 
     def __len__(self) -> int:
         return len(self.members)
+
+    @property
+    def precision(self) -> str:
+        """The precision chosen at construction (``"auto"``, ``"fp32"`` or ``"bf16"``)."""
+        return self._chosen_precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        # Kept for existing scripts; library code builds the precision in or takes with_precision().
+        self._chosen_precision = _precision.validate(value)
+
+    def with_precision(self, precision: _precision.Precision | str) -> Ensemble:
+        """The same ensemble computing in ``precision``: a view, the original is left as it is.
+
+        Members, weights and options are shared, not copied (a trained ensemble evaluated in fp32
+        costs no memory). Use it where an ensemble already exists; otherwise pass ``precision`` to
+        the constructor.
+
+        Example:
+            >>> import torch
+            >>> from robust_ens import Ensemble, models
+            >>> ens = Ensemble([models.create("small_cnn", in_chans=1) for _ in range(2)])
+            >>> view = ens.with_precision("fp32")
+            >>> (view.precision, ens.precision, view.members is ens.members)
+            ('fp32', 'auto', True)
+        """
+        chosen = _precision.validate(precision)
+        view = copy.copy(self)
+        # Own registries (the same modules and tensors in them), so the view never edits the original's.
+        view.__dict__.update(_modules=dict(self._modules), _parameters=dict(self._parameters),
+                             _buffers=dict(self._buffers), _chosen_precision=chosen)
+        return view
 
     def resolved_precision(self, device: torch.device | str) -> str:
         """``"fp32"`` or ``"bf16"``: what ``precision`` means on ``device``."""
@@ -196,10 +231,10 @@ class Ensemble(nn.Module):
         """Ensemble scores ``[N, K]`` (logits-like: ``argmax`` is the ensemble's prediction)."""
         return self.combine_logits(self.member_logits(x))
 
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-        """Predicted labels ``[N]`` in batches, without gradients."""
-        return torch.cat([self(x[i : i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
+    def predict_labels(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Predicted labels ``[N]``: the argmax of :func:`robust_ens.evaluation.predict` (forward only,
+        in batches, eval mode restored; logits come from that ``predict``)."""
+        return predict(self, x, batch_size=batch_size).argmax(-1)
 
     def extra_repr(self) -> str:
         return f"n_members={len(self)}, combine={self.combine!r}, precision={self.precision!r}"

@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -52,13 +52,18 @@ def as_float_images(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
+def _autocast(precision: str | None, device: torch.device) -> AbstractContextManager[None]:
+    """``predict``'s own autocast: none for ``None`` (the model's precision), else the named one."""
+    return nullcontext() if precision is None else _precision.autocast(precision, device)
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
     x: torch.Tensor,
     *,
     batch_size: int = 500,
-    precision: str = "fp32",
+    precision: str | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Logits of ``model`` on ``x``, forward only, in batches.
@@ -69,7 +74,9 @@ def predict(
         x: Images ``[N, C, H, W]``: float in [0, 1] or uint8 (converted per batch, so a uint8
             dataset never exists in float all at once).
         batch_size: Examples per forward pass.
-        precision: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` autocast around the model.
+        precision: ``None`` (default): no autocast of its own, the model computes in the
+            precision it was built with (fp32 for a plain module; an ``Ensemble``'s own
+            ``precision``). ``"fp32"``, ``"bf16"`` or ``"auto"``: that autocast around the model.
         device: Where the model runs (default: the model's device).
 
     Returns:
@@ -87,7 +94,7 @@ def predict(
     with eval_mode(model):
         for i in range(0, len(x), batch_size):
             xb = as_float_images(x[i : i + batch_size].to(dev)).to(dtype)
-            with _precision.autocast(precision, dev):
+            with _autocast(precision, dev):
                 out = model(xb)
             if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(xb):
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

@@ -125,3 +125,47 @@ def test_member_forward_matches_member_logits_and_checks_index():
         torch.testing.assert_close(ens.member_forward(k, x), stacked[k])
     with pytest.raises(RobustEnsError, match="out of range"):
         ens.member_forward(3, x)
+
+
+def test_precision_is_chosen_at_construction_with_one_default():
+    from robust_ens import precision
+
+    assert Ensemble([Fixed([1.0, 2.0])]).precision == precision.DEFAULT_PRECISION == "auto"
+    assert precision.validate(None) == precision.DEFAULT_PRECISION
+    ens = Ensemble([Fixed([1.0, 2.0]), Fixed([0.0, 1.0])], precision="bf16")
+    view = ens.with_precision("fp32")
+    assert (view.precision, ens.precision) == ("fp32", "bf16")  # a view; the original is unchanged
+    assert view.members is ens.members and view.weights is ens.weights
+    assert len(list(view.parameters())) == len(list(ens.parameters()))
+    with pytest.raises(RobustEnsError, match="precision must be"):
+        ens.with_precision("fp8")
+    with pytest.raises(RobustEnsError, match="precision must be"):
+        ens.precision = "fp8"  # the attribute stays settable for scripts, and is validated
+
+
+def test_packed_with_precision_keeps_the_batched_forward():
+    ens = models.create("packed:small_cnn", members=3, in_chans=1, width=4, seed=0).eval()
+    view = ens.with_precision("fp32")
+    assert type(view) is type(ens) and view.precision == "fp32" and ens.precision == "auto"
+    x = torch.rand(2, 1, 8, 8)
+    torch.testing.assert_close(view.member_logits(x), Ensemble(list(ens.members), precision="fp32").member_logits(x))
+
+
+def test_predict_labels_is_the_argmax_of_the_core_predict():
+    from robust_ens.evaluation import predict
+
+    ens = fixed_ensemble("logits").train()
+    x = torch.rand(5, 1, 4, 4)
+    labels = ens.predict_labels(x, batch_size=2)
+    assert torch.equal(labels, predict(ens, x).argmax(-1))
+    assert ens.training  # eval mode is restored
+    assert not hasattr(Ensemble, "predict")  # logits come from evaluation.predict, labels from predict_labels
+
+
+def test_resolve_device_is_the_one_default():
+    from robust_ens.device import default_device, resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device(None) == resolve_device("") == default_device()
+    assert default_device().type == ("cuda" if torch.cuda.is_available() else "cpu")

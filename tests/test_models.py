@@ -151,3 +151,21 @@ def test_timm_weights_file_on_disk_loads_without_download(tmp_path):
     with pytest.raises(RobustEnsError, match="do not fit"):
         models.create("timm:vit_tiny_patch16_224", num_classes=10, weights_file=tmp_path / "w.safetensors",
                       img_size=32, patch_size=4, depth=3, embed_dim=64, num_heads=4)
+
+
+def test_models_layers_import_downwards_only():
+    """registry sits at the bottom of models/ (architectures and packed register into it, checkpoint
+    builds on it): no module imports one above it, at top level or inside a function."""
+    import ast
+    from pathlib import Path
+
+    import robust_ens.models as pkg
+
+    order = ["weights_io", "wrapper", "registry", "architectures", "packed_layers", "packed", "checkpoint"]
+    root = Path(pkg.__file__).parent
+    for i, name in enumerate(order):
+        above = set(order[i + 1 :])
+        for node in ast.walk(ast.parse((root / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("robust_ens.models"):
+                mods = {node.module.rsplit(".", 1)[-1], *(a.name for a in node.names)}
+                assert not mods & above, f"models/{name}.py imports {sorted(mods & above)} from above it"

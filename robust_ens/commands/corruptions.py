@@ -22,10 +22,10 @@ import logging
 import sys
 from typing import Any
 
-import torch
-
 from robust_ens.commands.common import positive_int, seed_int
+from robust_ens.device import resolve_device
 from robust_ens.errors import RobustEnsError
+from robust_ens.precision import PRECISIONS, REFERENCE_PRECISION
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--model", required=True, help="comma-separated checkpoint paths or zoo:NAME; several form an Ensemble")
     e.add_argument("--combine", default="logits", choices=("logits", "probs", "vote"),
                    help="how an ensemble combines members (default logits)")
-    e.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
-                   help="ensemble precision (default fp32)")
+    e.add_argument("--precision", default=REFERENCE_PRECISION, choices=PRECISIONS,
+                   help=f"ensemble precision (default {REFERENCE_PRECISION}, the precision entries are measured in)")
     e.add_argument("--data", default="cifar10", help="dataset: cifar10, digits or imagefolder:<path>")
     e.add_argument("--split", default="test", help="split (default test)")
     e.add_argument("--n", type=positive_int, default=None, help="number of examples (default: the whole split)")
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             raise RobustEnsError(f"the baseline {args.baseline} has no accuracies for: {', '.join(missing)}")
         if baseline["protocol"].get("preset") not in (None, args.preset):
             raise RobustEnsError(f"the baseline used preset {baseline['protocol'].get('preset')!r}, not {args.preset!r}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     with for_option("--model"):
         target = resolve_target(args.model, dataset=args.data, device=device, combine=args.combine,
                                 precision=args.precision)

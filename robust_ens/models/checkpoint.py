@@ -19,9 +19,7 @@ shapes in the safetensors header (read without loading the tensors).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +28,24 @@ from torch import nn
 
 from robust_ens.atomic import atomic_write, atomic_write_text
 from robust_ens.errors import CheckpointError
-from robust_ens.models.registry import create
+from robust_ens.models.registry import (
+    MODELS,
+    PACKED_PREFIX,
+    TIMM_PREFIX,
+    _create_timm,
+    check_arch_kwargs,
+    create,
+)
+from robust_ens.models.weights_io import (
+    PICKLE_SUFFIXES,
+    WEIGHT_SUFFIX,
+    load_tensors,
+    safetensors_shapes,
+    sha256_file,
+)
 from robust_ens.models.wrapper import Normalized
 
 SIDE_SUFFIX = ".json"
-WEIGHT_SUFFIX = ".safetensors"
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _stem(path: str | Path) -> Path:
@@ -130,40 +131,6 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     return record
 
 
-def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape from a safetensors file's header, without reading the tensors.
-
-    Raises:
-        CheckpointError: when the header is missing, truncated or not the safetensors format.
-    """
-    file = Path(path)
-    try:
-        with open(file, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{file} is not a valid safetensors file: shorter than its 8-byte header length")
-            n = int.from_bytes(head, "little")
-            size = file.stat().st_size
-            if n < 2 or n > min(size - 8, 100 << 20):
-                raise CheckpointError(f"{file} is not a valid safetensors file: header length {n} does not fit the file")
-            header = json.loads(f.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{file} is not a valid safetensors file: unreadable header ({err})") from err
-    except OSError as err:
-        raise CheckpointError(f"cannot read {file}: {err.strerror or err}") from err
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{file} is not a valid safetensors file: its header is not an object")
-    shapes: dict[str, tuple[int, ...]] = {}
-    for key, meta in header.items():
-        if key == "__metadata__":
-            continue
-        shape = meta.get("shape") if isinstance(meta, dict) else None
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise CheckpointError(f"{file} is not a valid safetensors file: tensor {key!r} has no valid shape")
-        shapes[key] = tuple(shape)
-    return shapes
-
-
 def _weights_path(record: dict[str, Any], stem: Path) -> Path:
     """The weights file the record names; only a plain file name in the checkpoint's folder."""
     name = record.get("weights", stem.name + WEIGHT_SUFFIX)
@@ -189,8 +156,6 @@ def _record_int(record: dict[str, Any], key: str, default: int | None, stem: Pat
 
 def _check_record(record: dict[str, Any], stem: Path, shapes: dict[str, tuple[int, ...]] | None) -> dict[str, Any]:
     """Validate an untrusted record; return the keyword arguments for ``create``."""
-    from robust_ens.models.registry import MODELS, PACKED_PREFIX, TIMM_PREFIX, check_arch_kwargs
-
     arch = record.get("arch")
     if not isinstance(arch, str) or not arch:
         raise CheckpointError(f"checkpoint record {stem}.json lacks field 'arch' (the architecture name)")
@@ -264,8 +229,6 @@ def _meta_shapes(spec: dict[str, Any], stem: Path) -> dict[str, tuple[int, ...]]
     ``None`` for ``packed:`` architectures (their wrapper is built on real tensors; the header
     checks of :func:`_check_record` bound their size).
     """
-    from robust_ens.models.registry import MODELS, PACKED_PREFIX, TIMM_PREFIX, _create_timm
-
     args = {k: v for k, v in spec.items() if k not in ("name", "mean", "std")}
     name = spec["name"]
     if name.startswith(PACKED_PREFIX):
@@ -280,32 +243,6 @@ def _meta_shapes(spec: dict[str, Any], stem: Path) -> dict[str, tuple[int, ...]]
     except Exception as err:  # a record describing a model that cannot be built
         raise CheckpointError(f"cannot build {name!r} from the record {stem}.json: {err}") from err
     return {f"net.{k}": tuple(v.shape) for k, v in net.state_dict().items()}
-
-
-def _load_tensors(weights: Path) -> dict[str, torch.Tensor]:
-    if weights.suffix == WEIGHT_SUFFIX:
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(weights))
-        except Exception as err:  # safetensors raises its own error types
-            raise CheckpointError(f"{weights} is not a valid safetensors file: {err}") from err
-    if weights.suffix in PICKLE_SUFFIXES:
-        try:
-            obj = torch.load(weights, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
-            raise CheckpointError(
-                f"refused to load {weights}: it is not a plain tensor state dict and loading it would "
-                "require unpickling arbitrary code. Convert it to safetensors in an environment you trust."
-            ) from err
-        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-            obj = obj["state_dict"]
-        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise CheckpointError(f"{weights} does not hold a state dict of tensors")
-        return obj
-    raise CheckpointError(
-        f"unsupported checkpoint file {weights}: expected {WEIGHT_SUFFIX} (or a weights-only {PICKLE_SUFFIXES} file)"
-    )
 
 
 def load_checkpoint(
@@ -342,7 +279,7 @@ def load_checkpoint(
     if weights.suffix == WEIGHT_SUFFIX:
         shapes = safetensors_shapes(weights)
     else:
-        state = _load_tensors(weights)
+        state = load_tensors(weights)
         shapes = {k: tuple(v.shape) for k, v in state.items()}
     spec = _check_record(record, stem, shapes)
     # Build what the record describes on the meta device first (no memory) and compare shapes.
@@ -358,10 +295,22 @@ def load_checkpoint(
         )
     model = _build(spec, stem)
     if state is None:
-        state = _load_tensors(weights)
+        state = load_tensors(weights)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         raise CheckpointError(f"weights in {weights} do not fit architecture {spec['name']!r}: {err}") from err
     model.checkpoint = record
     return model.to(device or "cpu").eval()
+
+
+__all__ = [
+    "PICKLE_SUFFIXES",
+    "SIDE_SUFFIX",
+    "WEIGHT_SUFFIX",
+    "load_checkpoint",
+    "read_sidecar",
+    "safetensors_shapes",
+    "save_checkpoint",
+    "sha256_file",
+]

@@ -1,4 +1,10 @@
-"""Model registry: ``register_model``, ``create``, ``list_models`` (timm-style)."""
+"""Model registry: ``register_model``, ``create``, ``list_models`` (timm-style).
+
+The bottom of :mod:`robust_ens.models`: it imports only the wrapper and the weight-file reader.
+Architectures register into it (:mod:`~robust_ens.models.architectures`), prefixed families
+install their builder (:mod:`~robust_ens.models.packed` for ``packed:<name>``, see
+:func:`register_prefix`), and :mod:`~robust_ens.models.checkpoint` builds on it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from robust_ens.errors import RobustEnsError
+from robust_ens.models.weights_io import load_tensors
 from robust_ens.models.wrapper import Normalized
 from robust_ens.registry import Registry
 
@@ -25,9 +32,29 @@ TIMM_SAFE_KWARGS = frozenset({
     "global_pool", "class_token", "reg_tokens", "no_embed_class", "qkv_bias", "init_values",
 })
 _RESERVED = ("num_classes", "in_chans")
-# What ``packed:<arch>`` adds to its architecture's options (see ``_create_packed``).
+# What ``packed:<arch>`` adds to its architecture's options (see ``robust_ens.models.packed``).
 PACKED_SAFE_KWARGS = frozenset({"members", "init", "heads", "seed"})
 PACKED_PREFIX = "packed:"
+
+# Builders of prefixed architecture families that wrap another architecture (``packed:<base>``),
+# installed by the module that defines the family (see :func:`register_prefix`).
+_PREFIX_BUILDERS: dict[str, Callable[..., Normalized]] = {}
+
+
+def register_prefix(prefix: str, builder: Callable[..., Normalized]) -> None:
+    """Install the builder ``create`` calls for ``<prefix><base>`` names.
+
+    ``create("packed:resnet20", **kw)`` calls ``builder("resnet20", num_classes=..., in_chans=...,
+    mean=..., std=..., pretrained=..., **kw)``. :mod:`robust_ens.models.packed` installs
+    ``packed:`` when it is imported (``import robust_ens.models`` does).
+
+    Raises:
+        RobustEnsError: when another builder already holds ``prefix``.
+    """
+    held = _PREFIX_BUILDERS.get(prefix)
+    if held is not None and held is not builder:
+        raise RobustEnsError(f"architecture prefix {prefix!r} already has a builder ({held.__qualname__})")
+    _PREFIX_BUILDERS[prefix] = builder
 
 
 def register_model(name: str | None = None, **meta: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -191,12 +218,10 @@ def _load_local_weights(net: nn.Module, path: Any) -> None:
     import warnings
     from pathlib import Path
 
-    from robust_ens.models.checkpoint import _load_tensors
-
     file = Path(path)
     if not file.is_file():
         raise RobustEnsError(f"weights_file {file} does not exist")
-    state = _load_tensors(file)
+    state = load_tensors(file)
     own = net.state_dict()
     head = getattr(net, "pretrained_cfg", {}).get("classifier") or "head"
     heads = [head] if isinstance(head, str) else list(head)
@@ -251,9 +276,12 @@ def create(
         raise RobustEnsError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if not isinstance(in_chans, int) or isinstance(in_chans, bool) or in_chans < 1:
         raise RobustEnsError(f"in_chans must be a positive integer, got {in_chans!r}")
-    if name.startswith(PACKED_PREFIX):
-        return _create_packed(name[len(PACKED_PREFIX) :], num_classes=num_classes, in_chans=in_chans, mean=mean,
-                              std=std, pretrained=pretrained, **kwargs)
+    for prefix, builder in _PREFIX_BUILDERS.items():
+        if name.startswith(prefix):
+            return builder(name[len(prefix) :], num_classes=num_classes, in_chans=in_chans, mean=mean, std=std,
+                           pretrained=pretrained, **kwargs)
+    if name.startswith(PACKED_PREFIX):  # pragma: no cover - robust_ens.models imports packed
+        raise RobustEnsError(f"{name!r}: packed models need robust_ens.models.packed (import robust_ens.models)")
     if name.startswith(TIMM_PREFIX):
         net = _create_timm(name[len(TIMM_PREFIX) :], num_classes, in_chans, pretrained, **kwargs)
     else:
@@ -269,34 +297,3 @@ def create(
     return Normalized(
         net, mean, std, arch=name, arch_kwargs=arch_kwargs, num_classes=num_classes, in_chans=in_chans
     )
-
-
-def _create_packed(
-    base: str,
-    *,
-    num_classes: int,
-    in_chans: int,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-    pretrained: bool,
-    members: int = 4,
-    init: str = "random_signs",
-    heads: str = "shared",
-    seed: int | None = None,
-    **kwargs: Any,
-) -> Any:
-    """``packed:<base>``: build ``<base>`` (registry or timm name) and pack it into M members.
-
-    Returns a :class:`~robust_ens.models.packed.PackedEnsemble` (an ``Ensemble`` and a
-    ``Normalized`` model at once), so checkpoints round-trip through ``save``/``load_checkpoint``.
-    ``seed`` fixes the adapters' random signs (default: the global torch RNG, like every other
-    initialization).
-    """
-    from robust_ens.models.packed import build_packed
-
-    if base.startswith(PACKED_PREFIX) or not base:
-        raise RobustEnsError(f"packed:<name> needs one architecture name after the prefix, got {PACKED_PREFIX + base!r}")
-    inner = create(base, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs)
-    arch_kwargs = {k: v for k, v in kwargs.items() if k != "weights_file"}
-    return build_packed(base, inner.net, members=members, init=init, heads=heads, seed=seed, mean=mean, std=std,
-                        num_classes=num_classes, in_chans=in_chans, arch_kwargs=arch_kwargs)

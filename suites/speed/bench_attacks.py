@@ -33,9 +33,10 @@ import torchattacks
 from torch import nn
 
 from robust_ens import Ensemble, models
+from robust_ens.device import default_device
 
 EPS, ALPHA = 8 / 255, 2 / 255
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = str(default_device())
 
 # (device, arch) -> full size, smoke size
 SIZES: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {

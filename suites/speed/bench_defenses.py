@@ -24,9 +24,10 @@ import torch
 
 from robust_ens import models
 from robust_ens.defenses.base import DEFENSES, make_params
+from robust_ens.device import default_device
 from robust_ens.train import TrainConfig, fit
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = str(default_device())
 
 
 def _size(full: bool) -> dict[str, Any]:

@@ -25,8 +25,9 @@ import pytest
 import torch
 
 from robust_ens import Ensemble, models
+from robust_ens.device import default_device
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = str(default_device())
 
 
 def _sync() -> None:
