@@ -12,7 +12,8 @@ Two parts:
 
 * :func:`lgv_collect` fine-tunes a copy of a trained model with SGD at a constant high learning
   rate (authors: 10 epochs at 0.05 for an ImageNet ResNet-50, momentum 0.9, weight decay 1e-4,
-  4 collected weights per epoch) and returns the collected models as an
+  4 collected weights per epoch) on the project's one training loop (the epochs of
+  :func:`robust_ens.train.train_epoch`) and returns the collected models as an
   :class:`~robust_ens.Ensemble`;
 * :class:`LGV` (registered ``"lgv"``) is I-FGSM where every iteration attacks one collected model
   (authors: 50 iterations, alpha = eps / 10), visiting them in one random order repeated cyclically
@@ -35,15 +36,16 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robust_ens.ensemble import Ensemble
 from robust_ens.errors import RobustEnsError
+from robust_ens.train import StepContext, TrainConfig, cross_entropy_step, make_optimizer, train_epoch
 
 from .base import Attack, AttackRun, Part, register_attack
 
@@ -91,22 +93,28 @@ def lgv_collect(
         raise RobustEnsError(f"epochs and samples_per_epoch must be >= 1, got {epochs} and {samples_per_epoch}")
     if len(x) != len(y) or len(x) == 0:
         raise RobustEnsError(f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}")
+    # The one training loop's epoch (robust_ens.train.train_epoch) at a constant rate, without
+    # augmentation, in fp32; one generator orders the batches of every epoch.
+    config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, optimizer="sgd", lr=lr, momentum=momentum, nesterov=False,
+        weight_decay=weight_decay, schedule="constant", crop_padding=0, flip=False, precision="fp32", seed=seed,
+    )
     net = copy.deepcopy(model).train()
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, config)
     g = torch.Generator().manual_seed(seed)
-    n_batches = max(1, -(-len(x) // batch_size))
+    n_batches = math.ceil(len(x) / batch_size)
     marks = {round((i + 1) * n_batches / samples_per_epoch) - 1 for i in range(samples_per_epoch)}
     collected: list[nn.Module] = []
+
+    def collect(ctx: StepContext, batch: int) -> None:
+        if batch in marks:
+            collected.append(copy.deepcopy(net).eval())
+
+    step = 0
     for epoch in range(epochs):
-        perm = torch.randperm(len(x), generator=g).to(x.device)
-        for b in range(n_batches):
-            idx = perm[b * batch_size : (b + 1) * batch_size]
-            loss = F.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if b in marks:
-                collected.append(copy.deepcopy(net).eval())
+        _, step = train_epoch({"model": net}, cross_entropy_step(net), optimizer, params, x, y, config,
+                              epoch=epoch, step=step, generator=g, device=x.device, on_step=collect)
         log.debug("lgv_collect: epoch %d, %d models", epoch + 1, len(collected))
     return Ensemble(collected, combine="logits", precision=precision).eval()
 

@@ -28,7 +28,7 @@ class DefenseSpec:
         min_members: Smallest ensemble the defense is defined for (2 for pairwise losses).
         paper: Citation.
         warm_start: True when the defense starts from trained members (DVERGE); with ``init=None``
-            :func:`robust_ens.defenses.train_defense` first trains a baseline (warm-up).
+            :func:`robust_ens.defenses.train.train_defense` first trains a baseline (warm-up).
         arch_kwargs: Architecture options the defense implies (GAL: leaky ReLU), from its params.
         independent: Members are trained one by one with their own seeds (baseline), not jointly.
     """
@@ -44,6 +44,11 @@ class DefenseSpec:
 
 
 DEFENSES: Registry[DefenseSpec] = Registry("defense")
+
+
+def list_defenses(pattern: str = "*") -> list[str]:
+    """Names of the registered defenses matching an fnmatch ``pattern``."""
+    return DEFENSES.list(pattern)
 
 
 def param_names(cls: type) -> list[str]:

@@ -104,27 +104,42 @@ def distill_features(
 
     feats_t: list[torch.Tensor | None] = [None if recompute_target else target_features(m) for m in models]
     if mode == "loop":
-        outs = []
-        for m, ft0 in zip(models, feats_t, strict=True):
-            x = src.clone()
-            g = torch.zeros_like(x)
-            for _ in range(steps):
-                x.requires_grad_(True)
-                fs = get_features(m, x, layer)
-                ft = target_features(m) if ft0 is None else ft0
-                loss = F.mse_loss(fs.float(), ft.float())
-                (grad,) = torch.autograd.grad(loss, x)
-                with torch.no_grad():
-                    if momentum:
-                        g = mu * g + _l1_normalize(grad)
-                        direction = g
-                    else:
-                        direction = grad
-                    x = _project(x.detach() - alpha * direction.sign(), src, eps)
-            outs.append(x.detach())
-        return outs
+        return [_distill_one(m, src, ft0, target_features, layer, eps, alpha, steps, momentum, mu)
+                for m, ft0 in zip(models, feats_t, strict=True)]
     if mode != "batched":
         raise ValueError(f"mode must be 'batched' or 'loop', got {mode!r}")
+    return _distill_batched(models, src, feats_t, target_features, layer, eps, alpha, steps, momentum, mu)
+
+
+def _distill_one(
+    m: nn.Module, src: torch.Tensor, ft0: torch.Tensor | None, target_features: Callable[[nn.Module], torch.Tensor],
+    layer: str, eps: float, alpha: float, steps: int, momentum: bool, mu: float,
+) -> torch.Tensor:
+    """:func:`distill_features` for one model (``mode="loop"``); ``ft0=None`` recomputes the target per step."""
+    x = src.clone()
+    g = torch.zeros_like(x)
+    for _ in range(steps):
+        x.requires_grad_(True)
+        fs = get_features(m, x, layer)
+        ft = target_features(m) if ft0 is None else ft0
+        loss = F.mse_loss(fs.float(), ft.float())
+        (grad,) = torch.autograd.grad(loss, x)
+        with torch.no_grad():
+            if momentum:
+                g = mu * g + _l1_normalize(grad)
+                direction = g
+            else:
+                direction = grad
+            x = _project(x.detach() - alpha * direction.sign(), src, eps)
+    return x.detach()
+
+
+def _distill_batched(
+    models: Sequence[nn.Module], src: torch.Tensor, feats_t: list[torch.Tensor | None],
+    target_features: Callable[[nn.Module], torch.Tensor], layer: str, eps: float, alpha: float, steps: int,
+    momentum: bool, mu: float,
+) -> list[torch.Tensor]:
+    """:func:`distill_features` for all models in lock step (``mode="batched"``)."""
     k = len(models)
     xs = src.unsqueeze(0).repeat(k, *([1] * src.dim()))  # [K, B, ...]
     g = torch.zeros_like(xs)

@@ -46,7 +46,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def train_model(work: Path, epochs: int) -> torch.nn.Module:
     """A ResNet-20 on the whole cifar10-jpeg training split (cached, resumable)."""
-    from robust_ens.train import train_ensemble
+    from robust_ens.defenses.train import train_ensemble
 
     members, _ = train_ensemble("resnet20", 1, "cifar10", epochs=epochs, seed=0, out_dir=work / f"resnet20_e{epochs}")
     return members[0].eval()

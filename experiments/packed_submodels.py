@@ -27,7 +27,6 @@ table. Run it after the engine run that holds the nine targets::
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import re
@@ -54,9 +53,7 @@ README_END = "<!-- packed-submodels:end -->"
 
 def fp32(ens: Ensemble) -> Ensemble:
     """The same ensemble evaluated in fp32 (no bf16 autocast), so every target is measured alike."""
-    view = copy.copy(ens)
-    view.precision = "fp32"
-    return view
+    return ens.with_precision("fp32")
 
 
 def diversity(name: str, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 
 from robust_ens import data, models
 from robust_ens.defenses import train_defense
+from robust_ens.defenses.recipe_registry import default_recipe
 from robust_ens.evaluation import accuracy
-from robust_ens.train import TrainConfig, default_recipe, train_classifier
+from robust_ens.train import TrainConfig, train_classifier
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

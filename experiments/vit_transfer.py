@@ -47,7 +47,7 @@ from robust_ens.attacks import create_attack
 from robust_ens.attacks.base import Attack
 from robust_ens.attacks.bayesopt import SEARCH_SPACE, optimize_augmentation
 from robust_ens.attacks.vit_ensemble import ViTEnsembleAttack
-from robust_ens.attacks.vit_recipes import get_recipe
+from robust_ens.defenses.recipe_registry import model_recipe as get_recipe
 from robust_ens.evaluation import accuracy
 from robust_ens.train import train_classifier
 

@@ -4,9 +4,14 @@ per-epoch resumable state and a safetensors checkpoint per member.
 
 Two levels:
 
-* :func:`fit` runs any ``step_fn(x, y, ctx) -> loss`` over a set of modules. Defenses
+* :func:`fit` runs any ``step_fn(x, y, ctx) -> loss`` over a set of modules: resumable state,
+  per-epoch seeding, history. Each epoch is one :func:`train_epoch` (batches, augmentation,
+  learning-rate schedule, :func:`optimizer_step`), which LGV's weight collection
+  (:func:`robust_ens.attacks.lgv.lgv_collect`) runs directly. Defenses
   (``robust_ens.defenses``) plug their joint losses in here.
-* :func:`train_classifier` / :func:`train_ensemble` train ordinary members with cross-entropy.
+* :func:`train_classifier` trains one ordinary classifier with cross-entropy. Ensembles (defenses,
+  and plain members with :func:`robust_ens.defenses.train.train_ensemble`) are organised by
+  :mod:`robust_ens.defenses.train`; named recipes live in :mod:`robust_ens.defenses.recipe_registry`.
 
 Determinism: the batch order, crop offsets and flips of epoch ``e`` come from a generator seeded
 by ``(seed, e)``, and the global torch RNG is reseeded the same way at the start of every epoch, so
@@ -35,6 +40,7 @@ from torch import nn
 
 from robust_ens import precision as _precision
 from robust_ens.atomic import atomic_write
+from robust_ens.device import resolve_device
 from robust_ens.errors import RobustEnsError
 from robust_ens.evaluation import accuracy
 
@@ -145,37 +151,6 @@ class TrainConfig:
         return 1.0
 
 
-# Recipes for plain members; defenses keep their own in recipe files.
-RECIPES: dict[str, TrainConfig] = {
-    "digits": TrainConfig(
-        epochs=12, batch_size=64, optimizer="adam", lr=3e-3, weight_decay=1e-4, crop_padding=1, flip=False
-    ),
-    "cifar10": TrainConfig(epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, nesterov=True),
-    "cifar10-full": TrainConfig(
-        epochs=200, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
-        schedule="multistep", milestones=(100, 150),
-    ),
-}
-
-
-def check_train_n(train_n: Any, available: int, dataset: str, source: str = "") -> None:
-    """Refuse a training-subset size the dataset cannot provide, saying which option to pass."""
-    if train_n is None:
-        return
-    if isinstance(train_n, bool) or not isinstance(train_n, int) or train_n < 1:
-        raise RobustEnsError(f"train_n (--train-n) must be a positive integer, got {train_n!r}")
-    if train_n > available:
-        raise RobustEnsError(
-            f"train_n={train_n}{source} exceeds the {available} images in the train split of {dataset}; "
-            f"pass --train-n {available} (train_n={available}) or fewer"
-        )
-
-
-def default_recipe(dataset: str) -> TrainConfig:
-    """The plain-member recipe for a dataset (``"digits"``, ``"cifar10"``; others use cifar10's)."""
-    return RECIPES.get(dataset, RECIPES["cifar10"])
-
-
 # --------------------------------------------------------------------------- augmentation
 
 
@@ -242,12 +217,6 @@ class TrainResult:
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch) * 7919 + 17)
-
-
-def _quiet() -> bool:
-    from robust_ens.progress import quiet
-
-    return quiet()
 
 
 LOCK_FILE = ".robust-ens.lock"
@@ -320,7 +289,8 @@ def locks_out_dir(fn: Callable[..., _T]) -> Callable[..., _T]:
     return wrapper
 
 
-def _make_optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer ``cfg`` names (SGD with optional Nesterov momentum, Adam or AdamW) over ``params``."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
@@ -331,7 +301,164 @@ def _make_optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.o
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _save_state(path: Path, payload: dict[str, Any]) -> None:
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: Sequence[nn.Parameter], grad_clip: float | None
+) -> None:
+    """One update: clear the gradients, backpropagate ``loss``, clip the global norm (when set), step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+
+
+def train_epoch(
+    modules: Mapping[str, nn.Module],
+    step_fn: StepFn,
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[nn.Parameter],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    *,
+    epoch: int,
+    step: int,
+    generator: torch.Generator,
+    device: torch.device,
+    channels_last: bool = False,
+    bar: Any = None,
+    on_step: Callable[[StepContext, int], None] | None = None,
+) -> tuple[dict[str, float], int]:
+    """One pass over ``(x, y)``: the batch loop that :func:`fit` runs once per epoch.
+
+    The batch order, crop offsets and flips are drawn from ``generator`` (nothing else is drawn
+    from it here; a step function may draw from ``ctx.generator``). The learning rate follows
+    ``config``'s schedule per iteration. The global torch RNG is neither seeded nor used here.
+
+    Args:
+        modules: The modules being trained (set to train mode).
+        step_fn: ``step_fn(x, y, ctx)`` -> loss or ``(loss, metrics)``.
+        optimizer: The optimizer over ``params`` (see :func:`make_optimizer`).
+        params: The optimized parameters (for gradient clipping).
+        x: Images on ``device``: uint8 (converted to [0, 1] per batch) or float in [0, 1].
+        y: int64 labels on ``device``.
+        config: Hyperparameters (batch size, schedule, augmentation, precision, clipping).
+        epoch: The epoch's index (0-based; the schedule's position).
+        step: Global iteration count at the start of the epoch.
+        generator: CPU generator of the batch order and augmentation.
+        device: Training device.
+        channels_last: Lay batches out channels-last (bf16 training).
+        bar: A progress bar to advance per batch, or ``None``.
+        on_step: Called as ``on_step(ctx, batch_index)`` after every optimizer step.
+
+    Returns:
+        ``(means, step)``: the epoch's example-weighted mean loss and metrics, and the global
+        iteration count after the epoch.
+    """
+    n = len(x)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    ctx = StepContext(epoch=epoch, step=step, generator=generator, device=device)
+    for m in modules.values():
+        m.train()
+    perm = torch.randperm(n, generator=generator).to(device)
+    sums: dict[str, Any] = {}
+    count = 0
+    for b in range(steps_per_epoch):
+        idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
+        xb = x[idx]
+        xb = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb
+        xb = augment_batch(xb, config.crop_padding, config.flip, generator)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        for g in optimizer.param_groups:
+            g["lr"] = config.lr * config.lr_factor(epoch + b / steps_per_epoch)
+        ctx.step = step
+        with _precision.autocast(config.precision, device):
+            out = step_fn(xb, y[idx], ctx)
+        loss, metrics = out if isinstance(out, tuple) else (out, {})
+        optimizer_step(optimizer, loss, params, config.grad_clip)
+        step += 1
+        count += len(idx)
+        # Sums stay on the device (no per-step synchronization); read once per epoch.
+        for k, v in {"loss": loss.detach(), **metrics}.items():
+            sums[k] = sums.get(k, 0.0) + (v.detach().float() if isinstance(v, torch.Tensor) else float(v)) * len(idx)
+        if on_step is not None:
+            on_step(ctx, b)
+        if bar is not None:
+            bar.update(1)
+            if b % 25 == 0:
+                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+    return {k: float(v) / count for k, v in sums.items()}, step
+
+
+@dataclass
+class _Setup:
+    """What :func:`fit` prepares before its first epoch."""
+
+    device: torch.device
+    bf16: bool
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+def _setup(
+    modules: Mapping[str, nn.Module], x_train: torch.Tensor, y_train: torch.Tensor, config: TrainConfig,
+    device: str | torch.device | None, params: Sequence[nn.Parameter] | None,
+) -> _Setup:
+    """Check the data, seed, move the modules to the device and build the optimizer."""
+    if x_train.dtype != torch.uint8:
+        raise RobustEnsError(f"x_train must be uint8 images (data resident as uint8), got {x_train.dtype}")
+    if len(x_train) != len(y_train):
+        raise RobustEnsError(f"x_train has {len(x_train)} images but y_train has {len(y_train)} labels")
+    dev = resolve_device(device)
+    bf16 = _precision.resolve(config.precision, dev) == "bf16"
+    fmt = torch.channels_last if bf16 and x_train.dim() == 4 else torch.contiguous_format
+    torch.manual_seed(config.seed)
+    for m in modules.values():
+        m.to(dev).to(memory_format=fmt).train()
+    plist = list(params) if params is not None else [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+    if not plist:
+        raise RobustEnsError("nothing to train: the modules have no trainable parameters")
+    opt = make_optimizer(plist, config)
+    return _Setup(dev, bf16, plist, opt, x_train.to(dev), y_train.to(dev))
+
+
+def _resume(
+    state_path: Path | None, modules: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer,
+    config: TrainConfig, device: torch.device, desc: str,
+) -> tuple[int, int | None, list[dict[str, float]]]:
+    """``(start_epoch, resumed_from, history)`` from the state file, when there is one."""
+    if state_path is None or not state_path.is_file():
+        return 0, None, []
+    payload = torch.load(state_path, map_location=device, weights_only=True)
+    if payload.get("config_digest") != config.digest():
+        raise RobustEnsError(
+            f"{state_path} was written by a run with different settings; delete it or pick another "
+            "output folder to start afresh"
+        )
+    for name, m in modules.items():
+        m.load_state_dict(payload["modules"][name])
+    optimizer.load_state_dict(payload["optimizer"])
+    start = int(payload["epoch"]) + 1
+    log.info("resuming %s from epoch %d (%s)", desc, start, state_path)
+    return start, start, json.loads(payload["history"])
+
+
+def _save_state(
+    path: Path, epoch: int, config: TrainConfig, modules: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer,
+    history: list[dict[str, float]],
+) -> None:
+    """Write the resumable state after ``epoch`` (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "epoch": epoch,
+        "config_digest": config.digest(),
+        "modules": {k: m.state_dict() for k, m in modules.items()},
+        "optimizer": optimizer.state_dict(),
+        "history": json.dumps(history),
+    }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
@@ -373,40 +500,11 @@ def fit(
     """
     from robust_ens import progress as _progress
 
-    if x_train.dtype != torch.uint8:
-        raise RobustEnsError(f"x_train must be uint8 images (data resident as uint8), got {x_train.dtype}")
-    if len(x_train) != len(y_train):
-        raise RobustEnsError(f"x_train has {len(x_train)} images but y_train has {len(y_train)} labels")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    bf16 = _precision.resolve(config.precision, dev) == "bf16"
-    fmt = torch.channels_last if bf16 and x_train.dim() == 4 else torch.contiguous_format
-    torch.manual_seed(config.seed)
-    for m in modules.values():
-        m.to(dev).to(memory_format=fmt).train()
-    plist = list(params) if params is not None else [p for m in modules.values() for p in m.parameters() if p.requires_grad]
-    if not plist:
-        raise RobustEnsError("nothing to train: the modules have no trainable parameters")
-    opt = _make_optimizer(plist, config)
-    x_dev, y_dev = x_train.to(dev), y_train.to(dev)
-    n = len(x_dev)
+    run = _setup(modules, x_train, y_train, config, device, params)
+    n = len(run.x)
     steps_per_epoch = math.ceil(n / config.batch_size)
-
-    history: list[dict[str, float]] = []
-    start_epoch, resumed = 0, None
     state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
-    if state_path is not None and state_path.is_file():
-        payload = torch.load(state_path, map_location=dev, weights_only=True)
-        if payload.get("config_digest") != config.digest():
-            raise RobustEnsError(
-                f"{state_path} was written by a run with different settings; delete it or pick another "
-                "output folder to start afresh"
-            )
-        for name, m in modules.items():
-            m.load_state_dict(payload["modules"][name])
-        opt.load_state_dict(payload["optimizer"])
-        start_epoch = resumed = int(payload["epoch"]) + 1
-        history = json.loads(payload["history"])
-        log.info("resuming %s from epoch %d (%s)", desc, start_epoch, state_path)
+    start_epoch, resumed, history = _resume(state_path, modules, run.optimizer, config, run.device, desc)
     last_epoch = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
 
     bar = _progress.bar(
@@ -417,39 +515,12 @@ def fit(
     for epoch in range(start_epoch, last_epoch):
         gen = _epoch_generator(config.seed, epoch)
         torch.manual_seed(config.seed * 1_000_003 + epoch)
-        ctx = StepContext(epoch=epoch, step=step, generator=gen, device=dev)
-        for m in modules.values():
-            m.train()
-        perm = torch.randperm(n, generator=gen).to(dev)
-        sums: dict[str, Any] = {}
-        count = 0
-        for b in range(steps_per_epoch):
-            idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
-            xb = x_dev[idx].float().div_(255.0)
-            xb = augment_batch(xb, config.crop_padding, config.flip, gen)
-            if bf16:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            for g in opt.param_groups:
-                g["lr"] = config.lr * config.lr_factor(epoch + b / steps_per_epoch)
-            ctx.step = step
-            with _precision.autocast(config.precision, dev):
-                out = step_fn(xb, y_dev[idx], ctx)
-            loss, metrics = out if isinstance(out, tuple) else (out, {})
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(plist, config.grad_clip)
-            opt.step()
-            step += 1
-            count += len(idx)
-            seen += len(idx)
-            # Sums stay on the device (no per-step synchronization); read once per epoch.
-            for k, v in {"loss": loss.detach(), **metrics}.items():
-                sums[k] = sums.get(k, 0.0) + (v.detach().float() if isinstance(v, torch.Tensor) else float(v)) * len(idx)
-            bar.update(1)
-            if b % 25 == 0:
-                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
-        row = {"epoch": float(epoch), "lr": opt.param_groups[0]["lr"], **{k: float(v) / count for k, v in sums.items()}}
+        means, step = train_epoch(
+            modules, step_fn, run.optimizer, run.params, run.x, run.y, config, epoch=epoch, step=step,
+            generator=gen, device=run.device, channels_last=run.bf16, bar=bar,
+        )
+        seen += n
+        row = {"epoch": float(epoch), "lr": run.optimizer.param_groups[0]["lr"], **means}
         if not math.isfinite(row["loss"]):
             raise RobustEnsError(
                 f"training diverged in epoch {epoch}: mean loss is {row['loss']}; lower the learning rate"
@@ -461,17 +532,7 @@ def fit(
         history.append(row)
         log.debug("%s epoch %d: %s", desc, epoch, {k: round(v, 4) for k, v in row.items()})
         if state_path is not None:
-            state_path.parent.mkdir(parents=True, exist_ok=True)
-            _save_state(
-                state_path,
-                {
-                    "epoch": epoch,
-                    "config_digest": config.digest(),
-                    "modules": {k: m.state_dict() for k, m in modules.items()},
-                    "optimizer": opt.state_dict(),
-                    "history": json.dumps(history),
-                },
-            )
+            _save_state(state_path, epoch, config, modules, run.optimizer, history)
     bar.close()
     for m in modules.values():
         # back to the layout a checkpoint loads in: a model used right after training must compute
@@ -523,139 +584,3 @@ def train_classifier(
         device=device, state_dir=state_dir, progress=progress, eval_fn=eval_fn,
         stop_after_epoch=stop_after_epoch, desc=desc,
     )
-
-
-@locks_out_dir
-def train_ensemble(
-    arch: str = "resnet20",
-    n_members: int = 3,
-    dataset: str = "cifar10",
-    *,
-    epochs: int | None = None,
-    train_n: int | None = None,
-    recipe: TrainConfig | None = None,
-    seed: int = 0,
-    out_dir: str | Path | None = None,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-    data_root: str | Path | None = None,
-    arch_kwargs: Mapping[str, Any] | None = None,
-) -> tuple[list[nn.Module], list[dict[str, Any]]]:
-    """Train ``n_members`` independent members (seeds ``seed, seed+1, ...``) and checkpoint each.
-
-    A member whose final checkpoint exists in ``out_dir`` is loaded instead of retrained; a member
-    interrupted mid-training resumes from its last finished epoch.
-
-    Returns:
-        ``(members, records)``: trained models in eval mode and, per member, its metrics.
-    """
-    from robust_ens import data, models
-
-    if n_members < 1:
-        raise RobustEnsError(f"n_members must be >= 1, got {n_members}")
-    cfg = recipe or default_recipe(dataset)
-    if epochs is not None:
-        cfg = cfg.replace(epochs=epochs)
-    ds = data.info(dataset, data_root)
-    xtr, ytr = data.load_uint8(dataset, "train", root=data_root, progress=progress)
-    check_train_n(train_n, len(ytr), dataset)
-    idx = data.subset_indices(ytr, train_n, seed=seed)
-    xtr, ytr = xtr[idx], ytr[idx]
-    xte, yte = data.load_uint8(dataset, "test", root=data_root)
-    members: list[nn.Module] = []
-    records: list[dict[str, Any]] = []
-    for i in range(n_members):
-        stem = Path(out_dir) / f"member{i}" if out_dir is not None else None
-        if stem is not None and stem.with_suffix(".json").is_file():
-            done = models.load_checkpoint(stem, device=device)
-            record = done.checkpoint or {}
-            if record.get("recipe") == cfg.replace(seed=seed + i).to_dict():
-                log.info("member %d already trained: %s", i, stem)
-                members.append(done)
-                records.append(record.get("metrics", {}))
-                continue
-        member_cfg = cfg.replace(seed=seed + i)
-        torch.manual_seed(member_cfg.seed)
-        m = models.create(
-            arch, num_classes=ds.num_classes, in_chans=ds.in_chans, mean=ds.mean, std=ds.std, **dict(arch_kwargs or {})
-        )
-        res = train_classifier(
-            m, xtr, ytr, member_cfg, device=device,
-            state_dir=(Path(out_dir) / f"member{i}.state") if out_dir is not None else None,
-            x_test=None, y_test=None, progress=progress, desc=f"{arch}[{i}]",
-        )
-        acc = accuracy(m, xte, yte)
-        metrics = {"test_acc": acc, "train_seconds": res.seconds, "images_per_second": res.images_per_second,
-                   "train_n": len(xtr), "final_train_loss": res.history[-1]["loss"]}
-        if stem is not None:
-            models.save_checkpoint(m, stem, dataset=dataset, recipe=member_cfg.to_dict(), metrics=metrics)
-        members.append(m.eval())
-        records.append(metrics)
-    return members, records
-
-
-@dataclass(frozen=True)
-class TrainTable:
-    """A ``train = {...}`` table of a protocol surrogate or a zoo entry, resolved into what
-    :func:`train_ensemble` takes.
-
-    Attributes:
-        arch: Member architecture.
-        members: Ensemble size (seeds ``seed, seed+1, ...``).
-        seed: Seed of member 0.
-        train_n: Training images (``None``: the whole training set).
-        arch_kwargs: Extra architecture arguments.
-        config: The training recipe.
-    """
-
-    arch: str
-    members: int
-    seed: int
-    train_n: int | None
-    arch_kwargs: dict[str, Any]
-    config: TrainConfig
-
-    def train(self, dataset: str, *, out_dir: str | Path | None = None, device: str | torch.device | None = None,
-              progress: bool = True) -> tuple[list[nn.Module], list[dict[str, Any]]]:
-        """Train (or load, when ``out_dir`` holds them) the members; see :func:`train_ensemble`."""
-        return train_ensemble(self.arch, self.members, dataset, recipe=self.config, seed=self.seed,
-                              train_n=self.train_n, out_dir=out_dir, device=device, progress=progress,
-                              arch_kwargs=self.arch_kwargs)
-
-
-def parse_train_table(table: Mapping[str, Any], dataset: str, *, what: str) -> TrainTable:
-    """Read a ``train`` table: ``arch`` or ``recipe`` (a named recipe of
-    :data:`robust_ens.attacks.vit_recipes.VIT_RECIPES`), ``members``, ``seed``, ``train_n``,
-    ``epochs``, ``arch_kwargs``; any other key overrides a :class:`TrainConfig` field of the
-    dataset's default recipe (or the named recipe's).
-
-    Args:
-        table: The table.
-        dataset: Whose default recipe applies.
-        what: What the table belongs to, for error messages (``"surrogate 'r20x2-small'"``).
-
-    Raises:
-        RobustEnsError: an unknown recipe or a bad setting (one line naming ``what``).
-    """
-    spec = dict(table)
-    members = int(spec.pop("members", 1))
-    seed = int(spec.pop("seed", 0))
-    train_n = spec.pop("train_n", None)
-    arch_kwargs = dict(spec.pop("arch_kwargs", {}))
-    cfg: TrainConfig
-    if "recipe" in spec:
-        from robust_ens.attacks.vit_recipes import VIT_RECIPES
-
-        rname = spec.pop("recipe")
-        if rname not in VIT_RECIPES:
-            raise RobustEnsError(f"{what}: unknown recipe {rname!r}; known: {', '.join(VIT_RECIPES)}")
-        r = VIT_RECIPES[rname]
-        arch, arch_kwargs, cfg = r.arch, {**r.arch_kwargs, **arch_kwargs}, r.config
-    else:
-        arch = spec.pop("arch", "resnet20")
-        cfg = default_recipe(dataset)
-    try:
-        cfg = cfg.replace(**spec)
-    except (TypeError, RobustEnsError) as err:
-        raise RobustEnsError(f"{what}: bad train setting: {err}") from None
-    return TrainTable(arch, members, seed, None if train_n is None else int(train_n), arch_kwargs, cfg)

@@ -2,15 +2,15 @@ import pytest
 import torch
 
 from robust_ens import data, models
+from robust_ens.defenses.recipe_registry import default_recipe
+from robust_ens.defenses.train import train_ensemble
 from robust_ens.errors import RobustEnsError
 from robust_ens.train import (
     TrainConfig,
     accuracy,
     augment_batch,
-    default_recipe,
     fit,
     train_classifier,
-    train_ensemble,
 )
 
 
@@ -123,8 +123,6 @@ def test_train_ensemble_checkpoints_members_and_reuses_them(tmp_path):
 
 
 def test_a_model_returned_by_training_is_laid_out_like_its_reloaded_checkpoint(tmp_path) -> None:
-    from robust_ens.train import default_recipe, train_ensemble
-
     # bf16 trains channels_last (on any CPU: autocast runs there without native bf16, only slower)
     recipe = default_recipe("digits").replace(epochs=1, precision="bf16")
     mods, _ = train_ensemble("small_cnn", 1, "digits", recipe=recipe, seed=0, train_n=128, out_dir=tmp_path,

@@ -74,8 +74,9 @@ MAX_MEMBERS = 1024
 def run(args: argparse.Namespace) -> int:
     """Run ``train``; returns the exit status."""
     from robust_ens import data
+    from robust_ens.defenses.recipe_registry import default_recipe
+    from robust_ens.defenses.train import check_train_n, train_ensemble
     from robust_ens.models.registry import check_arch, check_arch_kwargs
-    from robust_ens.train import check_train_n, default_recipe, train_ensemble
 
     if not 1 <= args.members <= MAX_MEMBERS:
         raise RobustEnsError(f"--members must be >= 1 (and at most {MAX_MEMBERS}), got {args.members}")

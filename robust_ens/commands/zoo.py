@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``zoo``; returns the exit status."""
     from tabulate import tabulate
 
+    from robust_ens import zoo_build
     from robust_ens.commands.common import check_device, progress_enabled
     from robust_ens.errors import RobustEnsError
     from robust_ens.models import zoo
@@ -52,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset in (None, "digits"):
         if args.only:
             raise RobustEnsError("--only applies to --dataset cifar10; the digits zoo is rebuilt whole")
-        entries = zoo.rebuild_digits_zoo(args.out)
+        entries = zoo_build.rebuild_digits_zoo(args.out)
     else:
-        entries = zoo.rebuild_zoo(args.out, dataset=args.dataset, names=args.only, device=args.device,
+        entries = zoo_build.rebuild_zoo(args.out, dataset=args.dataset, names=args.only, device=args.device,
                                   progress=progress_enabled())
     print(tabulate([[n, e.get("arch", ""), e.get("members", 1),
                      (e.get("sha256") or next(iter(e.get("files", {}).values()), ""))[:16]] for n, e in sorted(entries.items())],
