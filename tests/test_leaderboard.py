@@ -1,10 +1,13 @@
 import json
+from pathlib import Path
 
 import pytest
 
 from robust_ens import leaderboard as lb
 from robust_ens.cli import main
 from robust_ens.errors import RobustEnsError
+
+COMMITTED = Path(__file__).resolve().parent.parent / "leaderboards"
 
 
 def sample(**results):
@@ -52,9 +55,9 @@ def test_write_render_and_cli_validate(tmp_path, capsys):
 
 
 def test_committed_schema_is_current_and_entries_validate():
-    committed = json.loads((lb.LEADERBOARD_DIR / "schema" / "entry-1.json").read_text())
+    committed = json.loads((COMMITTED / "schema" / "entry-1.json").read_text())
     assert committed == lb.json_schema("1.0"), "run: robust-ens leaderboard render"
-    for entry in lb.load_entries(lb.LEADERBOARD_DIR):
+    for entry in lb.load_entries(COMMITTED):
         assert entry.schema_version in lb.SCHEMA_VERSIONS
 
 
@@ -71,3 +74,18 @@ def test_suites_without_eps_show_and_rank_by_headline_metrics():
     lines = [line for line in table.splitlines() if line.startswith("|") and line.split("|")[1].strip().isdigit()]
     assert "mean_corruption_accuracy" in table and "acc/fog/3" not in table
     assert lines[0].split("|")[2].strip() == "b" and "70.00" in lines[0] and "80.00" in lines[0]
+
+
+def test_write_entries_is_all_or_nothing_in_either_layout(tmp_path):
+    good = lb.validate(sample())
+    flat = lb.write_entries([good], tmp_path / "run" / "entries", flat=True)
+    assert flat == [tmp_path / "run" / "entries" / "r20x3-baseline.json"]
+    (tree,) = lb.write_entries([good], tmp_path / "board")
+    assert tree == lb.entry_path(good, tmp_path / "board") and tree.read_text() == flat[0].read_text() == lb.dumps(good)
+    bad = good.model_copy(update={"name": "bad name/x"})  # model_copy skips validation; the writer does not
+    with pytest.raises(RobustEnsError, match="name"):
+        lb.write_entries([good.model_copy(update={"name": "other"}), bad], tmp_path / "none")
+    assert not (tmp_path / "none").exists()  # nothing written when any entry is invalid
+    with pytest.raises(RobustEnsError, match="would both be written"):
+        lb.write_entries([good, good], tmp_path / "twice")
+    assert not (tmp_path / "twice").exists()

@@ -13,7 +13,8 @@ import pytest
 
 from robust_ens import leaderboard as lb
 from robust_ens.cli import main
-from robust_ens.leaderboard_pages import GENERATED, PLOT_DPI, PLOT_SIZE, stale_files
+from robust_ens.leaderboard import GENERATED, stale_files
+from robust_ens.leaderboard.plots import PLOT_DPI, PLOT_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "leaderboards"

@@ -1,28 +1,57 @@
-"""The README's generated Results block: every number comes from an entry, joined by model name."""
+"""The README's generated Results block (``leaderboards/render_readme.py``): every number comes from an
+entry, joined by model name, and the committed block is current."""
 
 from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from robust_ens import leaderboard as lb
-from robust_ens.leaderboard_results import (
-    BEGIN,
-    DATASET,
-    END,
-    TIER,
-    TRANSFER,
-    WHITEBOX,
-    defense_table,
-    replace_block,
-    results_markdown,
-)
 
-ENTRIES = lb.load_entries()
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "leaderboards" / "render_readme.py"
+
+
+def _load_script():  # a script of the repository, not a module of the package
+    spec = importlib.util.spec_from_file_location("render_readme", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+rr = _load_script()
+BEGIN, END, DATASET, TIER, TRANSFER, WHITEBOX = rr.BEGIN, rr.END, rr.DATASET, rr.TIER, rr.TRANSFER, rr.WHITEBOX
+defense_table, replace_block, results_markdown = rr.defense_table, rr.replace_block, rr.results_markdown
+ENTRIES = lb.load_entries(ROOT / "leaderboards")
 
 
 def _ours(suite: str) -> list[lb.Entry]:
     return [e for e in ENTRIES if isinstance(e, lb.Entry) and e.protocol.suite == suite and e.protocol.tier == TIER
             and e.protocol.dataset == DATASET and e.external is None]
+
+
+def test_committed_readme_block_is_current_and_the_script_runs_as_written(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=600)  # a hang guard only
+    assert out.returncode == 0, f"run: python leaderboards/render_readme.py\n{out.stdout}{out.stderr}"
+    assert "is current" in out.stdout
+
+
+def test_the_script_rewrites_only_the_block_of_the_readme_it_is_given(tmp_path: Path, capsys) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{BEGIN}\nstale\n{END}\noutro\n")
+    args = ["--root", str(ROOT / "leaderboards"), "--readme", str(readme)]
+    assert rr.main([*args, "--check"]) == 1 and "stale" in capsys.readouterr().out
+    assert rr.main(args) == 0
+    text = readme.read_text()
+    assert text.startswith(f"intro\n{BEGIN}") and text.endswith(f"{END}\noutro\n") and "stale" not in text
+    assert rr.main([*args, "--check"]) == 0
+    assert text == f"intro\n{results_markdown(ENTRIES)}\noutro\n"
 
 
 def test_replace_block_touches_only_the_marked_block() -> None:
@@ -45,8 +74,7 @@ def test_every_transfer_entry_is_a_row_with_its_own_numbers() -> None:
         assert row[7 + len(e.results.worst_case)] == f"{100 * top.robust_acc / e.results.clean.acc:.0f}"
         if e.name in white:
             assert row[col].startswith(f"{100 * white[e.name].results.worst_case[0].robust_acc:.1f} ")
-    from robust_ens.leaderboard_results import _train_n
-
+    _train_n = rr._train_n
     sizes = [_train_n(e) or 0 for e in ranked]
     assert sizes == sorted(sizes, reverse=True)  # most training images first
     for n in set(sizes):
@@ -58,9 +86,7 @@ def test_every_transfer_entry_is_a_row_with_its_own_numbers() -> None:
 
 @pytest.mark.skipif(not _ours("cifar10-attacks"), reason="no committed cifar10-jpeg attack entries")
 def test_every_attack_entry_is_a_row_with_its_mean_success_per_eps() -> None:
-    from robust_ens.leaderboard_results import attack_table
-
-    headers, rows = attack_table(ENTRIES)
+    headers, rows = rr.attack_table(ENTRIES)
     entries = {e.name: e for e in _ours("cifar10-attacks")}
     assert sorted(r[0] for r in rows) == sorted(entries)
     assert all("/255" in h for h in headers[3:])  # eps shown exactly, not as rounded metric keys
@@ -75,8 +101,7 @@ def test_every_attack_entry_is_a_row_with_its_mean_success_per_eps() -> None:
 def test_each_defense_is_compared_with_the_baseline_trained_on_as_many_images(monkeypatch) -> None:
     from types import SimpleNamespace as NS
 
-    from robust_ens import leaderboard_results as lr
-
+    lr = rr
     def entry(name: str, defense: str, acc: float, ci: tuple[float, float], n_train: int) -> NS:
         w = NS(eps=0.03, robust_acc=acc, ci95=list(ci))
         return NS(name=name, n_train=n_train, model=NS(defense=defense, architecture="resnet20"),

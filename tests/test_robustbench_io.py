@@ -14,8 +14,8 @@ import torch
 from robust_ens import leaderboard as lb
 from robust_ens.cli import main
 from robust_ens.errors import RobustEnsError
-from robust_ens.robustbench_io import (
-    MISSING_WORDS,
+from robust_ens.leaderboard.model_info import MISSING_WORDS
+from robust_ens.leaderboard.robustbench import (
     ImportResult,
     export_robustbench,
     import_robustbench,

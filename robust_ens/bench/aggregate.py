@@ -12,18 +12,7 @@ from typing import Any
 
 import torch
 
-Z95 = 1.959963984540054
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval (95% by default) of a binomial proportion ``k / n``."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half))
+from robust_ens.leaderboard.schema import Z95, wilson  # noqa: F401 - the entries' interval, defined with their schema
 
 
 def rate(ok: torch.Tensor) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """``robust-ens leaderboard``: validate entries, render tables/pages/plots, export the schema, RobustBench interop.
 
 The leaderboard folder is ``--root``, else ``$ROBUST_ENS_LEADERBOARD``, else ``./leaderboards``.
+``render`` writes only inside that folder; the repository README's Results block is rendered by the
+repository's own script, ``python leaderboards/render_readme.py``.
 
 Example:
     robust-ens leaderboard validate
@@ -23,7 +25,7 @@ from robust_ens.commands.common import check_output_file
 from robust_ens.errors import RobustEnsError
 
 if TYPE_CHECKING:
-    from robust_ens.robustbench_io import ImportResult
+    from robust_ens.leaderboard.robustbench import ImportResult
 
 log = logging.getLogger(__name__)
 _ROOT_HELP = "leaderboard folder (default: $ROBUST_ENS_LEADERBOARD, else ./leaderboards)"
@@ -40,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("paths", nargs="+", help="entry files or folders (e.g. runs/X/entries)")
     a.add_argument("--root", default=None, help=_ROOT_HELP)
     a.add_argument("--replace", action="store_true", help="overwrite entries of the same name in the same suite")
-    r = action.add_parser("render", help="write README.md, a sortable page per suite and PNG plots")
+    r = action.add_parser("render", help="write the leaderboard folder's README.md, a sortable page per suite, "
+                                         "PNG plots and the schema files (nothing outside the folder)")
     r.add_argument("--root", default=None, help=_ROOT_HELP)
     r.add_argument("--check", action="store_true", help="write nothing; exit 1 when a rendered file is stale")
     s = action.add_parser("schema", help="write the versioned JSON Schema of an entry")
@@ -84,13 +87,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"added {path}")
         print(f"{len(written)} entries added under {lb.leaderboard_root(args.root)}; commit them with git add")
     elif args.action == "render":
-        from robust_ens.leaderboard_pages import stale_files
-
         root = lb.leaderboard_root(args.root)
         if not root.is_dir():
             raise RobustEnsError(f"--root {root} is not a folder of leaderboard entries")
         if args.check:
-            stale = stale_files(root)
+            stale = lb.stale_files(root)
             for line in stale:
                 print(f"stale: {line}")
             if stale:
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"rendered files under {root} were already current")
     elif args.action == "export":
         from robust_ens.commands.common import check_output_folder
-        from robust_ens.robustbench_io import export_robustbench
+        from robust_ens.leaderboard.robustbench import export_robustbench
 
         root = lb.leaderboard_root(args.root)
         if not root.is_dir():
@@ -121,11 +122,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"skipped {line}")
     elif args.action == "import-robustbench":
         from robust_ens.commands.common import check_output_folder
-        from robust_ens.robustbench_io import import_robustbench
+        from robust_ens.leaderboard.robustbench import import_robustbench
 
         root = lb.leaderboard_root(args.root)
         check_output_folder(root, "--root")
-        result = import_robustbench(args.path, root, strict=args.strict)
+        result = import_robustbench(args.path, root, strict=args.strict, suite_version=_suite_version)
         for note in result.warnings:
             log.warning(note)
         for line in import_summary(result):
@@ -145,6 +146,16 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(text, end="")
     return 0
+
+
+def _suite_version(suite: str) -> int:
+    """The version of a registered suite (1 for a name that is none: ``robustbench-<dataset>-<threat>``)."""
+    from robust_ens.bench.protocol import get_suite
+
+    try:
+        return get_suite(suite).version
+    except RobustEnsError:
+        return 1
 
 
 def import_summary(result: ImportResult) -> list[str]:

@@ -1,9 +1,4 @@
-"""Leaderboard entries: a typed, versioned JSON schema, validation and rendered tables.
-
-One JSON file per entry at ``<root>/<dataset>/<suite>/<Name>.json``, where ``<root>`` is
-``--root``, else ``$ROBUST_ENS_LEADERBOARD``, else ``./leaderboards`` (:func:`leaderboard_root`).
-Numbers are JSON numbers (RobustBench stores strings; we refuse them). Tables, pages and plots are
-rendered from entries (:func:`render_all`), never edited by hand.
+"""The leaderboard entry schema: typed, versioned pydantic models, validation and the JSON Schema.
 
 Schema 2 (:class:`Entry`, ``schema_version: "2"``) records one cell per (attack, surrogate, eps)
 with ``k`` of ``n`` examples robust and a 95% Wilson interval, the worst case per eps (the
@@ -11,8 +6,11 @@ per-example worst case over every cell of that eps, which can only be at or belo
 the cells; the minimum itself is recorded and checked), per-class accuracy, sanity flags, cost,
 provenance, the paper, the target it was evaluated on (spec, weights and sha256: enough to re-run
 it, see ``robust-ens regress``) and the sha256 of the per-example results. Schema 1
-(:class:`EntryV1`, ``schema_version: "1.0"`` or absent) is kept: such files still validate and
-render.
+(:class:`EntryV1`, ``schema_version: "1.0"`` or absent) is legacy: such files still validate and
+render, and nothing writes new ones.
+
+Numbers are JSON numbers (RobustBench stores strings; they are refused). This module imports
+nothing of the project but :mod:`robust_ens.errors`: everything else builds on it.
 
 Example:
     >>> from robust_ens.leaderboard import validate
@@ -29,44 +27,24 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import re
-import subprocess
-import sys
-from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from robust_ens.errors import RobustEnsError
 
 SCHEMA_VERSION = "2"
 SCHEMA_VERSIONS = ("1.0", "2")
-LEADERBOARD_DIR = Path(__file__).resolve().parent.parent / "leaderboards"
-ENV_ROOT = "ROBUST_ENS_LEADERBOARD"
-SCHEMA_DIRNAME = "schema"
+Z95 = 1.959963984540054
 
 _Strict = ConfigDict(extra="forbid", strict=True)
 _StrictNS = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
 
 
-def leaderboard_root(root: str | Path | None = None) -> Path:
-    """The leaderboard folder: ``root``, else ``$ROBUST_ENS_LEADERBOARD``, else ``./leaderboards``.
-
-    The checkout's folder is never guessed from the package's location, so an installed wheel
-    reads and writes where the user is, not in site-packages.
-    """
-    if root is not None and str(root) != "":
-        return Path(root)
-    env = os.environ.get(ENV_ROOT)
-    return Path(env) if env else Path.cwd() / "leaderboards"
-
-
-# =========================================================================== schema 1 (kept)
+# =========================================================================== schema 1 (legacy: read, never written)
 
 
 class ModelInfo(BaseModel):
@@ -189,6 +167,17 @@ def eps_label(eps: float) -> str:
     """An eps for people: ``8/255`` when it is a whole number of 255ths, else :func:`eps_key`."""
     k, short = eps * 255, eps_key(eps)
     return f"{round(k)}/255" if len(short) > 5 and abs(k - round(k)) < 1e-6 and round(k) > 0 else short
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval (95% by default) of a binomial proportion ``k / n``: an entry's ``ci95``."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half))
 
 
 def _check_per_class(per_class: list[float | None]) -> None:
@@ -489,24 +478,7 @@ class Entry(BaseModel):
 
 
 AnyEntry = Entry | EntryV1
-
-
-def provenance(command: str | None = None) -> Provenance:
-    """The current environment, for an entry's ``provenance``."""
-    import robust_ens
-
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return Provenance(
-        robust_ens_version=robust_ens.__version__, git_commit=commit, torch_version=torch.__version__,
-        python_version=platform.python_version(), command=command if command is not None else " ".join(sys.argv),
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
+"""An entry of either schema version."""
 
 
 def json_schema(version: str = SCHEMA_VERSION) -> dict[str, Any]:
@@ -520,20 +492,16 @@ def json_schema(version: str = SCHEMA_VERSION) -> dict[str, Any]:
     return schema
 
 
-def schema_files(root: str | Path) -> dict[Path, dict[str, Any]]:
-    """The schema files a leaderboard folder carries: ``schema/entry-1.json`` and ``schema/entry-2.json``."""
-    folder = Path(root) / SCHEMA_DIRNAME
-    return {folder / f"entry-{v.split('.')[0]}.json": json_schema(v) for v in SCHEMA_VERSIONS}
-
-
 def _loc(loc: Sequence[Any]) -> str:
+    """``("results", "cells", 1, "k")`` -> ``results.cells[1].k``."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
-def _problems(err: ValidationError) -> str:
+def problems(err: ValidationError) -> str:
+    """A pydantic error as one line: ``field.path: problem`` for each problem, joined by ``; ``."""
     parts = []
     for e in err.errors():
         msg = str(e["msg"]).removeprefix("Value error, ")
@@ -590,164 +558,6 @@ def validate(entry: str | Path | dict[str, Any] | AnyEntry) -> AnyEntry:
     try:
         return model.model_validate(payload)  # type: ignore[return-value]
     except ValidationError as err:
-        raise RobustEnsError(f"{where} does not match the leaderboard schema {version}: {_problems(err)}") from None
+        raise RobustEnsError(f"{where} does not match the leaderboard schema {version}: {problems(err)}") from None
 
 
-def entry_path(entry: AnyEntry, root: str | Path | None = None) -> Path:
-    """``<root>/<dataset>/<suite>/<name>.json``."""
-    return leaderboard_root(root) / entry.protocol.dataset / entry.protocol.suite / f"{entry.name}.json"
-
-
-def dumps(entry: AnyEntry) -> str:
-    """An entry's JSON text as committed (2-space indent, trailing newline)."""
-    return json.dumps(entry.model_dump(mode="json"), indent=2, allow_nan=False) + "\n"
-
-
-def write(entry: AnyEntry, root: str | Path | None = None) -> Path:
-    """Validate and write an entry atomically; returns its path."""
-    validate(entry.model_dump(mode="json"))
-    path = entry_path(entry, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(dumps(entry), encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
-def entry_files(root: str | Path | None = None) -> list[Path]:
-    """Every entry file under ``root`` (schema files and the generated folders excluded)."""
-    base = leaderboard_root(root)
-    return [p for p in sorted(base.rglob("*.json")) if _is_entry_file(p, base)]
-
-
-def _is_entry_file(p: Path, base: Path) -> bool:
-    try:
-        rel = p.relative_to(base)
-    except ValueError:
-        rel = p
-    return p.name != "schema.json" and rel.parts[:1] != (SCHEMA_DIRNAME,) and not p.name.startswith(".")
-
-
-def validate_tree(files: Sequence[Path]) -> list[AnyEntry]:
-    """Validate files one by one, then across them: a name appears once within a suite.
-
-    Raises:
-        RobustEnsError: naming the file and field of the first problem.
-    """
-    entries = [validate(p) for p in files]
-    seen: dict[tuple[str, str, str], Path] = {}
-    for path, e in zip(files, entries, strict=True):
-        key = (e.protocol.dataset, e.protocol.suite, e.name)
-        if key in seen:
-            raise RobustEnsError(f"{path}: name: {e.name!r} is already the name of {seen[key]} in suite "
-                                 f"{e.protocol.suite} ({e.protocol.dataset}); names are unique within a suite")
-        seen[key] = path
-    return entries
-
-
-def load_entries(root: str | Path | None = None) -> list[AnyEntry]:
-    """Every entry under ``root``, validated (names unique within each suite)."""
-    return validate_tree(entry_files(root))
-
-
-def iter_json(paths: Iterable[str | Path]) -> Iterable[Path]:
-    """JSON files named by ``paths`` (files, or every entry file under folders)."""
-    for p in map(Path, paths):
-        yield from ([q for q in sorted(p.rglob("*.json")) if _is_entry_file(q, p)] if p.is_dir() else [p])
-
-
-# =========================================================================== tables
-
-
-def headline_metrics(entries: Sequence[AnyEntry]) -> list[str]:
-    """Summary metrics shown as table columns: top-level ``metrics`` keys (no ``/`` in the name)."""
-    keys: set[str] = set()
-    for e in entries:
-        keys |= {k for k in e.results.metrics if "/" not in k}
-    return sorted(keys)
-
-
-def row_view(e: AnyEntry) -> dict[str, Any]:
-    """What a table shows of an entry, for both schema versions.
-
-    Returns:
-        ``{"name", "kind", "dataset", "architecture", "members", "defense", "clean", "worst": {eps: acc},
-        "worst_ci": {eps: (lo, hi)}, "metrics", "flags", "imported", "paper_url", "tier", "n"}``.
-    """
-    if isinstance(e, EntryV1):
-        return {"name": e.name, "kind": "defense", "dataset": e.protocol.dataset, "architecture": e.model.architecture, "members": e.model.n_members,
-                "defense": e.model.defense or "-", "clean": e.results.clean_accuracy,
-                "worst": {float(k): v for k, v in e.results.worst_case.items()}, "worst_ci": {},
-                "metrics": dict(e.results.metrics), "flags": list(e.protocol.settings.get("flags", [])),
-                "imported": False, "paper_url": None, "tier": str(e.protocol.settings.get("tier", "-")),
-                "n": e.protocol.n_examples}
-    return {"name": e.name, "kind": e.kind, "dataset": e.protocol.dataset, "architecture": e.model.architecture, "members": e.model.n_members,
-            "defense": e.model.defense or "-", "clean": e.results.clean.acc,
-            "worst": {w.eps: w.robust_acc for w in e.results.worst_case},
-            "worst_ci": {w.eps: (w.ci95[0], w.ci95[1]) for w in e.results.worst_case},
-            "metrics": dict(e.results.metrics), "flags": [f.split(":")[0] for f in e.results.flags],
-            "imported": e.external is not None, "paper_url": e.paper.url if e.paper else None,
-            "tier": e.protocol.tier, "n": e.protocol.n_examples}
-
-
-def table_rows(entries: Sequence[AnyEntry]) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of a suite's table, best first.
-
-    Entries with robust accuracies rank by their worst case over eps (lowest eps' worst case breaks
-    ties, then clean accuracy); attack entries by their mean success; suites without eps (common
-    corruptions) by their first headline metric, then clean accuracy.
-    """
-    views = [row_view(e) for e in entries]
-    eps_keys = sorted({k for v in views for k in v["worst"]})
-    metric_keys = headline_metrics(entries)
-    attacks = all(v["kind"] == "attack" for v in views) and views
-
-    def key(v: dict[str, Any]) -> tuple[float, ...]:
-        if attacks:
-            succ = [x for k, x in v["metrics"].items() if k.startswith("mean_success@")]
-            return (-(sum(succ) / len(succ)) if succ else 0.0, v["clean"])
-        worst = [v["worst"][k] for k in eps_keys if k in v["worst"]]
-        if worst:
-            return (-min(worst), *(-v["worst"].get(k, 0.0) for k in eps_keys), -v["clean"])
-        first = v["metrics"].get(metric_keys[0], 0.0) if metric_keys else 0.0
-        return (-first, -v["clean"])
-
-    def fmt_metric(name: str, value: float | None) -> str:
-        if value is None:
-            return "-"
-        return f"{100 * value:.2f}" if ("acc" in name.lower() or "success" in name.lower()) and 0 <= value <= 1 \
-            else f"{value:.2f}"
-
-    rows = []
-    for rank, v in enumerate(sorted(views, key=key), 1):
-        name = v["name"] + (" (imported)" if v["imported"] else "")
-        rows.append(
-            [str(rank), name, v["dataset"], v["architecture"], str(v["members"]), v["defense"], v["tier"], str(v["n"]),
-             f"{100 * v['clean']:.2f}"]
-            + [f"{100 * v['worst'][k]:.2f}" if k in v["worst"] else "-" for k in eps_keys]
-            + [fmt_metric(k, v["metrics"].get(k)) for k in metric_keys]
-            + [", ".join(v["flags"]) or "-"]
-        )
-    headers = (["#", "name", "data", "architecture", "members", "defense", "tier", "n", "clean %"]
-               + [f"worst @ {eps_label(k)} %" for k in eps_keys] + metric_keys + ["flags"])
-    return headers, rows
-
-
-def render(entries: Sequence[AnyEntry], fmt: str = "markdown") -> str:
-    """A table of entries, best first (``fmt``: markdown or html); see :func:`table_rows`."""
-    from tabulate import tabulate
-
-    if fmt not in ("markdown", "html"):
-        raise RobustEnsError(f"fmt must be 'markdown' or 'html', got {fmt!r}")
-    headers, rows = table_rows(entries)
-    return tabulate(rows, headers=headers, tablefmt="github" if fmt == "markdown" else "html", disable_numparse=True)
-
-
-def render_all(root: str | Path | None = None, *, plots: bool = True) -> list[Path]:
-    """Render ``README.md``, one sortable ``index.html`` per suite and PNG plots; return the files written.
-
-    See :mod:`robust_ens.leaderboard_pages`. Unchanged files are not rewritten.
-    """
-    from robust_ens.leaderboard_pages import render_tree
-
-    return render_tree(leaderboard_root(root), plots=plots)
