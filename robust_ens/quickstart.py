@@ -19,9 +19,11 @@ from typing import Any
 import torch
 
 from robust_ens import __version__, data
+from robust_ens.atomic import atomic_write_text
+from robust_ens.defenses.recipe_registry import default_recipe
+from robust_ens.defenses.train import train_ensemble
 from robust_ens.ensemble import Ensemble
 from robust_ens.evaluation import accuracy
-from robust_ens.train import default_recipe, train_ensemble
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +39,21 @@ TRANSFER_EPS = (0.05, 0.1, 0.2)  # digits are 8x8 with 17 grey levels: small eps
 
 
 def transfer_section(context: dict[str, Any]) -> dict[str, Any]:
-    """Transfer table: attacks made once on the surrogate ensemble, evaluated on the target ensemble."""
+    """Transfer table: attacks made once on the surrogate ensemble, evaluated on the target ensemble.
+
+    The sets are crafted through the engine's route (:func:`~robust_ens.bench.transfer_task.transfer_table`:
+    fixed batches, uint8 sets in ``<out_dir>/advsets``, reused by a second run).
+    """
     from robust_ens.attacks import create_attack
-    from robust_ens.attacks.transfer import transfer_table
+    from robust_ens.bench.transfer_task import transfer_table
 
     surrogate, target = context["ensembles"]["surrogate"], context["ensembles"]["target"]
     records = []
     for eps in TRANSFER_EPS:
         # alpha = eps / steps (the MI-FGSM paper's choice) so every eps is reachable; CWA's own default is eps / 5.
         attacks = [create_attack("mifgsm", eps=eps, alpha=eps / 10, steps=10), create_attack("cwa", eps=eps, steps=10)]
-        records += transfer_table(attacks, surrogate, {"target": target}, context["x"], context["y"], eps=[eps])
+        records += transfer_table(attacks, surrogate, {"target": target}, context["x"], context["y"], eps=[eps],
+                                  store=Path(context["out"]) / "advsets")
     rows = [
         [r["attack"], f"{r['eps']:g}", f"{100 * r['surrogate']:.1f}%", f"{100 * r['target']:.1f}%", f"{r['seconds']:.1f}"]
         for r in records
@@ -97,12 +104,11 @@ def run(out_dir: str | Path = "runs/quickstart", *, n_members: int = 3, epochs: 
             "device": str(x.device), "threads": torch.get_num_threads(),
         },
     }
-    context = {"ensembles": ensembles, "x": x, "y": y, "progress": progress}
+    context = {"ensembles": ensembles, "x": x, "y": y, "progress": progress, "out": out}
     for name, section in SECTIONS.items():
         results[name] = section(context)
     results["seconds"] = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 
 

@@ -258,19 +258,6 @@ def test_replace_copies_and_validates() -> None:
         create_attack("pgd", gamma=0.3)
 
 
-def test_transfer_table(digits_models, digits_test) -> None:  # noqa: F811
-    from robust_ens.attacks.transfer import transfer_table
-
-    x, y = digits_test
-    sur = Ensemble(digits_models[:2], precision="fp32")
-    tgt = digits_models[2]
-    rows = transfer_table(["mifgsm", CWA(steps=3)], sur, {"m2": tgt}, x, y, eps=[0.1, 0.3], steps=3, alpha=0.05)
-    assert [(r["attack"], r["eps"]) for r in rows] == [("mifgsm", 0.1), ("mifgsm", 0.3), ("CWA", 0.1), ("CWA", 0.3)]
-    for r in rows:
-        assert r["surrogate"] <= r["clean/m2"] + 1e-9 and 0 <= r["m2"] <= 1
-    assert rows[1]["m2"] < rows[1]["clean/m2"]  # eps 0.3 transfers
-
-
 def test_adaea_without_agm_and_drf_is_mifgsm(digits_ensemble: Ensemble, digits_test) -> None:  # noqa: F811
     x, y = digits_test
     # decay 1 and no start noise: MI-FGSM's own settings (AdaEA's defaults are the authors' 0.9 and 0.001)

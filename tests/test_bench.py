@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 
 from robust_ens import cli
 from robust_ens.attacks import MIFGSM, create_attack
-from robust_ens.bench import ProtocolError, get_suite, list_suites, load_protocol
+from robust_ens.bench import ProtocolError, get_suite, list_suites, load_protocol, transfer_task
 from robust_ens.bench import aggregate as agg
 from robust_ens.bench.advsets import AdvSetStore, enforced_eps, quantize
-from robust_ens.bench.runner import Engine, TargetArg, run_suite
+from robust_ens.bench.evaluate import RunResult
+from robust_ens.bench.runner import TargetArg, run_suite
 from robust_ens.errors import RobustEnsError, UnknownNameError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,18 +216,18 @@ def test_adding_a_target_costs_forward_passes_only(smoke_run: tuple[Path, dict])
 def test_resume_after_a_kill_gives_identical_numbers(tmp_path: Path, smoke_run: tuple[Path, dict],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
-    real = Engine.advset
+    real = transfer_task.advset
 
-    def dying(self: Engine, cell: dict, b: int, sl: slice) -> torch.Tensor:
+    def dying(ctx, cell, b: int, sl: slice) -> torch.Tensor:  # noqa: ANN001
         calls["n"] += 1
         if calls["n"] == 4:  # cell 1 finished, batch 0 of cell 2 finished, batch 1 of cell 2 killed
             raise KeyboardInterrupt
-        return real(self, cell, b, sl)
+        return real(ctx, cell, b, sl)
 
-    monkeypatch.setattr(Engine, "advset", dying)
+    monkeypatch.setattr(transfer_task, "advset", dying)
     with pytest.raises(KeyboardInterrupt):
         run_suite("digits-transfer", "smoke", [DIGITS], tmp_path / "run", progress=False)
-    monkeypatch.setattr(Engine, "advset", real)
+    monkeypatch.setattr(transfer_task, "advset", real)
     resumed = run_suite("digits-transfer", "smoke", [DIGITS], tmp_path / "run", progress=False)
     total = smoke_run[1]["cost"]["advsets_made"]
     assert total == 8 and resumed["cost"]["advsets_made"] == total - 3  # nothing finished is made again
@@ -465,3 +466,59 @@ def test_a_changed_attack_implementation_changes_the_digest_and_the_run_folder_r
     assert get_suite("digits-transfer").digest("smoke") != before
     with pytest.raises(RobustEnsError, match="pick a new --out"):
         run_suite("digits-transfer", "smoke", [DIGITS], smoke_run[0], progress=False)
+
+
+# --------------------------------------------------------------------------- typed results and the one seed rule
+
+
+def test_the_typed_result_is_what_summary_json_holds_and_reads_back(tmp_path: Path,
+                                                                    smoke_run: tuple[Path, dict]) -> None:
+    from robust_ens.bench.evaluate import AttackCell, Rate, TargetResult
+
+    out = tmp_path / "run"
+    s = run_suite("digits-transfer", "smoke", [DIGITS], out, store=smoke_run[0] / "advsets", progress=False)
+    assert isinstance(s, RunResult)
+    row = s.targets[DIGITS]
+    assert isinstance(row, TargetResult) and isinstance(row.clean, Rate) and row.sanity is not None
+    assert all(isinstance(c.cell, AttackCell) for c in row.cells) and row.cells[0].id == "mifgsm@zoo2@0.1"
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert json.loads(json.dumps(s.to_summary())) == on_disk and dict(s)["targets"] == s["targets"]
+    again = RunResult.from_summary(on_disk)
+    assert again.to_summary() == s.to_summary() and again.targets[DIGITS] == row
+
+
+def test_one_batch_seed_rule_serves_the_engine_and_the_crafting_route() -> None:
+    from robust_ens.bench.examples import attack_cell_id, batch_seed
+    from robust_ens.canonical import sha256_json
+
+    # the engine's rule, unchanged: committed entries were made with these seeds
+    assert batch_seed(0, "mifgsm@zoo2@0.1", 0) == int(sha256_json({"seed": 0, "cell": "mifgsm@zoo2@0.1", "batch": 0})[:15], 16)
+    seeds = {batch_seed(s, c, b) for s in (0, 1) for c in ("a", "b") for b in range(3)}
+    assert len(seeds) == 12 and all(0 <= x < 2**60 for x in seeds)
+    assert attack_cell_id("mifgsm", "zoo2", 0.1) == "mifgsm@zoo2@0.1"
+
+
+def test_transfer_table_crafts_through_the_store(tmp_path: Path) -> None:
+    from robust_ens import Ensemble, data
+    from robust_ens.attacks import CWA
+    from robust_ens.bench.transfer_task import transfer_table
+    from tests.attack_fixtures import load_digits_model
+    from tests.fixtures.make_digits_weights import SEEDS
+
+    x, y = data.load("digits", split="test", n=64, seed=0)
+    models3 = [load_digits_model(s) for s in SEEDS]
+    sur = Ensemble(models3[:2], precision="fp32")
+    tgt = models3[2]
+    rows = transfer_table(["mifgsm", CWA(steps=3)], sur, {"m2": tgt}, x, y, eps=[0.1, 0.3], steps=3, alpha=0.05,
+                          store=tmp_path / "store")
+    assert [(r["attack"], r["eps"]) for r in rows] == [("mifgsm", 0.1), ("mifgsm", 0.3), ("CWA", 0.1), ("CWA", 0.3)]
+    for r in rows:
+        assert r["surrogate"] <= r["clean/m2"] + 1e-9 and 0 <= r["m2"] <= 1
+    assert rows[1]["m2"] < rows[1]["clean/m2"]  # eps 0.3 transfers
+    made = sorted(p.name for p in (tmp_path / "store").rglob("*.safetensors"))
+    assert len(made) == 4  # one uint8 batch per (attack, eps), 64 examples in one batch of 256
+    again = transfer_table(["mifgsm", CWA(steps=3)], sur, {"m2": tgt}, x, y, eps=[0.1, 0.3], steps=3, alpha=0.05,
+                           store=tmp_path / "store")
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in again] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert sorted(p.name for p in (tmp_path / "store").rglob("*.safetensors")) == made  # read back, not re-made

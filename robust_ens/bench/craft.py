@@ -1,30 +1,38 @@
-"""Crafting adversarial sets through the store: the one batch routine the engine and ``robust-ens attack`` share.
+"""Crafting adversarial sets through the store: the one batch routine every route that attacks shares.
 
 ``attack_batch`` keys a batch by everything that moves its pixels (see :mod:`.advsets`), reads it
 from the store or attacks the surrogate, quantizes to uint8 within the budget and records what
-quantization cost on the surrogate. ``craft_set`` runs it over fixed batches (seeds from the
-attack seed and the batch index) and ``write_set`` saves a whole set with its record.
+quantization cost on the surrogate. The engine's transfer task calls it per batch;
+``craft_set`` runs it over an :class:`~.examples.Examples`' fixed batches (seeds from
+:func:`~.examples.batch_seed`) for ``robust-ens attack`` (:func:`attack_set`, then
+``write_set``) and for :func:`~.transfer_task.transfer_table`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from robust_ens import __version__
 from robust_ens.atomic import atomic_write, atomic_write_text
 from robust_ens.attacks import Attack
 from robust_ens.bench.advsets import AdvSetStore, StoredSet, enforced_eps
+from robust_ens.bench.examples import Examples, attack_cell_id, batch_seed
 from robust_ens.bench.targets import Target
+from robust_ens.ensemble import Ensemble
 from robust_ens.errors import RobustEnsError
-from robust_ens.evaluation import correct
+from robust_ens.evaluation import accuracy, correct, predict
 
 
 def attack_batch(
@@ -83,44 +91,146 @@ class CraftedSet:
         return {k: sum(r[k] * r["n"] for r in self.records) / n for k in ("surrogate_acc_float", "surrogate_acc_uint8")}
 
 
+TargetPicker = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def craft_set(
     store: AdvSetStore,
     atk: Attack,
     surrogate: Target,
-    x_u8: torch.Tensor,
-    y: torch.Tensor,
-    indices: torch.Tensor,
-    data_fingerprint: str,
+    ex: Examples,
     *,
     seed: int,
-    batch_size: int,
+    cell: str,
     device: torch.device,
-    targets: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+    targets: TargetPicker | None = None,
     progress: bool = True,
 ) -> CraftedSet:
-    """Attack fixed batches of ``(x_u8, y)``; batch ``b`` uses seed ``seed + b``.
+    """Attack the fixed batches of ``ex``; batch ``b`` uses :func:`~.examples.batch_seed` ``(seed, cell, b)``.
 
     Args:
-        targets: Optional ``(batch, x float, y) -> target labels`` for a targeted attack.
+        targets: Optional ``(batch, x float, y) -> target labels`` for a targeted attack
+            (:func:`target_picker`).
     """
     from robust_ens import progress as _progress
 
     xs, ts, recs = [], [], []
     hits = 0
-    with _progress.bar(total=len(y), desc=f"attack {atk.config()['name']}", unit="img", enable=progress) as bar:
-        for b, i in enumerate(range(0, len(y), batch_size)):
-            sl = slice(i, i + batch_size)
-            tgt = targets(b, x_u8[sl].to(device).float().div(255), y[sl].to(device)) if targets else None
-            got = attack_batch(store, atk, surrogate, x_u8[sl], y[sl], indices[sl], seed + b, data_fingerprint,
-                               device=device, target=tgt)
+    with _progress.bar(total=len(ex.y), desc=f"attack {atk.config()['name']}", unit="img", enable=progress) as bar:
+        for b, sl in enumerate(ex.batches):
+            tgt = targets(b, ex.x_u8[sl].to(device).float().div(255), ex.y[sl].to(device)) if targets else None
+            got = attack_batch(store, atk, surrogate, ex.x_u8[sl], ex.y[sl], ex.indices[sl], batch_seed(seed, cell, b),
+                               ex.fingerprint, device=device, target=tgt)
             hits += int(got.hit)
             xs.append(got.x_adv)
             recs.append(got.record)
             if tgt is not None:
                 ts.append(tgt.cpu())
-            bar.update(len(y[sl]))
-    return CraftedSet(torch.cat(xs) if xs else x_u8[:0].clone(), y.clone(), indices.clone(),
+            bar.update(sl.stop - sl.start)
+    return CraftedSet(torch.cat(xs) if xs else ex.x_u8[:0].clone(), ex.y.clone(), ex.indices.clone(),
                       torch.cat(ts) if ts else None, recs, hits)
+
+
+def target_picker(kind: str, surrogate: nn.Module, num_classes: int, seed: int, cell: str) -> TargetPicker | None:
+    """Target labels of a targeted attack per batch (``None`` for ``"none"``).
+
+    ``"random"``: a uniformly drawn wrong class, from a generator seeded by
+    :func:`~.examples.batch_seed` ``(seed, cell + ":target", b)``; ``"least-likely"``: the
+    surrogate's least likely class.
+    """
+    if kind == "none":
+        return None
+    if kind not in ("random", "least-likely"):
+        raise RobustEnsError(f"targeted mode must be none, random or least-likely, got {kind!r}")
+
+    def pick(b: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if kind == "random":
+            g = torch.Generator().manual_seed(batch_seed(seed, f"{cell}:target", b))
+            return ((y.cpu() + 1 + torch.randint(0, num_classes - 1, y.shape, generator=g)) % num_classes).to(y.device)
+        return predict(surrogate, x).argmin(-1).to(y.device)
+
+    return pick
+
+
+def attack_set(
+    atk: Attack,
+    surrogate: Target,
+    ex: Examples,
+    *,
+    store: AdvSetStore,
+    device: torch.device,
+    seed: int = 0,
+    targeted: str = "none",
+    spec: str = "",
+    combine: str | None = None,
+    precision: str | None = None,
+    data_name: str = "",
+    split: str = "test",
+    data_seed: int = 0,
+    progress: bool = True,
+) -> tuple[CraftedSet, dict[str, Any]]:
+    """Craft a whole adversarial set on ``surrogate`` and its record (what ``robust-ens attack`` writes).
+
+    Args:
+        atk: The attack.
+        surrogate: The resolved surrogate.
+        ex: The examples (:meth:`~.examples.Examples.of`); attacked in their fixed batches.
+        store: The adversarial-set store (batches already there are read, not attacked).
+        device: Where the surrogate runs.
+        seed: The attack seed (batch seeds from :func:`~.examples.batch_seed`).
+        targeted: ``"none"``, ``"random"`` or ``"least-likely"``.
+        spec, combine, precision: How the surrogate was given (recorded).
+        data_name, split, data_seed: The dataset, split and subset seed (recorded).
+        progress: A progress bar.
+
+    Returns:
+        The set and its record: the attack's canonical configuration, the surrogate and the sha256
+        of its weights, the data subset, the budget measured on the uint8 set and the one storage
+        enforces, the surrogate's clean accuracy and its accuracy on the float and stored sets (and
+        the target hit rate when targeted), the cost and the provenance.
+
+    Raises:
+        RobustEnsError: when the stored set breaks the budget (the store guarantees it; never written).
+    """
+    cell = attack_cell_id(str(atk.config()["name"]), "surrogate", atk.eps)
+    t0 = time.perf_counter()
+    crafted = craft_set(store, atk, surrogate, ex, seed=seed, cell=cell, device=device, progress=progress,
+                        targets=target_picker(targeted, surrogate.module, ex.num_classes, seed, cell))
+    wall = time.perf_counter() - t0
+    budget = budget_check(ex.x_u8, crafted.x_adv, atk.eps)
+    if not budget["within_budget"]:
+        raise RobustEnsError(f"budget check failed ({budget}); the set is not written")
+    n = len(ex.indices)
+    clean = accuracy(surrogate.module, ex.x_u8.to(device), ex.y.to(device))
+    acc = crafted.surrogate_accuracy()
+    hit = None
+    if crafted.target is not None:
+        pred = predict(surrogate.module, crafted.x_adv.to(device)).argmax(-1).cpu()
+        hit = float((pred == crafted.target).float().mean())
+    costs = [r.get("cost", {}) for r in crafted.records]
+    ensemble = isinstance(surrogate.module, Ensemble)
+    record = {
+        "format": "robust-ens adversarial set v2 (uint8)",
+        "attack": {"repr": repr(atk), **atk.config()},
+        "surrogate": {"spec": spec, "sha256": surrogate.sha256s, "ensemble": ensemble,
+                      "combine": combine if ensemble else None, "precision": precision},
+        "data": {"name": data_name, "label": ex.label, "split": split, "n": n, "seed": data_seed},
+        "eps": atk.eps,
+        "norm": atk.norm,
+        "targeted": targeted,
+        "seed": seed,
+        "budget": {**budget, "in_box": True},
+        "surrogate_accuracy": {"clean": clean, "adversarial": acc["surrogate_acc_uint8"],
+                               "adversarial_before_uint8": acc["surrogate_acc_float"],
+                               **({"target_hit_rate": hit} if hit is not None else {})},
+        "cost": {"forward_per_example": sum(c.get("forward", 0) * c.get("examples", 0) for c in costs) / max(n, 1),
+                 "backward_per_example": sum(c.get("backward", 0) * c.get("examples", 0) for c in costs) / max(n, 1),
+                 "attack_seconds": sum(c.get("seconds", 0.0) for c in costs), "wall_seconds": wall,
+                 "batches_from_store": crafted.hits, "device": str(device)},
+        "provenance": {"robust_ens": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                       "command": sys.argv},
+    }
+    return crafted, record
 
 
 def write_set(path: str | Path, crafted: CraftedSet, record: dict[str, Any]) -> tuple[Path, Path]:

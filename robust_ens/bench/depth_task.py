@@ -84,3 +84,16 @@ def run_depth(
                "robust_ens": __version__, "depth": {target: res}}
     atomic_write_json(folder.root / "summary.json", summary)
     return summary
+
+
+def depth_table(summary: dict[str, Any], target: str) -> str:
+    """The table printed at the end of a depth run: abs_rel per corruption and severity, then mCE and mRR."""
+    from tabulate import tabulate
+
+    res = summary["depth"][target]
+    rows = [[c, *(f"{m['abs_rel']:.4f}" for m in per_sev.values())] for c, per_sev in res["corrupted"].items()]
+    table = tabulate(rows, headers=["corruption", *(f"abs_rel s{s}" for s in next(iter(res["corrupted"].values())))],
+                     tablefmt="github")
+    s = res.get("summary") or {}
+    return (f"{table}\nclean abs_rel {res['clean']['abs_rel']:.4f}; mCE {s.get('mCE', float('nan')):.1f}, "
+            f"mRR {s.get('mRR', float('nan')):.1f} (RoboDepth, vs MonoDepth2)")

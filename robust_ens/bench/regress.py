@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 
 from robust_ens import leaderboard as lb
+from robust_ens.bench.protocol import Protocol, get_suite
+from robust_ens.device import resolve_device
 from robust_ens.errors import RobustEnsError
 
 Z = 3.0
@@ -126,17 +128,28 @@ def regress(
     Raises:
         RobustEnsError: when no entry can be re-run, or an entry's target does not resolve.
     """
-    from robust_ens.bench.protocol import get_suite
-    from robust_ens.bench.report import to_entries
-    from robust_ens.bench.runner import TargetArg, run_suite
-
     t0 = time.perf_counter()
     files = list(lb.iter_json(paths)) if paths else lb.entry_files(root)
     for p in paths:
         if not Path(p).exists():
             raise RobustEnsError(f"paths: {p} does not exist (give entry files or folders)")
-    entries = lb.validate_tree(files)
     report = RegressReport()
+    groups = _groups(files, lb.validate_tree(files), tier, report)
+    if not groups:
+        raise RobustEnsError("paths: no entry to re-run (schema-2 attack entries, or defense entries with a recorded target"
+                             + (f" at tier {tier}" if tier else "") + ")")
+    dev = resolve_device(device)
+    with tempfile.TemporaryDirectory(prefix="robust-ens-regress-") as tmp:
+        base = Path(out) if out is not None else Path(tmp)
+        for (suite, tier_name), group in sorted(groups.items()):
+            _rerun_group(suite, tier_name, group, base, dev, progress, report)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _groups(files: Sequence[Path], entries: Sequence[object], tier: str | None,
+            report: RegressReport) -> dict[tuple[str, str], list[lb.Entry]]:
+    """The entries that can be re-run, by (suite, tier); the others are listed as skipped with the reason."""
     groups: dict[tuple[str, str], list[lb.Entry]] = {}
     for path, e in zip(files, entries, strict=True):
         if not isinstance(e, lb.Entry):
@@ -155,55 +168,60 @@ def regress(
             report.skipped.append(f"{path}: tier {e.protocol.tier}, not {tier}")
         else:
             groups.setdefault((e.protocol.suite, e.protocol.tier), []).append(e)
-    if not groups:
-        raise RobustEnsError("paths: no entry to re-run (schema-2 attack entries, or defense entries with a recorded target"
-                             + (f" at tier {tier}" if tier else "") + ")")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    here = _device_name(dev)
-    with tempfile.TemporaryDirectory(prefix="robust-ens-regress-") as tmp:
-        base = Path(out) if out is not None else Path(tmp)
-        for (suite, tier_name), group in sorted(groups.items()):
-            try:
-                proto = get_suite(suite)
-            except RobustEnsError as err:
-                for e in group:
-                    report.moved.append(Moved(e.name, "suite", suite, f"unknown ({err})", "-"))
-                continue
-            runnable = []
-            for e in group:
-                if e.protocol.suite_version != proto.version:
-                    report.moved.append(Moved(e.name, "suite version", str(e.protocol.suite_version), str(proto.version),
-                                              "exact (re-submit at the new version)"))
-                elif e.protocol.digest is not None and e.protocol.digest != proto.digest(tier_name):
-                    report.moved.append(Moved(e.name, "protocol digest", e.protocol.digest[:16],
-                                              proto.digest(tier_name)[:16], "exact (the protocol changed; bump its version)"))
-                else:
-                    runnable.append(e)
-            if not runnable:
-                continue
-            attack_suite = proto.kind == "attack"
-            args = [] if attack_suite else [
-                TargetArg(e.model.target.spec, e.model.target.weights, e.model.name)  # type: ignore[union-attr]
-                for e in runnable]
-            for e, a in zip(runnable if args else [], args, strict=True):
-                rec = e.model.target
-                if a.weights and rec is not None and rec.weights_sha256:
-                    from robust_ens.models.checkpoint import sha256_file
+    return groups
 
-                    if not Path(a.weights).is_file():
-                        raise RobustEnsError(f"{e.name}: model.target.weights {a.weights} does not exist")
-                    if sha256_file(Path(a.weights)) != rec.weights_sha256:
-                        report.moved.append(Moved(e.name, "weights sha256", rec.weights_sha256[:16],
-                                                  sha256_file(Path(a.weights))[:16], "exact"))
-            run_dir = base / f"{suite}-{tier_name}"
-            summary = run_suite(proto, tier_name, args, run_dir, device=dev, store=base / "advsets", progress=progress)
-            fresh = {n.model.name: n for n in to_entries(summary, "robust-ens regress", run_dir=run_dir, targets=args)}
-            for e in runnable:
-                same = e.cost is not None and e.cost.device == here
-                if e.model.name not in fresh:  # an attack the protocol no longer runs at this tier
-                    report.moved.append(Moved(e.name, "attack", e.model.name, "not in the re-run", "exact"))
-                    continue
-                _compare(e, fresh[e.model.name], same, report)
-                report.checked.append(e.name)
-    report.seconds = time.perf_counter() - t0
-    return report
+
+def _runnable(group: list[lb.Entry], proto: Protocol, tier_name: str, report: RegressReport) -> list[lb.Entry]:
+    """The entries whose suite version and protocol digest are still this checkout's."""
+    runnable = []
+    for e in group:
+        if e.protocol.suite_version != proto.version:
+            report.moved.append(Moved(e.name, "suite version", str(e.protocol.suite_version), str(proto.version),
+                                      "exact (re-submit at the new version)"))
+        elif e.protocol.digest is not None and e.protocol.digest != proto.digest(tier_name):
+            report.moved.append(Moved(e.name, "protocol digest", e.protocol.digest[:16],
+                                      proto.digest(tier_name)[:16], "exact (the protocol changed; bump its version)"))
+        else:
+            runnable.append(e)
+    return runnable
+
+
+def _rerun_group(suite: str, tier_name: str, group: list[lb.Entry], base: Path, dev: torch.device, progress: bool,
+                 report: RegressReport) -> None:
+    """Re-run one (suite, tier) with all its targets and compare every entry of the group."""
+    from robust_ens.bench.report import to_entries
+    from robust_ens.bench.runner import TargetArg, run_suite
+
+    try:
+        proto = get_suite(suite)
+    except RobustEnsError as err:
+        for e in group:
+            report.moved.append(Moved(e.name, "suite", suite, f"unknown ({err})", "-"))
+        return
+    runnable = _runnable(group, proto, tier_name, report)
+    if not runnable:
+        return
+    args = [] if proto.kind == "attack" else [
+        TargetArg(e.model.target.spec, e.model.target.weights, e.model.name)  # type: ignore[union-attr]
+        for e in runnable]
+    for e, a in zip(runnable if args else [], args, strict=True):
+        rec = e.model.target
+        if a.weights and rec is not None and rec.weights_sha256:
+            from robust_ens.models.checkpoint import sha256_file
+
+            if not Path(a.weights).is_file():
+                raise RobustEnsError(f"{e.name}: model.target.weights {a.weights} does not exist")
+            if sha256_file(Path(a.weights)) != rec.weights_sha256:
+                report.moved.append(Moved(e.name, "weights sha256", rec.weights_sha256[:16],
+                                          sha256_file(Path(a.weights))[:16], "exact"))
+    run_dir = base / f"{suite}-{tier_name}"
+    result = run_suite(proto, tier_name, args, run_dir, device=dev, store=base / "advsets", progress=progress)
+    fresh = {n.model.name: n for n in to_entries(result, "robust-ens regress", run_dir=run_dir, targets=args)}
+    here = _device_name(dev)
+    for e in runnable:
+        same = e.cost is not None and e.cost.device == here
+        if e.model.name not in fresh:  # an attack the protocol no longer runs at this tier
+            report.moved.append(Moved(e.name, "attack", e.model.name, "not in the re-run", "exact"))
+            continue
+        _compare(e, fresh[e.model.name], same, report)
+        report.checked.append(e.name)

@@ -1,31 +1,36 @@
-"""What a run's summary becomes: leaderboard entries and the table printed at the end of a run."""
+"""What a run's result becomes: leaderboard entries and the table printed at the end of a run.
+
+Both read the typed :class:`~robust_ens.bench.evaluate.RunResult` the runner returns (a
+``summary.json`` read back is turned into one with :meth:`~.evaluate.RunResult.from_summary`).
+"""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
+from robust_ens.bench.aggregate import wilson
+from robust_ens.bench.evaluate import AttackCell, CorruptionCell, Rate, RunResult, TargetResult
 from robust_ens.canonical import sha256_json
 from robust_ens.leaderboard import (
     Cell,
-    CorruptionCell,
     Cost2,
     Entry,
     ModelInfo2,
     Paper,
     Protocol2,
-    Rate,
     Results2,
     TargetRecord,
     WorstCase,
-    eps_key,
     provenance,
 )
+from robust_ens.leaderboard import CorruptionCell as EntryCorruptionCell
+from robust_ens.leaderboard import Rate as EntryRate
 
 
 def entry_name(name: str) -> str:
@@ -33,27 +38,25 @@ def entry_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_") or "model"
 
 
-def _protocol(summary: dict[str, Any]) -> Protocol2:
+def _protocol(r: RunResult) -> Protocol2:
     return Protocol2(
-        suite=summary["suite"], suite_version=int(summary["version"]), tier=str(summary["tier"]),
-        task=str(summary["task"]), dataset=summary["dataset"], split=str(summary.get("split", "test")),
-        n_examples=int(summary["n"]), seed=int(summary["seed"]), threat_model=summary["norm"],
-        eps=[float(e) for e in summary.get("eps", [])] if summary["task"] != "corruptions" else [],
-        attacks=list(summary.get("attacks", [])), surrogates=list(summary.get("surrogates", [])),
-        digest=summary.get("digest"),
+        suite=r.suite, suite_version=int(r.version), tier=str(r.tier), task=str(r.task), dataset=r.dataset,
+        split=str(r.split or "test"), n_examples=int(r.n), seed=int(r.seed), threat_model=r.norm,
+        eps=[float(e) for e in r.eps] if r.task != "corruptions" else [],
+        attacks=list(r.attacks), surrogates=list(r.surrogates), digest=r.digest,
     )
 
 
-def _cost(summary: dict[str, Any]) -> Cost2:
-    c = summary.get("cost", {})
-    return Cost2(seconds=float(c.get("seconds", 0.0)), device=str(c.get("device", "cpu")),
-                 forward_passes=float(c.get("forward", 0)), backward_passes=float(c.get("backward", 0)),
-                 attack_seconds=float(c.get("attack_seconds", 0.0)), eval_seconds=float(c.get("eval_seconds", 0.0)))
+def _cost(r: RunResult) -> Cost2:
+    c = r.cost
+    return Cost2(seconds=float(c.seconds), device=str(c.device), forward_passes=float(c.forward),
+                 backward_passes=float(c.backward), attack_seconds=float(c.attack_seconds),
+                 eval_seconds=float(c.eval_seconds))
 
 
-def _rate(r: dict[str, Any], per_class: list[float | None] | None = None) -> Rate:
-    return Rate(acc=float(r["acc"]), k=int(r["k"]), n=int(r["n"]), ci95=[float(x) for x in r["ci95"]],
-                per_class=list(per_class or []))
+def _rate(r: Rate, per_class: list[float | None] | None = None) -> EntryRate:
+    return EntryRate(acc=float(r.acc), k=int(r.k), n=int(r.n), ci95=[float(x) for x in r.ci95],
+                     per_class=list(per_class or []))
 
 
 def _manifest(run_dir: str | Path | None) -> dict[str, Any]:
@@ -77,19 +80,26 @@ def results_sha256(manifest_cells: dict[str, Any], targets: Sequence[str]) -> st
     return sha256_json(got) if got and len(got) == len(targets) else None
 
 
-def _transfer_cells(row: dict[str, Any]) -> list[Cell]:
-    return [Cell(attack=str(c["attack"]), surrogate=str(c["surrogate"]), eps=float(c["eps"]), robust_acc=float(c["acc"]),
-                 k=int(c["k"]), n=int(c["n"]), ci95=[float(x) for x in c["ci95"]]) for c in row["cells"]]
+def _transfer_cells(row: TargetResult) -> list[Cell]:
+    return [Cell(attack=str(c.cell.attack), surrogate=str(c.cell.surrogate), eps=float(c.cell.eps),
+                 robust_acc=float(c.rate.acc), k=int(c.rate.k), n=int(c.rate.n), ci95=[float(x) for x in c.rate.ci95])
+            for c in row.cells if isinstance(c.cell, AttackCell)]
 
 
-def _worst(row: dict[str, Any], cells: list[Cell]) -> list[WorstCase]:
+def _corruption_cells(row: TargetResult) -> list[EntryCorruptionCell]:
+    return [EntryCorruptionCell(corruption=str(c.cell.corruption), severity=int(c.cell.severity), acc=float(c.rate.acc),
+                                k=int(c.rate.k), n=int(c.rate.n), ci95=[float(x) for x in c.rate.ci95])
+            for c in row.cells if isinstance(c.cell, CorruptionCell)]
+
+
+def _worst(row: TargetResult, cells: list[Cell]) -> list[WorstCase]:
     out = []
+    worst = row.worst_case or {}
     for e in sorted({c.eps for c in cells}):
-        w = row["worst_case"][eps_key(e)]
-        out.append(WorstCase(eps=e, robust_acc=float(w["acc"]), k=int(w["k"]), n=int(w["n"]),
-                             ci95=[float(x) for x in w["ci95"]],
+        w = worst[f"{e:.6g}"]
+        out.append(WorstCase(eps=e, robust_acc=float(w.acc), k=int(w.k), n=int(w.n), ci95=[float(x) for x in w.ci95],
                              min_cell_acc=min(c.robust_acc for c in cells if c.eps == e),
-                             per_class=list(row.get("per_class", {}).get(eps_key(e), []))))
+                             per_class=list(row.per_class.get(f"{e:.6g}", []))))
     return out
 
 
@@ -115,7 +125,7 @@ def zoo_model_info(spec: str) -> tuple[str | None, str, Paper | None]:
 
 
 def to_entries(
-    summary: dict[str, Any],
+    result: RunResult | Mapping[str, Any],
     command: str | None = None,
     *,
     run_dir: str | Path | None = None,
@@ -125,7 +135,7 @@ def to_entries(
     """Schema-2 leaderboard entries of a run: one per target (defense suites) or per attack (attack suites).
 
     Args:
-        summary: What :func:`~robust_ens.bench.runner.run_suite` returned.
+        result: What :func:`~robust_ens.bench.runner.run_suite` returned (or a ``summary.json`` read back).
         command: The command line for the provenance (default ``sys.argv``).
         run_dir: The run folder; its manifest gives each entry's ``results_sha256``.
         targets: The :class:`~robust_ens.bench.runner.TargetArg` the run was given; their spec and
@@ -136,89 +146,91 @@ def to_entries(
     example (an example counts only if it survives clean and every cell of that eps), so it is at
     or below the minimum cell, which is recorded beside it.
     """
+    r = result if isinstance(result, RunResult) else RunResult.from_summary(result)
     prov = provenance(command)
     manifest = _manifest(run_dir)
     by_name = {(a.name or a.spec): a for a in targets}
-    proto = _protocol(summary)
-    cost = _cost(summary)
-    if summary.get("kind") == "attack" and summary.get("task") == "transfer":
-        return _attack_entries(summary, proto, cost, prov, manifest, paper)
-    entries: list[Entry] = []
-    for tname, row in summary["targets"].items():
-        model = row["model"]
-        arg = by_name.get(tname)
-        weights = getattr(arg, "weights", None) if arg is not None else None
-        record = TargetRecord(spec=str(model.get("spec", tname)), weights=str(weights) if weights else None,
-                              weights_sha256=(list(model["sha256"]) or [None])[0] if weights else None)
-        clean = _rate(row["clean"], row.get("per_class", {}).get("clean"))
-        metrics: dict[str, float] = {}
-        if summary["task"] == "corruptions":
-            cells: list[Cell] = []
-            corr = [CorruptionCell(corruption=str(c["corruption"]), severity=int(c["severity"]), acc=float(c["acc"]),
-                                   k=int(c["k"]), n=int(c["n"]), ci95=[float(x) for x in c["ci95"]])
-                    for c in row["cells"]]
-            worst: list[WorstCase] = []
-            if row.get("mean_corruption_accuracy") is not None:
-                metrics["mean_corruption_accuracy"] = float(row["mean_corruption_accuracy"])
-        else:
-            cells, corr = _transfer_cells(row), []
-            worst = _worst(row, cells)
-        defense, description, zoo_paper = zoo_model_info(record.spec)
-        entries.append(Entry(
-            schema_version="2", kind="defense", name=entry_name(tname),
-            model=ModelInfo2(name=tname, architecture=str(model["architecture"]), n_members=int(model["n_members"]),
-                             parameters=int(model["parameters"]), checkpoint_sha256=list(model["sha256"]),
-                             defense=defense, description=description,
-                             target=record, config={"costs": model["costs"]} if model.get("costs") else {}),
-            protocol=proto,
-            results=Results2(clean=clean, cells=cells, worst_case=worst, corruptions=corr, metrics=metrics,
-                             flags=list(row.get("flags", [])), sanity=dict(row.get("sanity", {}))),
-            cost=cost, provenance=prov, paper=paper or zoo_paper, results_sha256=results_sha256(manifest, [tname]),
-        ))
-    return entries
+    proto = _protocol(r)
+    cost = _cost(r)
+    if r.kind == "attack" and r.task == "transfer":
+        return _attack_entries(r, proto, cost, prov, manifest, paper)
+    return [_defense_entry(r, row, by_name.get(tname), proto, cost, prov, manifest, paper)
+            for tname, row in r.targets.items()]
 
 
-def _attack_entries(summary: dict[str, Any], proto: Protocol2, cost: Cost2, prov: Any, manifest: dict[str, Any],
+def _defense_entry(r: RunResult, row: TargetResult, arg: Any, proto: Protocol2, cost: Cost2, prov: Any,
+                   manifest: dict[str, Any], paper: Paper | None) -> Entry:
+    """One target's entry."""
+    tname, model = row.name, row.model
+    weights = getattr(arg, "weights", None) if arg is not None else None
+    record = TargetRecord(spec=str(model.get("spec", tname)), weights=str(weights) if weights else None,
+                          weights_sha256=(list(model["sha256"]) or [None])[0] if weights else None)
+    clean = _rate(row.clean, row.per_class.get("clean"))
+    metrics: dict[str, float] = {}
+    if r.task == "corruptions":
+        cells: list[Cell] = []
+        corr = _corruption_cells(row)
+        worst: list[WorstCase] = []
+        if row.metrics.get("mean_corruption_accuracy") is not None:
+            metrics["mean_corruption_accuracy"] = float(row.metrics["mean_corruption_accuracy"])  # type: ignore[arg-type]
+    else:
+        cells, corr = _transfer_cells(row), []
+        worst = _worst(row, cells)
+    defense, description, zoo_paper = zoo_model_info(record.spec)
+    return Entry(
+        schema_version="2", kind="defense", name=entry_name(tname),
+        model=ModelInfo2(name=tname, architecture=str(model["architecture"]), n_members=int(model["n_members"]),
+                         parameters=int(model["parameters"]), checkpoint_sha256=list(model["sha256"]),
+                         defense=defense, description=description,
+                         target=record, config={"costs": model["costs"]} if model.get("costs") else {}),
+        protocol=proto,
+        results=Results2(clean=clean, cells=cells, worst_case=worst, corruptions=corr, metrics=metrics,
+                         flags=list(row.flags), sanity=row.sanity.to_dict() if row.sanity is not None else {}),
+        cost=cost, provenance=prov, paper=paper or zoo_paper, results_sha256=results_sha256(manifest, [tname]),
+    )
+
+
+def _attack_entries(r: RunResult, proto: Protocol2, cost: Cost2, prov: Any, manifest: dict[str, Any],
                     paper: Paper | None) -> list[Entry]:
     """One entry per attack of an attack suite: a cell per (surrogate, eps, target)."""
-    view = summary.get("attack_view", {})
-    tnames = list(summary["targets"])
+    view = r.attack_view or {}
+    tnames = list(r.targets)
     entries = []
-    for attack in summary.get("attacks", []):
+    for attack in r.attacks:
         cells: list[Cell] = []
         metrics: dict[str, float] = {}
-        surs = list(dict.fromkeys(str(c["surrogate"]) for c in summary.get("cells", []) if c["attack"] == attack))
+        surs = list(dict.fromkeys(str(c.surrogate) for c in r.cells if isinstance(c, AttackCell) and c.attack == attack))
         surs = surs or list(proto.surrogates)
         for tname in tnames:
-            for c in summary["targets"][tname]["cells"]:
-                if c["attack"] != attack:
+            for c in r.targets[tname].cells:
+                cell = c.cell
+                if not isinstance(cell, AttackCell) or cell.attack != attack:
                     continue
-                v = view.get(attack, {}).get(eps_key(float(c["eps"])), {})
-                succ = v.get("per_target", {}).get(tname, {}).get("success") if len(surs) == 1 else None
-                cells.append(Cell(attack=attack, surrogate=str(c["surrogate"]), eps=float(c["eps"]), target=tname,
-                                  robust_acc=float(c["acc"]), k=int(c["k"]), n=int(c["n"]),
-                                  ci95=[float(x) for x in c["ci95"]], success_rate=succ))
-        for e, v in view.get(attack, {}).items():
-            metrics[f"mean_success@{e}"] = float(v["mean"])
-            metrics[f"min_success@{e}"] = float(v["min"])
+                v = view.get(attack, {}).get(f"{float(cell.eps):.6g}")
+                per = v.per_target.get(tname) if v is not None else None
+                succ = per.success if per is not None and len(surs) == 1 else None
+                cells.append(Cell(attack=attack, surrogate=str(cell.surrogate), eps=float(cell.eps), target=tname,
+                                  robust_acc=float(c.rate.acc), k=int(c.rate.k), n=int(c.rate.n),
+                                  ci95=[float(x) for x in c.rate.ci95], success_rate=succ))
+        for key, v in view.get(attack, {}).items():
+            metrics[f"mean_success@{key}"] = float(v.mean)
+            metrics[f"min_success@{key}"] = float(v.min)
         worst = []
         for e in sorted({c.eps for c in cells}):
             lo = min((c for c in cells if c.eps == e), key=lambda c: c.robust_acc)
             worst.append(WorstCase(eps=e, robust_acc=lo.robust_acc, k=lo.k, n=lo.n, ci95=lo.ci95,
                                    min_cell_acc=lo.robust_acc))
-        k = sum(int(summary["targets"][t]["clean"]["k"]) for t in tnames)
-        n = sum(int(summary["targets"][t]["clean"]["n"]) for t in tnames)
-        from robust_ens.bench.aggregate import wilson
-
+        k = sum(int(r.targets[t].clean.k) for t in tnames)
+        n = sum(int(r.targets[t].clean.n) for t in tnames)
         entries.append(Entry(
             schema_version="2", kind="attack", name=entry_name(attack),
             model=ModelInfo2(name=attack, architecture="attack", n_members=1,
                              description=f"attack {attack} from surrogates {', '.join(surs)}",
-                             config={"targets": {t: summary["targets"][t]["model"] for t in tnames}}),
+                             config={"targets": {t: r.targets[t].model for t in tnames}}),
             protocol=proto.model_copy(update={"attacks": [attack], "surrogates": surs}),
-            results=Results2(clean=Rate(acc=k / n, k=k, n=n, ci95=list(wilson(k, n))), cells=cells, worst_case=worst,
-                             metrics=metrics,
-                             flags=sorted({f for t in tnames for f in summary["targets"][t].get("flags", [])})),
+            results=Results2(clean=EntryRate(acc=k / n, k=k, n=n, ci95=list(wilson(k, n))), cells=cells,
+                             worst_case=worst, metrics=metrics,
+                             flags=sorted({f for t in tnames for f in r.targets[t].flags})),
             cost=cost, provenance=prov, paper=paper, results_sha256=results_sha256(manifest, tnames),
         ))
     return entries
@@ -228,25 +240,26 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def summary_table(summary: dict[str, Any]) -> str:
+def summary_table(result: RunResult | Mapping[str, Any]) -> str:
     """The table printed at the end of ``robust-ens bench run`` (tabulate, GitHub style)."""
-    if summary.get("kind") == "attack" and "attack_view" in summary:
+    r = result if isinstance(result, RunResult) else RunResult.from_summary(result)
+    if r.kind == "attack" and r.attack_view is not None:
         rows = []
-        for attack, per_eps in summary["attack_view"].items():
+        for attack, per_eps in r.attack_view.items():
             for eps, v in per_eps.items():
-                rows.append([attack, eps, *(_pct(r["success"]) for r in v["per_target"].values()),
-                             _pct(v["mean"]), _pct(v["min"])])
-        names = list(next(iter(next(iter(summary["attack_view"].values())).values()))["per_target"])
+                rows.append([attack, eps, *(_pct(s.success) for s in v.per_target.values()), _pct(v.mean), _pct(v.min)])
+        names = list(next(iter(next(iter(r.attack_view.values())).values())).per_target)
         return tabulate(rows, headers=["attack", "eps", *names, "mean", "min"], tablefmt="github")
     rows = []
-    eps_cols = sorted({e for row in summary["targets"].values() for e in row.get("worst_case", {})}, key=float)
-    for tname, row in summary["targets"].items():
-        ci = row["clean"]["ci95"]
-        cells = [f"{_pct(row['worst_case'][e]['acc'])} [{_pct(row['worst_case'][e]['ci95'][0])}, "
-                 f"{_pct(row['worst_case'][e]['ci95'][1])}]" for e in eps_cols]
-        extra = [_pct(row["mean_corruption_accuracy"])] if "mean_corruption_accuracy" in row else []
-        rows.append([tname, f"{_pct(row['clean']['acc'])} [{_pct(ci[0])}, {_pct(ci[1])}]", *cells, *extra,
-                     "; ".join(f.split(":")[0] for f in row.get("flags", [])) or "-"])
-    extra_h = ["mean corruption acc"] if any("mean_corruption_accuracy" in r for r in summary["targets"].values()) else []
-    headers = ["target", "clean % [95% CI]", *(f"worst eps {e} %" for e in eps_cols), *extra_h, "flags"]
+    eps_cols = sorted({e for row in r.targets.values() for e in (row.worst_case or {})}, key=float)
+    corruption = any("mean_corruption_accuracy" in row.metrics for row in r.targets.values())
+    for tname, row in r.targets.items():
+        ci = row.clean.ci95
+        worst = row.worst_case or {}
+        cells = [f"{_pct(worst[e].acc)} [{_pct(worst[e].ci95[0])}, {_pct(worst[e].ci95[1])}]" for e in eps_cols]
+        extra = [_pct(row.metrics["mean_corruption_accuracy"])] if "mean_corruption_accuracy" in row.metrics else []
+        rows.append([tname, f"{_pct(row.clean.acc)} [{_pct(ci[0])}, {_pct(ci[1])}]", *cells, *extra,
+                     "; ".join(f.split(":")[0] for f in row.flags) or "-"])
+    headers = ["target", "clean % [95% CI]", *(f"worst eps {e} %" for e in eps_cols),
+               *(["mean corruption acc"] if corruption else []), "flags"]
     return tabulate(rows, headers=headers, tablefmt="github")

@@ -92,11 +92,10 @@ def add_entries(paths: Sequence[str | Path], root: str | Path | None = None, *, 
         if old is not None and not replace:
             raise RobustEnsError(f"{path}: {old} already holds an entry named {e.name!r}; give --replace to overwrite it")
         olds.append(old)
-    written = []
     for e, old in zip(entries, olds, strict=True):
         if old is not None and old != lb.entry_path(e, base):
             old.unlink()
-        written.append(lb.write(e, base))
+    written = lb.write_entries(entries, base)
     lb.render_all(base)
     return written
 
@@ -117,8 +116,8 @@ def existing_entry(root: Path, suite: str, name: str) -> Path | None:
 def preflight(spec: str, weights: str | None, suite: str, device: torch.device) -> None:
     """Refuse, before any attack runs, a model that does not take the suite's images or classes."""
     from robust_ens import data
+    from robust_ens.bench.examples import dataset_label
     from robust_ens.bench.protocol import get_suite
-    from robust_ens.bench.runner import dataset_label
     from robust_ens.bench.targets import check_target, resolve_target
     from robust_ens.errors import RobustEnsError
 
@@ -190,7 +189,9 @@ def submit(
     old = existing_entry(base, suite, name)
     if old is not None and not replace:
         raise RobustEnsError(f"--name {name}: {old} already holds an entry of that name; give --replace to overwrite it")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from robust_ens.device import resolve_device
+
+    dev = resolve_device(device)
     if weights is not None and not Path(weights).expanduser().is_file():
         raise RobustEnsError(f"--weights {weights} does not exist")
     preflight(model, weights, suite, dev)
@@ -204,6 +205,6 @@ def submit(
     entry = lb.validate(entry.model_dump(mode="json"))  # type: ignore[assignment]
     if old is not None and old != lb.entry_path(entry, base):
         old.unlink()
-    path = lb.write(entry, base)
+    (path,) = lb.write_entries([entry], base)
     rendered = lb.render_all(base)
     return Submission(entry, path, rendered, run_dir)

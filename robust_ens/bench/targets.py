@@ -90,6 +90,12 @@ def _state_sha(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+def module_target(module: nn.Module, name: str) -> Target:
+    """A model already in memory as a target (its mode untouched); its sha256 is that of its state dict."""
+    members = len(module) if isinstance(module, Ensemble) else 1
+    return Target(name, name, module, {name: _state_sha(module)}, str(getattr(module, "arch", "unknown")), members)
+
+
 COST_KEYS = ("train_seconds", "train_seconds_per_epoch", "warmup_seconds_per_epoch", "inference_seconds_per_example",
              "inference_batch", "inference_precision", "device")
 
@@ -304,8 +310,8 @@ def resolve_trained(
     GPUs) and the thread count change the weights, so suites whose entries must be re-run exactly
     name committed ``zoo:`` checkpoints (``members``) instead.
     """
+    from robust_ens.defenses.train import parse_train_table
     from robust_ens.models.checkpoint import sha256_file
-    from robust_ens.train import parse_train_table
 
     plan = parse_train_table(train, dataset, what=f"surrogate {name!r}")
     members, arch = plan.members, plan.arch

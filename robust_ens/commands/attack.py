@@ -19,14 +19,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
-import sys
-import time
 from typing import Any
 
-import torch
-
-from robust_ens import __version__, data
+from robust_ens import data
 from robust_ens.attacks import Attack, create_attack, list_attacks
 from robust_ens.commands.common import (
     check_device,
@@ -39,10 +34,10 @@ from robust_ens.commands.common import (
     progress_enabled,
     seed_int,
 )
+from robust_ens.device import resolve_device
 from robust_ens.ensemble import COMBINES, Ensemble
 from robust_ens.errors import RobustEnsError
-from robust_ens.evaluation import correct, predict
-from robust_ens.precision import PRECISIONS
+from robust_ens.precision import DEFAULT_PRECISION, PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -71,32 +66,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="targeted mode: random wrong class or the surrogate's least-likely class")
     p.add_argument("--seed", type=seed_int, default=0, help="attack seed (same seed, same device: same output)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="examples per attack batch (default 256)")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="ensemble precision (default auto)")
+    p.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
+                   help=f"ensemble precision (default {DEFAULT_PRECISION})")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--out", required=True, help="output .safetensors path (a .json record is written beside it)")
     p.add_argument("--store", default=None, help="adversarial-set store folder (default: $ROBUST_ENS_CACHE/advsets)")
     p.set_defaults(func=run)
 
 
-def _targets(kind: str, sur: torch.nn.Module, k: int, seed: int) -> Any:
-    """A ``(batch, x, y) -> target labels`` function for ``--target`` (None when untargeted)."""
-    if kind == "none":
-        return None
-
-    def pick(b: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if kind == "random":
-            g = torch.Generator().manual_seed(seed + 1 + b)
-            return ((y.cpu() + 1 + torch.randint(0, k - 1, y.shape, generator=g)) % k).to(y.device)
-        return predict(sur, x).argmin(-1).to(y.device)
-
-    return pick
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the ``attack`` subcommand; returns the exit status."""
-    from robust_ens.bench.advsets import AdvSetStore, dataset_fingerprint
-    from robust_ens.bench.craft import budget_check, craft_set, write_set
-    from robust_ens.bench.runner import dataset_label
+    from robust_ens.bench.advsets import AdvSetStore
+    from robust_ens.bench.craft import attack_set, write_set
+    from robust_ens.bench.examples import Examples, dataset_label
     from robust_ens.bench.targets import check_target, resolve_target
 
     eps = parse_number(str(args.eps), "--eps")
@@ -109,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.out)
     if args.store is not None:
         check_output_folder(args.store, "--store")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     with for_option("--surrogate"):
         sur = resolve_target(args.surrogate, dataset=args.data, device=device, combine=args.combine,
                              precision=args.precision)
@@ -125,46 +107,14 @@ def run(args: argparse.Namespace) -> int:
         raise RobustEnsError(f"--surrogate {args.surrogate} does not fit --data {args.data}: {err}") from None
     with for_option("--n"):
         idx = data.subset_indices(yall, args.n, args.data_seed)
-    x_u8, y = xu[idx].contiguous(), yall[idx].contiguous()
-    store = AdvSetStore(args.store or data.cache_dir() / "advsets")
-    t0 = time.perf_counter()
-    crafted = craft_set(store, atk, sur, x_u8, y, idx, dataset_fingerprint(x_u8, y, label), seed=args.seed,
-                        batch_size=args.batch_size, device=device,
-                        targets=_targets(args.target, sur.module, k, args.seed), progress=progress_enabled())
-    wall = time.perf_counter() - t0
-    budget = budget_check(x_u8, crafted.x_adv, eps)
-    if not budget["within_budget"]:  # the store guarantees it; refuse to write a set that breaks it
-        raise RobustEnsError(f"budget check failed ({budget}); not writing {args.out}")
-    n = len(idx)
-    clean = float(correct(sur.module, x_u8.to(device), y.to(device)).float().mean())
-    acc = crafted.surrogate_accuracy()
-    hit = None
-    if crafted.target is not None:
-        pred = predict(sur.module, crafted.x_adv.to(device)).argmax(-1).cpu()
-        hit = float((pred == crafted.target).float().mean())
-    costs = [r.get("cost", {}) for r in crafted.records]
-    record = {
-        "format": "robust-ens adversarial set v2 (uint8)",
-        "attack": {"repr": repr(atk), **atk.config()},
-        "surrogate": {"spec": args.surrogate, "sha256": sur.sha256s, "ensemble": isinstance(sur.module, Ensemble),
-                      "combine": args.combine if isinstance(sur.module, Ensemble) else None, "precision": args.precision},
-        "data": {"name": args.data, "label": label, "split": args.split, "n": n, "seed": args.data_seed},
-        "eps": eps,
-        "norm": atk.norm,
-        "targeted": args.target,
-        "seed": args.seed,
-        "budget": {**budget, "in_box": True},
-        "surrogate_accuracy": {"clean": clean, "adversarial": acc["surrogate_acc_uint8"],
-                               "adversarial_before_uint8": acc["surrogate_acc_float"],
-                               **({"target_hit_rate": hit} if hit is not None else {})},
-        "cost": {"forward_per_example": sum(c.get("forward", 0) * c.get("examples", 0) for c in costs) / max(n, 1),
-                 "backward_per_example": sum(c.get("backward", 0) * c.get("examples", 0) for c in costs) / max(n, 1),
-                 "attack_seconds": sum(c.get("seconds", 0.0) for c in costs), "wall_seconds": wall,
-                 "batches_from_store": crafted.hits, "device": str(device)},
-        "provenance": {"robust_ens": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                       "command": sys.argv},
-    }
+    ex = Examples.of(xu[idx], yall[idx], idx, label, k, args.batch_size)
+    crafted, record = attack_set(
+        atk, sur, ex, store=AdvSetStore(args.store or data.cache_dir() / "advsets"), device=device, seed=args.seed,
+        targeted=args.target, spec=args.surrogate, combine=args.combine, precision=args.precision,
+        data_name=args.data, split=args.split, data_seed=args.data_seed, progress=progress_enabled())
     out, side = write_set(args.out, crafted, record)
-    print(f"wrote {out} and {side.name}: {n} images, eps {eps:.6g} (stored within {budget['max_change_levels']}/255), "
-          f"surrogate accuracy {clean:.3f} -> {acc['surrogate_acc_uint8']:.3f}")
+    acc = record["surrogate_accuracy"]
+    print(f"wrote {out} and {side.name}: {len(idx)} images, eps {eps:.6g} "
+          f"(stored within {record['budget']['max_change_levels']}/255), "
+          f"surrogate accuracy {acc['clean']:.3f} -> {acc['adversarial']:.3f}")
     return 0

@@ -122,11 +122,12 @@ def run_show(args: argparse.Namespace) -> int:
 def run_run(args: argparse.Namespace) -> int:
     """Run one tier of a suite and print its summary table."""
     from robust_ens import progress
-    from robust_ens.atomic import atomic_write_json
     from robust_ens.bench import distributed, get_suite
     from robust_ens.bench.report import summary_table, to_entries
     from robust_ens.bench.runner import TargetArg, run_suite
     from robust_ens.commands.common import check_device, check_input_file, check_output_folder, for_option
+    from robust_ens.device import resolve_device
+    from robust_ens.leaderboard import write_entries
 
     proto = get_suite(args.suite)
     with for_option("--tier"):
@@ -146,40 +147,32 @@ def run_run(args: argparse.Namespace) -> int:
     check_output_folder(args.out or f"runs/{proto.suite}-{args.tier}", "--out")
     targets = [TargetArg(t["spec"], t["weights"], t["name"]) for t in args.targets]
     out = Path(args.out or f"runs/{proto.suite}-{args.tier}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     if proto.task == "depth":
         return _run_depth(proto, args, out, device)
-    summary = run_suite(proto, args.tier, targets, out, device=device, store=args.store,
-                        progress=progress.enabled())
+    result = run_suite(proto, args.tier, targets, out, device=device, store=args.store,
+                       progress=progress.enabled())
     if not distributed.is_main():
         return 0
     if args.entries:
-        for e in to_entries(summary, " ".join(["robust-ens", *sys.argv[1:]]), run_dir=out, targets=targets):
-            atomic_write_json(out / "entries" / f"{e.name}.json", e.model_dump(mode="json"))
-    print(summary_table(summary))
-    c = summary["cost"]
-    print(f"\n{proto.suite} v{proto.version} tier {args.tier} on {summary['dataset']} (n={summary['n']}): "
-          f"{c['seconds']:.1f} s on {c['device']}, {c['advsets_made']} adversarial batches made, "
-          f"{c['advsets_reused']} reused; per-example results and summary.json in {out}")
+        write_entries(to_entries(result, " ".join(["robust-ens", *sys.argv[1:]]), run_dir=out, targets=targets),
+                      out / "entries", flat=True)
+    print(summary_table(result))
+    c = result.cost
+    print(f"\n{proto.suite} v{proto.version} tier {args.tier} on {result.dataset} (n={result.n}): "
+          f"{c.seconds:.1f} s on {c.device}, {c.advsets_made} adversarial batches made, "
+          f"{c.advsets_reused} reused; per-example results and summary.json in {out}")
     return 0
 
 
 def _run_depth(proto: object, args: argparse.Namespace, out: Path, device: torch.device) -> int:
-    from tabulate import tabulate
-
-    from robust_ens.bench.depth_task import run_depth
+    from robust_ens.bench.depth_task import depth_table, run_depth
 
     if len(args.targets) != 1 or args.data is None:
         raise RobustEnsError("a depth suite takes one --target pkg.module:factory and --data KITTI_C_ROOT")
     spec = args.targets[0]["spec"]
     summary = run_depth(proto, args.tier, spec, args.data, out, gt=args.gt, device=device)  # type: ignore[arg-type]
-    res = summary["depth"][spec]
-    rows = [[c, *(f"{m['abs_rel']:.4f}" for m in per_sev.values())] for c, per_sev in res["corrupted"].items()]
-    print(tabulate(rows, headers=["corruption", *(f"abs_rel s{s}" for s in next(iter(res["corrupted"].values())))],
-                   tablefmt="github"))
-    s = res.get("summary") or {}
-    print(f"clean abs_rel {res['clean']['abs_rel']:.4f}; mCE {s.get('mCE', float('nan')):.1f}, "
-          f"mRR {s.get('mRR', float('nan')):.1f} (RoboDepth, vs MonoDepth2); summary.json in {out}")
+    print(f"{depth_table(summary, spec)}; summary.json in {out}")
     return 0
 
 

@@ -1,1 +1,1 @@
-"""The benchmark protocols as pytest modules: one module per registered suite."""
+"""The benchmark protocols as pytest tests: ``bench_protocols.py`` collects every registered suite."""

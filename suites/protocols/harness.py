@@ -1,6 +1,7 @@
 """Running one protocol under pytest-benchmark: one timed round, numbers in ``extra_info``, entries written.
 
-Each protocol module calls :func:`run_protocol`; the run folder is ``<bench-out>/<suite>-<tier>``
+``bench_protocols.py`` calls :func:`run_protocol` for every registered classifier suite (and
+:func:`run_depth_protocol` for depth suites); the run folder is ``<bench-out>/<suite>-<tier>``
 (resumable, like ``robust-ens bench run``), entries go to its ``entries/`` folder, and
 ``benchmark.extra_info`` holds the headline numbers, every cell and the cost, so
 ``--benchmark-json``, ``--benchmark-autosave`` and ``--benchmark-compare`` carry them.
@@ -11,16 +12,17 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from robust_ens.bench import get_suite
-from robust_ens.bench.advsets import atomic_write_json
+from robust_ens.bench.evaluate import RunResult
 from robust_ens.bench.report import to_entries
 from robust_ens.bench.runner import TargetArg, run_suite
-from robust_ens.leaderboard import validate
+from robust_ens.leaderboard import validate, write_entries
 
 
 def needs_data(dataset: str) -> None:
@@ -31,7 +33,7 @@ def needs_data(dataset: str) -> None:
         require_cifar10()
 
 
-def extra_info(summary: dict[str, Any]) -> dict[str, Any]:
+def extra_info(summary: Mapping[str, Any]) -> dict[str, Any]:
     """What pytest-benchmark stores for a protocol run: headline numbers, cells and cost."""
     info: dict[str, Any] = {"suite": summary["suite"], "version": summary["version"], "tier": summary["tier"],
                             "dataset": summary["dataset"], "n": summary["n"], "cost": summary.get("cost", {})}
@@ -52,11 +54,11 @@ def extra_info(summary: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
-def run_protocol(benchmark: Any, suite: str, tier: str, targets: list[str], out: Path) -> dict[str, Any]:
+def run_protocol(benchmark: Any, suite: str, tier: str, targets: list[str], out: Path) -> RunResult:
     """Run ``suite`` at ``tier`` once under pytest-benchmark and write its summary and entries.
 
     Returns:
-        The engine's summary.
+        The engine's result (it reads like its ``summary.json``).
     """
     proto = get_suite(suite)
     needs_data(proto.dataset)
@@ -74,16 +76,47 @@ def run_protocol(benchmark: Any, suite: str, tier: str, targets: list[str], out:
     benchmark.pedantic(once, rounds=1, iterations=1, warmup_rounds=0)
     summary = result["summary"]
     benchmark.extra_info.update(extra_info(summary))
-    for e in to_entries(summary, f"pytest suites --tier {tier}", run_dir=run_dir, targets=args):
-        path = run_dir / "entries" / f"{e.name}.json"
-        atomic_write_json(path, json.loads(e.model_dump_json()))
-        validate(path)
+    for path in write_entries(to_entries(summary, f"pytest suites --tier {tier}", run_dir=run_dir, targets=args),
+                              run_dir / "entries", flat=True):
+        validate(path)  # what was written reads back as a valid entry
     if os.environ.get("ROBUST_ENS_BENCH_PRINT"):
         print(json.dumps(benchmark.extra_info, indent=1))
     return summary
 
 
-def check_summary(summary: dict[str, Any], tier: str) -> None:
+def run_depth_protocol(benchmark: Any, suite: str, tier: str, targets: list[str], out: Path,
+                       tmp: Path) -> dict[str, Any]:
+    """Run a depth suite (``kitti-c``) at ``tier`` once under pytest-benchmark.
+
+    Smoke tier: a synthetic KITTI tree in KITTI's layout, corrupted by ``robust-ens corrupt`` and
+    scored with a model that predicts the ground truth up to scale. Above it, set
+    ``ROBUST_ENS_KITTI_C`` to a real KITTI-C tree (with ``gt_depths.npz``) and give the depth model
+    as ``--target pkg.module:factory``.
+
+    Returns:
+        The target's results (``clean``, ``corrupted``, ``summary`` with mCE and mRR).
+    """
+    from robust_ens.bench.depth_task import run_depth
+
+    if tier == "smoke":
+        from tests.bench_models import synthetic_kitti_tree
+
+        tree, target = synthetic_kitti_tree(tmp), "tests.bench_models:ramp_depth"
+    else:
+        real = os.environ.get("ROBUST_ENS_KITTI_C")
+        if not real or not targets:
+            pytest.skip(f"{suite} beyond smoke needs ROBUST_ENS_KITTI_C=<KITTI-C tree> and --target pkg.module:factory")
+        tree, target = Path(real), targets[0]
+    result: dict[str, Any] = {}
+    benchmark.pedantic(lambda: result.update(run_depth(suite, tier, target, tree, out / f"{suite}-{tier}")),
+                       rounds=1, iterations=1)
+    res = result["depth"][target]
+    benchmark.extra_info.update({"suite": suite, "tier": tier, "clean_abs_rel": res["clean"]["abs_rel"],
+                                 "mCE": res["summary"].get("mCE"), "mRR": res["summary"].get("mRR")})
+    return res
+
+
+def check_summary(summary: Mapping[str, Any], tier: str) -> None:
     """What every protocol run must satisfy: accuracies in [0, 1], a worst case at most its weakest cell."""
     assert summary["targets"] and summary["tier"] == tier
     for row in summary["targets"].values():
