@@ -28,6 +28,7 @@ import torch
 from robust_ens.atomic import atomic_write, atomic_write_text
 from robust_ens.canonical import sha256_bytes, sha256_json
 from robust_ens.errors import RobustEnsError
+from robust_ens.threads import small_work_threads
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def quantization_levels(eps: float) -> int:
     return int(math.floor(eps * 255 + _EPS_TOL))
 
 
+@small_work_threads()  # per-batch bookkeeping: one thread unless the user chose (robust_ens.threads)
 def quantize(x_u8: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:
     """uint8 adversarial images within ``floor(255 * eps)`` levels of ``x_u8`` and in [0, 255].
 
@@ -120,6 +122,7 @@ class AdvSetStore:
             return None
         return StoredSet(key, x, record, hit=True)
 
+    @small_work_threads()
     def put(self, key: str, x_adv_u8: torch.Tensor, record: dict[str, Any]) -> StoredSet:
         """Write a set atomically (images first, then the record that vouches for them)."""
         from safetensors.torch import save_file

@@ -27,6 +27,7 @@ from robust_ens.atomic import atomic_write_bytes, atomic_write_json, atomic_writ
 from robust_ens.bench.protocol import Protocol
 from robust_ens.canonical import sha256_bytes
 from robust_ens.errors import RobustEnsError
+from robust_ens.threads import small_work_threads
 
 RUN_FORMAT = "robust-ens run 1"
 
@@ -105,6 +106,7 @@ class RunFolder:
 
         return load(blob)["correct"].bool()
 
+    @small_work_threads()  # per-batch bookkeeping: one thread unless the user chose (robust_ens.threads)
     def save(self, target: str, cell: str, correct: torch.Tensor, indices: torch.Tensor) -> None:
         """Record a finished cell (rank 0 only writes)."""
         if not self.write:
@@ -146,6 +148,7 @@ class RunFolder:
             path.unlink(missing_ok=True)
             return None
 
+    @small_work_threads()
     def save_batch(self, target: str, cell: str, batch: int, correct: torch.Tensor) -> None:
         """Keep one finished batch (any rank: batches are disjoint)."""
         from safetensors.torch import save
