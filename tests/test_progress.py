@@ -72,9 +72,10 @@ def test_corruptions_evaluate_shows_a_line_per_set_and_no_log_lines_inside(tmp_p
                "--corruptions", "gaussian_noise,fog", "--severities", "1-2", "--no-cache", "--out", str(tmp_path)])
     assert rc == 0
     err = capsys.readouterr().err
-    stage_lines = [ln for ln in err.splitlines() if ln.startswith("corruptions: ")]
-    assert len(stage_lines) == 4 and "\r" not in err
-    assert all(ln.startswith(("INFO ", "corruptions: ", "WARNING ")) for ln in err.splitlines() if ln.strip())
+    # the engine's bar over the run's cells: clean, then 2 corruptions x 2 severities
+    stage_lines = [ln for ln in err.splitlines() if ln.startswith("cifar10-corruptions/custom: ")]
+    assert len(stage_lines) == 5 and "\r" not in err
+    assert all(ln.startswith(("INFO ", "cifar10-corruptions/custom: ", "WARNING ")) for ln in err.splitlines() if ln.strip())
 
 
 def test_usage_errors_are_one_line(capsys):

@@ -351,6 +351,8 @@ class RunContext:
     Attributes:
         surrogate: Resolves a protocol surrogate by name (resolved once, trained when a recipe).
         cost: Filled by the task as it attacks and evaluates.
+        corruption_cache: Whether the corruptions task reads and writes corrupted copies in the
+            data cache (they are the same bytes either way).
     """
 
     protocol: Protocol
@@ -362,6 +364,7 @@ class RunContext:
     surrogate: Callable[[str], Target]
     progress: bool = True
     cost: Cost = field(default_factory=Cost)
+    corruption_cache: bool = True
 
     def cell(self, target: str, cell: str, compute: Callable[[int, slice], torch.Tensor]) -> torch.Tensor:
         """Per-example correctness of ``target`` in ``cell``: read if finished, else computed per batch."""

@@ -166,9 +166,20 @@ def _groups(files: Sequence[Path], entries: Sequence[object], tier: str | None,
             report.skipped.append(f"{path}: no recorded target")
         elif tier is not None and e.protocol.tier != tier:
             report.skipped.append(f"{path}: tier {e.protocol.tier}, not {tier}")
+        elif not _suite_has_tier(e.protocol.suite, e.protocol.tier):
+            report.skipped.append(f"{path}: tier {e.protocol.tier!r} is not one of the suite's (a run made from "
+                                  "command-line options, e.g. corruptions evaluate); re-run it with its command")
         else:
             groups.setdefault((e.protocol.suite, e.protocol.tier), []).append(e)
     return groups
+
+
+def _suite_has_tier(suite: str, tier: str) -> bool:
+    """Whether a registered suite defines ``tier`` (an unknown suite is left to the re-run's own error)."""
+    try:
+        return tier in get_suite(suite).tiers
+    except RobustEnsError:
+        return True
 
 
 def _runnable(group: list[lb.Entry], proto: Protocol, tier_name: str, report: RegressReport) -> list[lb.Entry]:

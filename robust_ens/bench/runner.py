@@ -53,11 +53,16 @@ TASKS: dict[str, Callable[[RunContext, list[Target]], RunResult]] = {
 
 @dataclass(frozen=True)
 class TargetArg:
-    """A target as the user gave it: a spec, optional weights and an optional display name."""
+    """A target as the user gave it: a spec, optional weights and an optional display name.
+
+    ``combine`` and ``precision`` apply to a comma-separated spec (its parts joined into one Ensemble).
+    """
 
     spec: str
     weights: str | None = None
     name: str | None = None
+    combine: str = "logits"
+    precision: str = REFERENCE_PRECISION
 
 
 class Engine:
@@ -71,10 +76,12 @@ class Engine:
         store: The adversarial-set store's folder (default ``<out>/advsets``).
         progress: Show progress bars.
         target_option: The command-line option the targets came from, named in errors about them.
+        corruption_cache: Read and write corrupted copies in the data cache (corruptions task).
     """
 
     def __init__(self, protocol: Protocol, tier: str, out: str | Path, *, device: str | torch.device = "cpu",
-                 store: str | Path | None = None, progress: bool = True, target_option: str = "--target") -> None:
+                 store: str | Path | None = None, progress: bool = True, target_option: str = "--target",
+                 corruption_cache: bool = True) -> None:
         self.protocol = protocol
         self.target_option = target_option
         self.tier = protocol.tier(tier)
@@ -86,7 +93,7 @@ class Engine:
         self._surrogates: dict[str, Target] = {}
         self.ctx = RunContext(protocol, self.tier, self.ex, self.folder,
                               AdvSetStore(store if store is not None else Path(out) / "advsets"), self.device,
-                              self.surrogate, self.progress)
+                              self.surrogate, self.progress, corruption_cache=corruption_cache)
 
     # ---- targets and surrogates
     def resolve(self, arg: TargetArg) -> Target:
@@ -103,7 +110,7 @@ class Engine:
             t = self.surrogate(arg.spec)
         else:
             t = resolve_target(arg.spec, weights=arg.weights, dataset=self.protocol.dataset, device=self.device,
-                               name=arg.name)
+                               name=arg.name, combine=arg.combine, precision=arg.precision)
         if arg.name:
             t.name = arg.name
         check_target(t, self.ex.x_u8[:2].float().div(255), self.ex.num_classes, self.ex.label)
@@ -166,6 +173,7 @@ def run_suite(
     store: str | Path | None = None,
     progress: bool = True,
     target_option: str = "--target",
+    corruption_cache: bool = True,
 ) -> RunResult:
     """Run one tier of a suite on some targets and write the summary into the run folder.
 
@@ -178,6 +186,7 @@ def run_suite(
         store: Adversarial-set store folder (default ``<out>/advsets``); share it between runs.
         progress: Progress bars.
         target_option: The command-line option the targets came from, named in errors about them.
+        corruption_cache: Read and write corrupted copies in the data cache (corruptions task).
 
     Returns:
         The typed result; it reads like the summary it writes to ``<out>/summary.json``
@@ -189,7 +198,8 @@ def run_suite(
     if proto.task == "depth":
         raise RobustEnsError(f"{proto.suite} evaluates depth models: use run_depth (robust-ens bench run {proto.suite} --data KITTI_C)")
     args = [a if isinstance(a, TargetArg) else TargetArg(spec=a) for a in targets]
-    engine = Engine(proto, tier, out, device=device, store=store, progress=progress, target_option=target_option)
+    engine = Engine(proto, tier, out, device=device, store=store, progress=progress, target_option=target_option,
+                    corruption_cache=corruption_cache)
     result = engine.run(args)
     if dd.is_main():
         atomic_write_json(Path(out) / "summary.json", result.to_summary())

@@ -1,15 +1,17 @@
-"""``robust-ens corruptions evaluate``: the cifar10-corruptions suite as a leaderboard entry.
+"""``robust-ens corruptions evaluate``: a model under the cifar10-corruptions suite, as a leaderboard entry.
 
 Example:
     robust-ens corruptions evaluate --model zoo:digits_small_cnn_s0,zoo:digits_small_cnn_s1 \\
         --data digits --n 200 --severities 1-5 --baseline base.json --out leaderboards/
 
-evaluates the model (several comma-separated models form a logit-averaging Ensemble) on the
-preset's 15 common corruptions at each severity, and writes the entry
-``<out>/<dataset>/cifar10-corruptions/<name>.json`` (clean accuracy, mean corruption accuracy,
-per-corruption accuracies ``acc/<corruption>/<severity>``, and with ``--baseline`` the mCE and
-relative mCE against that entry). Corrupted sets are cached as uint8 in the data cache, so an
-interrupted or repeated run regenerates nothing and costs forward passes only.
+runs the engine's corruptions task (the suite's protocol, with one tier made from the options) on
+the model (several comma-separated models form an Ensemble) under the preset's 15 common
+corruptions at each severity, and writes the schema-2 entry
+``<out>/<dataset>/cifar10-corruptions/<name>.json``: clean accuracy and one cell per (corruption,
+severity) with k of n and a 95% interval, the mean corruption accuracy and, with ``--baseline``,
+the mCE and relative mCE against that entry. Corrupted sets are cached as uint8 in the data cache,
+so a repeated run regenerates nothing and costs forward passes only. With the options of one of
+the suite's tiers (``robust-ens bench show cifar10-corruptions``) the entry is that tier's.
 
 Images smaller than 32 px (digits: 8x8) are upsampled by an integer factor before corrupting
 (the corruptions' minimum size) and the model sees them average-pooled back to the native size.
@@ -19,15 +21,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from typing import Any
 
 from robust_ens.commands.common import positive_int, seed_int
-from robust_ens.device import resolve_device
 from robust_ens.errors import RobustEnsError
 from robust_ens.precision import PRECISIONS, REFERENCE_PRECISION
 
 log = logging.getLogger(__name__)
+
+#: Options of the command's schema-1 days that the engine's protocol replaced: option -> what replaces it.
+DROPPED = {
+    "--data-seed": "--data-seed is gone: --seed is the protocol seed, which picks both the examples and the "
+                   "corruptions' random numbers (as in every suite)",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,25 +50,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                           description=__doc__.split("Example:")[0].strip() if __doc__ else None)
     e.add_argument("--model", required=True, help="comma-separated checkpoint paths or zoo:NAME; several form an Ensemble")
     e.add_argument("--combine", default="logits", choices=("logits", "probs", "vote"),
-                   help="how an ensemble combines members (default logits)")
+                   help="how an ensemble of comma-separated models combines members (default logits)")
     e.add_argument("--precision", default=REFERENCE_PRECISION, choices=PRECISIONS,
-                   help=f"ensemble precision (default {REFERENCE_PRECISION}, the precision entries are measured in)")
+                   help=f"precision of an ensemble of comma-separated models (default {REFERENCE_PRECISION}, "
+                        "the precision entries are measured in)")
     e.add_argument("--data", default="cifar10", help="dataset: cifar10, digits or imagefolder:<path>")
     e.add_argument("--split", default="test", help="split (default test)")
     e.add_argument("--n", type=positive_int, default=None, help="number of examples (default: the whole split)")
-    e.add_argument("--data-seed", type=seed_int, default=0, help="seed of the example subset (default 0)")
+    e.add_argument("--data-seed", type=seed_int, default=None, help=argparse.SUPPRESS)
     e.add_argument("--preset", default="cifar10c", help="corruption parameters (default cifar10c)")
     e.add_argument("--corruptions", default="common",
                    help="'common' (the 15 of the mean corruption accuracy, default), 'all' or comma-separated names")
     e.add_argument("--severities", default="1-5", help="severities: '1-5' (default), '3' or '1,3,5'")
-    e.add_argument("--seed", type=seed_int, default=0, help="corruption seed (default 0)")
+    e.add_argument("--seed", type=seed_int, default=0,
+                   help="protocol seed: the example subset and the corruptions' random numbers (default 0)")
     e.add_argument("--upscale", default="auto",
                    help="integer upsampling factor for images below 32 px ('auto': the smallest that reaches 32)")
-    e.add_argument("--baseline", default=None, help="a cifar10-corruptions entry (JSON) to compute mCE against")
-    e.add_argument("--name", default=None, help="entry name (default: derived from --model)")
+    e.add_argument("--baseline", default=None,
+                   help="a cifar10-corruptions entry (JSON, schema 2 or legacy 1) to compute mCE against")
+    e.add_argument("--name", default=None, help="entry name (default: --model made file-safe, as bench run names it)")
     e.add_argument("--dataset-label", default=None,
                    help="dataset name recorded in the entry (default: --data; e.g. cifar10-jpeg)")
-    e.add_argument("--batch-size", type=positive_int, default=500, help="images per corruption/forward batch")
+    e.add_argument("--batch-size", type=positive_int, default=500, help="images per forward batch")
     e.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     e.add_argument("--no-cache", action="store_true", help="do not read or write cached corrupted sets")
     e.add_argument("--out", required=True, help="leaderboard root: the entry goes to <out>/<dataset>/<suite>/<name>.json")
@@ -87,41 +98,41 @@ def parse_severities(text: str) -> list[int]:
     return sorted(out)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``corruptions evaluate``; returns the exit status."""
-    import re
-
-    from robust_ens import data
-    from robust_ens import leaderboard as lb
-    from robust_ens.bench.runner import dataset_label
-    from robust_ens.bench.submit import NAME
-    from robust_ens.bench.targets import check_target, resolve_target
-    from robust_ens.commands.common import (
-        check_device,
-        check_input_file,
-        check_output_folder,
-        for_option,
-        progress_enabled,
-    )
-    from robust_ens.corruptions import evaluate as ev
+def parse_corruptions(text: str, preset: str) -> list[str]:
+    """``"common"``, ``"all"`` or comma-separated names -> corruption names of ``preset``."""
+    from robust_ens.commands.common import for_option
     from robust_ens.corruptions import list_corruptions
-    from robust_ens.ensemble import Ensemble
 
+    with for_option("--preset"):
+        known = list_corruptions(preset)
+    if text in ("common", "all"):
+        return list_corruptions(preset, subset=text)
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    bad = [c for c in names if c not in known]
+    if bad or not names:
+        raise RobustEnsError(f"--corruptions: unknown corruption(s) {', '.join(bad) or repr(text)} "
+                             f"for preset {preset!r}; choose from: {', '.join(known)}")
+    return names
+
+
+def check_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Check every option before any work; returns the parsed corruptions, severities, baseline and upscale."""
+    from robust_ens.bench.submit import NAME
+    from robust_ens.commands.common import check_device, check_input_file, check_output_folder, for_option
+    from robust_ens.corruptions import evaluate as ev
+
+    for option, message in DROPPED.items():
+        if getattr(args, option[2:].replace("-", "_"), None) is not None:
+            raise RobustEnsError(message)
     severities = parse_severities(args.severities)
-    if args.corruptions in ("common", "all"):
-        names = list_corruptions(args.preset, subset=args.corruptions)
-    else:
-        names = [c.strip() for c in args.corruptions.split(",") if c.strip()]
-        known = list_corruptions(args.preset)
-        bad = [c for c in names if c not in known]
-        if bad or not names:
-            raise RobustEnsError(f"--corruptions: unknown corruption(s) {', '.join(bad) or repr(args.corruptions)} "
-                                 f"for preset {args.preset!r}; choose from: {', '.join(known)}")
+    names = parse_corruptions(args.corruptions, args.preset)
     if args.dataset_label is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", args.dataset_label):
         raise RobustEnsError(f"--dataset-label must be a plain name like cifar10-jpeg (it becomes a folder), "
                              f"got {args.dataset_label!r}")
     if args.name is not None and not NAME.match(args.name):
         raise RobustEnsError(f"--name {args.name!r}: use letters, digits and . _ + - only (it becomes a file name)")
+    with for_option("--upscale"):
+        upscale = "auto" if args.upscale == "auto" else ev.upscale_factor(args.upscale, 32, 32)
     check_device(args.device)
     check_output_folder(args.out)
     baseline = None
@@ -129,54 +140,78 @@ def run(args: argparse.Namespace) -> int:
         check_input_file(args.baseline, "--baseline")
         with for_option("--baseline"):
             baseline = ev.result_from_entry(args.baseline)
-    if baseline is not None:
-        missing = [c for c in names if c not in baseline["accuracy"]]
-        if missing:
-            raise RobustEnsError(f"the baseline {args.baseline} has no accuracies for: {', '.join(missing)}")
-        if baseline["protocol"].get("preset") not in (None, args.preset):
-            raise RobustEnsError(f"the baseline used preset {baseline['protocol'].get('preset')!r}, not {args.preset!r}")
-    device = resolve_device(args.device)
-    with for_option("--model"):
-        target = resolve_target(args.model, dataset=args.data, device=device, combine=args.combine,
-                                precision=args.precision)
+            ev.check_baseline(baseline, names, severities, args.preset)
+    return {"corruptions": names, "severities": severities, "baseline": baseline, "upscale": upscale}
+
+
+def preflight(args: argparse.Namespace, upscale: str | int, device: Any) -> int:
+    """Refuse bad ``--data``, ``--model``, ``--n`` or ``--upscale`` before any work; returns the number of examples.
+
+    Refused: data that does not load, a model that does not fit it, ``--n`` beyond the split and
+    images that stay below the corruptions' 32 px.
+    """
+    from robust_ens import data
+    from robust_ens.bench.examples import dataset_label
+    from robust_ens.bench.targets import check_target, resolve_target
+    from robust_ens.commands.common import for_option
+    from robust_ens.corruptions.evaluate import upscale_factor
+
     with for_option("--data"):
         xu, yall = data.load_uint8(args.data, args.split)
         num_classes = data.info(args.data).num_classes
-        label = args.dataset_label or dataset_label(args.data)
+    with for_option("--model"):
+        target = resolve_target(args.model, dataset=args.data, device=device, combine=args.combine,
+                                precision=args.precision)
     try:
-        check_target(target, xu[:2].float().div(255), num_classes, label)
+        check_target(target, xu[:2].float().div(255), num_classes, dataset_label(args.data))
     except RobustEnsError as err:
         raise RobustEnsError(f"--model {args.model} does not fit --data {args.data}: {err}") from None
-    with for_option("--n"):
-        idx = data.subset_indices(yall, args.n, args.data_seed)
-    x, y = xu[idx], yall[idx]
-    factor = ev.upscale_factor(str(args.upscale), x.shape[-2], x.shape[-1])
-    x, model = ev.upscale(x, target.module, factor)
-    log.info("evaluating %s on %d %s images (%dx%d) under %d corruptions x %d severities",
-             args.model, len(y), args.data, x.shape[-2], x.shape[-1], len(names), len(severities))
-    res = ev.evaluate_corruptions(
-        model, x, y, preset=args.preset, corruptions=names, severities=severities, seed=args.seed,
-        batch_size=args.batch_size, device=device, cache=not args.no_cache, baseline=baseline,
-        baseline_name=baseline["name"] if baseline else None, progress=progress_enabled(),
-    )
-    inner = target.module
-    members = list(inner.members) if isinstance(inner, Ensemble) else [inner]
-    arch = target.architecture if len(members) == 1 else f"ensemble({target.architecture})"
-    settings: dict[str, Any] = {"split": args.split, "data_seed": args.data_seed, "upscale": factor,
-                                "models": args.model}
-    if isinstance(inner, Ensemble):
-        settings.update({"combine": args.combine, "precision": args.precision})
-    entry = ev.to_entry(
-        res, name=args.name or ev.default_entry_name(args.model), architecture=arch, n_members=len(members),
-        checkpoint_sha256=target.sha256s,
-        parameters={"n_parameters": int(sum(p.numel() for p in inner.parameters()))},
-        dataset=label, settings=settings, device=str(device),
-        forward_passes=len(y) * (1 + len(names) * len(severities)) * len(members),
-        command=" ".join(["robust-ens", *sys.argv[1:]]) if sys.argv else None,
-    )
-    path = lb.write(entry, root=args.out)
+    if args.n is not None and args.n > len(yall):
+        raise RobustEnsError(f"--n {args.n} exceeds the {len(yall)} examples of --data {args.data} {args.split}")
+    side = min(xu.shape[-2:])
+    if side * upscale_factor(upscale, side, side) < 32:
+        raise RobustEnsError(f"--upscale {upscale}: {args.data} images ({side} px) stay below the corruptions' "
+                             f"32 px; use --upscale auto")
+    return args.n or len(yall)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``corruptions evaluate``; returns the exit status."""
+    import dataclasses
+    import tempfile
+
+    from robust_ens.bench.corruptions_task import corruptions_protocol, with_mce
+    from robust_ens.bench.report import to_entries
+    from robust_ens.bench.runner import TargetArg, run_suite
+    from robust_ens.commands.common import progress_enabled
+    from robust_ens.device import resolve_device
+    from robust_ens.leaderboard import write_entries
+
+    opts = check_args(args)
+    device = resolve_device(args.device)
+    n = preflight(args, opts["upscale"], device)
+    proto = corruptions_protocol(args.data, n=n, corruptions=opts["corruptions"], severities=opts["severities"],
+                                 split=args.split, seed=args.seed, preset=args.preset, batch_size=args.batch_size,
+                                 upscale=opts["upscale"])
+    (tier,) = proto.tiers
+    arg = TargetArg(args.model, name=args.name, combine=args.combine, precision=args.precision)
+    log.info("evaluating %s on %d %s images under %d corruptions x %d severities (tier %s)", args.model, n,
+             args.data, len(opts["corruptions"]), len(opts["severities"]), tier)
+    with tempfile.TemporaryDirectory(prefix="robust-ens-corruptions-") as run_dir:
+        result = run_suite(proto, tier, [arg], run_dir, device=device, progress=progress_enabled(),
+                           target_option="--model", corruption_cache=not args.no_cache)
+        if args.dataset_label is not None:
+            result = dataclasses.replace(result, dataset=args.dataset_label)
+        command = " ".join(["robust-ens", *sys.argv[1:]]) if sys.argv else None
+        (entry,) = to_entries(result, command, run_dir=run_dir, targets=[arg])
+    if "," in args.model and (args.combine, args.precision) != ("logits", REFERENCE_PRECISION):
+        config = {**entry.model.config, "combine": args.combine, "precision": args.precision}
+        entry = entry.model_copy(update={"model": entry.model.model_copy(update={"config": config})})
+    if opts["baseline"] is not None:
+        entry = with_mce(entry, opts["baseline"])
+    (path,) = write_entries([entry], args.out)
     metrics = entry.results.metrics
-    summary = (f"clean {100 * entry.results.clean_accuracy:.2f}%, mean corruption accuracy "
+    summary = (f"clean {100 * entry.results.clean.acc:.2f}%, mean corruption accuracy "
                f"{100 * metrics['mean_corruption_accuracy']:.2f}%")
     if "relative_mCE" in metrics:
         summary += f", mCE {metrics.get('mCE', float('nan')):.1f}, relative mCE {metrics['relative_mCE']:.1f}"
