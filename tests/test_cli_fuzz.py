@@ -250,7 +250,6 @@ def _png(path: Path, shape: tuple[int, int, int], seed: int) -> None:
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Files the cases point at: image trees, an entry, a file and a folder."""
-    from robust_ens import leaderboard as lb
 
     root = tmp_path_factory.mktemp("fuzz-assets")
     for split in ("train", "test"):  # 3-channel 16x16 images, 3 classes: not what a digits model takes
@@ -261,13 +260,11 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         _png(root / "flat_rgb" / f"class{c}" / "0.png", (16, 16, 3), c)
     for i in range(2):
         _png(root / "images" / f"{i}.png", (32, 32, 3), 100 + i)
-    entry = lb.validate({
-        "name": "fuzz-entry", "model": {"name": "m", "architecture": "small_cnn", "n_members": 1},
-        "protocol": {"suite": "transfer", "suite_version": "1", "dataset": "digits", "n_examples": 10, "seed": 0,
-                     "eps": [0.03], "attacks": ["fgsm"]},
-        "results": {"clean_accuracy": 0.9, "robust_accuracy": {"fgsm": {"0.03": 0.5}}},
-    })
-    path = lb.write(entry, root / "entries")
+    # a committed schema-2 entry (schema 1 is read-only legacy: `leaderboard add` refuses it)
+    committed = Path(__file__).resolve().parents[1] / "leaderboards" / "digits" / "digits-transfer" / "cnn-s2.json"
+    path = root / "entries" / "digits" / "digits-transfer" / "cnn-s2.json"
+    path.parent.mkdir(parents=True)
+    shutil.copyfile(committed, path)
     (root / "a_file").write_text("not a folder\n")
     return {"rgb": str(root / "rgb"), "flat_rgb": str(root / "flat_rgb"), "images": str(root / "images"),
             "entries": str(root / "entries"), "entry": str(path), "file": str(root / "a_file"),

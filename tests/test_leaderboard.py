@@ -6,6 +6,7 @@ import pytest
 from robust_ens import leaderboard as lb
 from robust_ens.cli import main
 from robust_ens.errors import RobustEnsError
+from tests.cli_helpers import write_legacy
 
 COMMITTED = Path(__file__).resolve().parent.parent / "leaderboards"
 
@@ -41,7 +42,9 @@ def test_invalid_entries_are_refused_with_the_field_named(change, needle):
 
 def test_write_render_and_cli_validate(tmp_path, capsys):
     e = lb.validate(sample(robust_accuracy={"pgd": {"0.01": 0.4}})).with_worst_case()
-    path = lb.write(e, tmp_path)
+    with pytest.raises(RobustEnsError, match="schema 1 is read-only legacy"):
+        lb.write(e, tmp_path)
+    path = write_legacy(e, tmp_path)
     assert path == tmp_path / "cifar10-jpeg" / "transfer" / "r20x3-baseline.json"
     written = lb.render_all(tmp_path)
     md = (tmp_path / "README.md").read_text()
@@ -77,9 +80,9 @@ def test_suites_without_eps_show_and_rank_by_headline_metrics():
 
 
 def test_write_entries_is_all_or_nothing_in_either_layout(tmp_path):
-    good = lb.validate(sample())
+    good = lb.validate(Path(__file__).resolve().parents[1] / "leaderboards" / "digits" / "digits-transfer" / "cnn-s2.json")
     flat = lb.write_entries([good], tmp_path / "run" / "entries", flat=True)
-    assert flat == [tmp_path / "run" / "entries" / "r20x3-baseline.json"]
+    assert flat == [tmp_path / "run" / "entries" / "cnn-s2.json"]
     (tree,) = lb.write_entries([good], tmp_path / "board")
     assert tree == lb.entry_path(good, tmp_path / "board") and tree.read_text() == flat[0].read_text() == lb.dumps(good)
     bad = good.model_copy(update={"name": "bad name/x"})  # model_copy skips validation; the writer does not

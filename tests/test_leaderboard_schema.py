@@ -13,6 +13,7 @@ import pytest
 from robust_ens import leaderboard as lb
 from robust_ens.cli import main
 from robust_ens.errors import RobustEnsError
+from tests.cli_helpers import write_legacy
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = "zoo:digits_small_cnn_s2"
@@ -151,7 +152,7 @@ def test_schema_1_entries_still_validate_beside_schema_2(tmp_path: Path, payload
           "results": {"clean_accuracy": 0.9, "robust_accuracy": {"pgd": {"0.2": 0.25}}, "worst_case": {"0.2": 0.25}}}
     e1 = lb.validate(v1)
     assert isinstance(e1, lb.EntryV1) and e1.schema_version == "1.0"
-    lb.write(e1, tmp_path)
+    write_legacy(e1, tmp_path)
     lb.write(lb.validate(payload), tmp_path)
     table = lb.render(lb.load_entries(tmp_path))
     assert "old" in table and "zoo_digits_small_cnn_s2" in table and "25.00" in table

@@ -10,13 +10,17 @@ leaderboard add`` files them into the tree. Every entry file, in either layout, 
 
 Example:
     >>> import tempfile
-    >>> from robust_ens.leaderboard import validate, write_entries
+    >>> from robust_ens.leaderboard import entry_path, validate, write_entries
     >>> e = validate({"name": "demo", "model": {"name": "demo", "architecture": "small_cnn"},
     ...               "protocol": {"suite": "quickstart", "suite_version": "1", "dataset": "digits",
     ...                            "n_examples": 10, "seed": 0}, "results": {"clean_accuracy": 0.9}})
-    >>> (path,) = write_entries([e], tempfile.mkdtemp())
+    >>> path = entry_path(e, tempfile.mkdtemp())  # where write_entries puts a (schema-2) entry
     >>> path.parent.parent.name, path.parent.name, path.name
     ('digits', 'quickstart', 'demo.json')
+    >>> write_entries([e], tempfile.mkdtemp())  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    robust_ens.errors.RobustEnsError: demo: schema 1 is read-only legacy
+
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 
 from robust_ens.atomic import atomic_write_text
 from robust_ens.errors import RobustEnsError
-from robust_ens.leaderboard.schema import SCHEMA_VERSIONS, AnyEntry, json_schema, validate
+from robust_ens.leaderboard.schema import SCHEMA_VERSIONS, AnyEntry, Entry, json_schema, validate
 
 ENV_ROOT = "ROBUST_ENS_LEADERBOARD"
 SCHEMA_DIRNAME = "schema"
@@ -70,7 +74,7 @@ def write_entries(entries: Iterable[AnyEntry], root: str | Path | None = None, *
     caught) before any file is written: a bad entry leaves the folder as it was.
 
     Args:
-        entries: Entries of either schema version.
+        entries: Schema-2 entries (schema 1 is read-only legacy: validated and read, never written).
         root: The leaderboard folder (see :func:`leaderboard_root`); with ``flat``, the folder itself.
         flat: Write ``<root>/<name>.json`` (a run's ``entries/`` folder) instead of the tree layout
             ``<root>/<dataset>/<suite>/<name>.json``.
@@ -79,10 +83,14 @@ def write_entries(entries: Iterable[AnyEntry], root: str | Path | None = None, *
         The files written, in the order of ``entries``.
 
     Raises:
-        RobustEnsError: an entry that does not validate, or two entries that would share a file.
+        RobustEnsError: an entry that does not validate, a schema-1 entry, or two entries that would
+            share a file.
     """
     entries = list(entries)
     for e in entries:
+        if not isinstance(e, Entry):
+            raise RobustEnsError(f"{e.name}: schema 1 is read-only legacy (validated and read, never written); "
+                                 "write a schema-2 entry (robust-ens bench run or submit makes one)")
         validate(e.model_dump(mode="json"))
     paths = [leaderboard_root(root) / f"{e.name}.json" if flat else entry_path(e, root) for e in entries]
     seen: dict[Path, str] = {}
