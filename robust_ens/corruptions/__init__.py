@@ -142,7 +142,16 @@ def corrupt(
         >>> torch.equal(a, b)
         True
     """
-    name = _check_call(x, name, severity, preset)
+    # Small CPU work runs on one torch thread unless the user chose a count (robust_ens.threads): on a
+    # busy machine every parallel op of a few images (the input checks' min/max included) would
+    # otherwise wait for a descheduled thread.
+    with small_work_threads(x.device if isinstance(x, torch.Tensor) else None):
+        return _corrupt(x, _check_call(x, name, severity, preset), severity, preset, seed, index)
+
+
+def _corrupt(x: torch.Tensor, name: str, severity: int, preset: str, seed: int,
+             index: torch.Tensor | None) -> torch.Tensor:
+    """:func:`corrupt` on checked arguments (``name`` canonical)."""
     n, c, h, w = x.shape
     if n == 0:
         return x.clone()
@@ -166,16 +175,13 @@ def corrupt(
     # On CPU, corrupt a few examples at a time: every corruption is a chain of whole-tensor passes,
     # and passes over cache-resident chunks are about twice as fast as over a large batch. The
     # random numbers are per example, so the result does not depend on the chunking.
-    # Small CPU work runs on one torch thread unless the user chose a count (robust_ens.threads): on a
-    # busy machine every parallel op of a few images would otherwise wait for a descheduled thread.
     step = n if x.device.type != "cpu" else max(1, _CPU_CHUNK_ELEMENTS // (3 * h * w))
-    with small_work_threads(x.device):
-        if step >= n:
-            return run(0, n).to(dtype)
-        result = torch.empty_like(x)
-        for start in range(0, n, step):
-            result[start : start + step] = run(start, min(n, start + step))
-        return result
+    if step >= n:
+        return run(0, n).to(dtype)
+    result = torch.empty_like(x)
+    for start in range(0, n, step):
+        result[start : start + step] = run(start, min(n, start + step))
+    return result
 
 
 def _check_call(x: torch.Tensor, name: str, severity: int, preset: str) -> str:
