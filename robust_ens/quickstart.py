@@ -24,6 +24,7 @@ from robust_ens.defenses.recipe_registry import default_recipe
 from robust_ens.defenses.train import train_ensemble
 from robust_ens.ensemble import Ensemble
 from robust_ens.evaluation import accuracy
+from robust_ens.precision import REFERENCE_PRECISION
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def run(out_dir: str | Path = "runs/quickstart", *, n_members: int = 3, epochs: 
             "small_cnn", n_members, "digits", recipe=recipe, seed=seed, out_dir=out / role,
             device=device, progress=progress,
         )
-        ensembles[role] = Ensemble(members, combine="logits", precision="fp32").eval()
+        ensembles[role] = Ensemble(members, combine="logits", precision=REFERENCE_PRECISION).eval()
         for i, rec in enumerate(records):
             member_rows.append({"role": role, "member": i, "seed": seed + i, "clean_acc": rec["test_acc"]})
     x, y = data.load("digits", "test", n=min(n_eval, data.DIGITS_TEST), seed=0, device=device)

@@ -34,6 +34,7 @@ from robust_ens.evaluation import accuracy
 from robust_ens.models import zoo as _zoo
 from robust_ens.models.checkpoint import load_checkpoint, read_sidecar, save_checkpoint, sha256_file
 from robust_ens.models.registry import create
+from robust_ens.precision import REFERENCE_PRECISION
 from robust_ens.train import train_classifier
 
 PROTOCOL_EVAL_N = 1000  # test images a protocol model's shipped accuracy is measured on (as the defenses')
@@ -63,7 +64,7 @@ def rebuild_digits_zoo(out: str | Path, seeds: tuple[int, ...] = (0, 1, 2)) -> d
     entries: dict[str, dict[str, Any]] = {}
     for seed in seeds:
         name = f"digits_small_cnn_s{seed}"
-        cfg = default_recipe("digits").replace(seed=seed, precision="fp32")
+        cfg = default_recipe("digits").replace(seed=seed, precision=REFERENCE_PRECISION)
         torch.manual_seed(seed)
         model = create("small_cnn", num_classes=10, in_chans=1, mean=info.mean, std=info.std)
         train_classifier(model, xtr, ytr, cfg, device="cpu", progress=False)
@@ -302,7 +303,7 @@ def _train_protocol_model(r: ZooRecipe, train_dir: Path, dataset: str, device: s
     plan = parse_train_table(r.train, dataset, what=f"zoo entry {r.name!r}")
     mods, records = plan.train(dataset, out_dir=train_dir, device=device, progress=progress)
     x, y = _eval_subset(dataset, PROTOCOL_EVAL_N)
-    model = mods[0] if len(mods) == 1 else Ensemble(mods, precision="fp32")
+    model = mods[0] if len(mods) == 1 else Ensemble(mods, precision=REFERENCE_PRECISION)
     return {"recipe": {"protocol": r.protocol, "role": r.role, "train": dict(r.train), "arch": plan.arch,
                        "arch_kwargs": plan.arch_kwargs, "train_n": records[0].get("train_n"),
                        "members": [plan.config.replace(seed=plan.seed + i).to_dict() for i in range(len(mods))]},

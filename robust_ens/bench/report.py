@@ -31,6 +31,7 @@ from robust_ens.leaderboard import (
 )
 from robust_ens.leaderboard import CorruptionCell as EntryCorruptionCell
 from robust_ens.leaderboard import Rate as EntryRate
+from robust_ens.precision import REFERENCE_PRECISION
 
 
 def entry_name(name: str) -> str:
@@ -158,6 +159,21 @@ def to_entries(
             for tname, row in r.targets.items()]
 
 
+def _model_config(model: Mapping[str, Any], arg: Any) -> dict[str, Any]:
+    """The entry's ``model.config``: member costs, and how a comma-separated target was joined.
+
+    ``combine`` and ``precision`` are recorded only when they differ from the defaults
+    (``logits``, :data:`~robust_ens.precision.REFERENCE_PRECISION`), so entries made with the
+    defaults keep their bytes.
+    """
+    config: dict[str, Any] = {"costs": model["costs"]} if model.get("costs") else {}
+    if arg is not None and "," in str(arg.spec):
+        joined = (getattr(arg, "combine", "logits"), getattr(arg, "precision", REFERENCE_PRECISION))
+        if joined != ("logits", REFERENCE_PRECISION):
+            config.update(combine=joined[0], precision=joined[1])
+    return config
+
+
 def _defense_entry(r: RunResult, row: TargetResult, arg: Any, proto: Protocol2, cost: Cost2, prov: Any,
                    manifest: dict[str, Any], paper: Paper | None) -> Entry:
     """One target's entry."""
@@ -182,7 +198,7 @@ def _defense_entry(r: RunResult, row: TargetResult, arg: Any, proto: Protocol2, 
         model=ModelInfo2(name=tname, architecture=str(model["architecture"]), n_members=int(model["n_members"]),
                          parameters=int(model["parameters"]), checkpoint_sha256=list(model["sha256"]),
                          defense=defense, description=description,
-                         target=record, config={"costs": model["costs"]} if model.get("costs") else {}),
+                         target=record, config=_model_config(model, arg)),
         protocol=proto,
         results=Results2(clean=clean, cells=cells, worst_case=worst, corruptions=corr, metrics=metrics,
                          flags=list(row.flags), sanity=row.sanity.to_dict() if row.sanity is not None else {}),

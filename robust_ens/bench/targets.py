@@ -36,6 +36,7 @@ from robust_ens.canonical import sha256_json
 from robust_ens.ensemble import Ensemble
 from robust_ens.errors import CheckpointError, RobustEnsError
 from robust_ens.evaluation import eval_mode, model_device
+from robust_ens.precision import REFERENCE_PRECISION
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def _path_target(spec: str) -> Target:
     return _checkpoint_target(spec, models.load_checkpoint(p))
 
 
-def _join(spec: str, parts: list[Target], combine: str = "logits", precision: str = "fp32") -> Target:
+def _join(spec: str, parts: list[Target], combine: str = "logits", precision: str = REFERENCE_PRECISION) -> Target:
     ens = Ensemble([t.module for t in parts], combine=combine, precision=precision).eval()
     files: dict[str, str] = {}
     for t in parts:
@@ -195,7 +196,7 @@ def resolve_target(
     device: torch.device | str = "cpu",
     name: str | None = None,
     combine: str = "logits",
-    precision: str = "fp32",
+    precision: str = REFERENCE_PRECISION,
 ) -> Target:
     """Resolve a target spec (see the module docstring) into a :class:`Target` on ``device``.
 
@@ -320,5 +321,5 @@ def resolve_trained(
     log.info("surrogate %s: %d x %s (cached in %s)", name, members, arch, folder)
     mods, _ = plan.train(dataset, out_dir=folder, device=device, progress=progress)
     files = {str(folder / f"member{i}.safetensors"): sha256_file(folder / f"member{i}.safetensors") for i in range(members)}
-    module: nn.Module = mods[0] if members == 1 else Ensemble(mods, precision="fp32")
+    module: nn.Module = mods[0] if members == 1 else Ensemble(mods, precision=REFERENCE_PRECISION)
     return Target(name, f"train:{name}", module.to(device).eval(), files, arch, members)

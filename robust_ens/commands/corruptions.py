@@ -204,9 +204,6 @@ def run(args: argparse.Namespace) -> int:
             result = dataclasses.replace(result, dataset=args.dataset_label)
         command = " ".join(["robust-ens", *sys.argv[1:]]) if sys.argv else None
         (entry,) = to_entries(result, command, run_dir=run_dir, targets=[arg])
-    if "," in args.model and (args.combine, args.precision) != ("logits", REFERENCE_PRECISION):
-        config = {**entry.model.config, "combine": args.combine, "precision": args.precision}
-        entry = entry.model_copy(update={"model": entry.model.model_copy(update={"config": config})})
     if opts["baseline"] is not None:
         entry = with_mce(entry, opts["baseline"])
     (path,) = write_entries([entry], args.out)
