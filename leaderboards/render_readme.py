@@ -38,9 +38,16 @@ TIER = "small"
 TRANSFER, WHITEBOX, CORRUPTIONS, ATTACKS = "cifar10-transfer", "cifar10-whitebox", "cifar10-corruptions", "cifar10-attacks"
 
 
-def _ours(entries: Sequence[Any], suite: str) -> list[Any]:
+def _ours(entries: Sequence[Any], suite: str, *, submitted: bool = False) -> list[Any]:
+    """Measured entries of ``suite`` at the tier: the reference zoo's, or (``submitted``) every other model's."""
     return [e for e in entries if e.protocol.suite == suite and e.protocol.tier == TIER
-            and e.protocol.dataset == DATASET and getattr(e, "external", None) is None]
+            and e.protocol.dataset == DATASET and getattr(e, "external", None) is None
+            and (e.kind == "attack" or _is_reference(e) != submitted)]
+
+
+def _is_reference(e: Any) -> bool:
+    """A model of the reference zoo (``zoo:NAME``); a model submitted with ``robust-ens submit`` is not."""
+    return e.model.target is not None and e.model.target.spec.startswith(ZOO_PREFIX)
 
 
 def _rate(acc: float, ci: Sequence[float]) -> str:
@@ -145,6 +152,10 @@ def results_markdown(entries: Sequence[Any]) -> str:
                   f"gets right.{peers}", "", tabulate(a_rows, headers=a_headers, tablefmt="github", disable_numparse=True),
                   ""]
     parts += _separation(ranked)
+    submitted = sorted({e.name for suite in (TRANSFER, WHITEBOX, CORRUPTIONS) for e in _ours(entries, suite, submitted=True)})
+    if submitted:
+        parts += [f"Submitted models ({len(submitted)}: {', '.join(submitted)}) are not part of the reference zoo and "
+                  "are not ranked here; their entries are in the leaderboard pages.", ""]
     clean = [e.results.clean.acc for e in ranked]
     train_n = sorted({n for e in ranked if (n := _train_n(e)) is not None})
     parts += [

@@ -114,3 +114,18 @@ def test_each_defense_is_compared_with_the_baseline_trained_on_as_many_images(mo
     assert "5,000 images" in first and "base-5k's 25.0%" in first and "above its interval: dverge-5k 40.0 (+15.0)" in first
     assert "2,000 images" in second and "base-2k's 27.0%" in second and "overlapping" in second and "dverge-2k" in second
     assert "dverge-2k" not in first and "dverge-5k" not in second
+
+
+def test_a_submitted_model_is_not_ranked_among_the_reference_zoo() -> None:
+    """A ``robust-ens submit`` entry (a target that is not ``zoo:NAME``) leaves the reference table as it
+    was and is named, as a submission, under it."""
+    ref = next(e for e in _ours(TRANSFER) if e.name == "baseline-r20x3")
+    target = ref.model.target.model_copy(update={"spec": "mypkg.models:resnet", "weights": "mine.safetensors"})
+    mine = ref.model_copy(update={"name": "my-resnet", "model": ref.model.model_copy(
+        update={"name": "my-resnet", "target": target})})
+    before = results_markdown(ENTRIES)
+    after = results_markdown([*ENTRIES, mine])
+    table = [line for line in after.splitlines() if line.startswith("|")]
+    assert table == [line for line in before.splitlines() if line.startswith("|")]
+    assert "Submitted models (1: my-resnet) are not part of the reference zoo" in after
+    assert after.replace(next(x for x in after.splitlines() if x.startswith("Submitted")) + "\n\n", "") == before

@@ -60,6 +60,7 @@ def test_submit_a_factory_model_with_weights(tmp_path: Path, weights: Path, caps
     e = lb.validate(path)
     assert isinstance(e, lb.Entry) and e.model.target is not None
     assert e.model.target.spec == FACTORY and e.model.target.weights_sha256 == sha256_file(weights)
+    assert e.model.target.weights == "cnn.safetensors" and str(weights.parent) not in path.read_text()
     assert e.model.checkpoint_sha256 == [sha256_file(weights)] and e.paper and e.paper.url == "https://example.org/paper"
     # the same weights as the zoo checkpoint: the same numbers as the zoo model's run
     zoo = json.loads((tmp_path / "run" / "summary.json").read_text())["targets"]["my-cnn"]

@@ -179,7 +179,8 @@ def _defense_entry(r: RunResult, row: TargetResult, arg: Any, proto: Protocol2, 
     """One target's entry."""
     tname, model = row.name, row.model
     weights = getattr(arg, "weights", None) if arg is not None else None
-    record = TargetRecord(spec=str(model.get("spec", tname)), weights=str(weights) if weights else None,
+    # the weights by file name and sha256: an absolute path names the submitter's machine, not the model
+    record = TargetRecord(spec=str(model.get("spec", tname)), weights=Path(weights).name if weights else None,
                           weights_sha256=(list(model["sha256"]) or [None])[0] if weights else None)
     clean = _rate(row.clean, row.per_class.get("clean"))
     metrics: dict[str, float] = {}

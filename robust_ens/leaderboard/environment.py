@@ -6,7 +6,7 @@ import platform
 import subprocess
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from robust_ens.leaderboard.schema import Provenance
 
@@ -21,6 +21,21 @@ def git_commit(folder: str | Path | None = None) -> str | None:
         return None
 
 
+def portable_command(command: str) -> str:
+    """``command`` with every absolute path cut to its file name (``--weights /home/me/m.pt`` -> ``--weights m.pt``).
+
+    An entry is committed and shared: a path of the machine that made it says nothing about the model
+    (the weights are recorded by name and sha256) and tells others the submitter's folders.
+    """
+    def cut(token: str) -> str:
+        head, sep, value = token.rpartition("=") if token.startswith("-") else ("", "", token)
+        if value.startswith(("/", "~")) or (len(value) > 2 and value[1:3] in (":\\", ":/")):
+            value = PurePosixPath(value.replace("\\", "/")).name or value
+        return f"{head}{sep}{value}"
+
+    return " ".join(cut(t) for t in command.split(" "))
+
+
 def provenance(command: str | None = None) -> Provenance:
     """The current environment, for an entry's ``provenance``.
 
@@ -33,6 +48,7 @@ def provenance(command: str | None = None) -> Provenance:
 
     return Provenance(
         robust_ens_version=robust_ens.__version__, git_commit=git_commit(), torch_version=torch.__version__,
-        python_version=platform.python_version(), command=command if command is not None else " ".join(sys.argv),
+        python_version=platform.python_version(),
+        command=portable_command(command if command is not None else " ".join(sys.argv)),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
