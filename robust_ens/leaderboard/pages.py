@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from robust_ens.leaderboard.pages_script import CSS, SCRIPT
 from robust_ens.leaderboard.plots import plot_names
-from robust_ens.leaderboard.schema import AnyEntry, Entry, eps_key
+from robust_ens.leaderboard.schema import AnyEntry, Entry, eps_label
 from robust_ens.leaderboard.tables import (
     COLUMN_NOTES,
     GENERATED,
@@ -71,6 +71,8 @@ def _header(h: str) -> str:
 
 def _td(text: str, key: float | None, header: str) -> str:
     attrs = ("" if key is None else f" data-sort='{key:.10g}'") + _cls("l" if header in _TEXT_COLUMNS else "")
+    if header == "name" and text.endswith(" (imported)"):  # the mark on a line of its own: a narrower column
+        return f"<td{attrs}>{html.escape(text[:-11])} <span class='own-line'>(imported)</span></td>"
     m = _RATE.match(text)
     body = (f"{html.escape(m.group(1))} <span class='ci'>{html.escape(m.group(2))}</span>" if m
             else html.escape(text))
@@ -96,7 +98,7 @@ def _cells_table(entries: Sequence[AnyEntry]) -> Table | None:
     for e in entries:
         if isinstance(e, Entry):
             for c in e.results.cells:
-                t.rows.append([e.name, c.attack, c.surrogate, c.target or "-", eps_key(c.eps),
+                t.rows.append([e.name, c.attack, c.surrogate, c.target or "-", eps_label(c.eps),
                                rate_text(c.robust_acc, (c.ci95[0], c.ci95[1]), c.n), str(c.n)])
                 t.sort_keys.append([None, None, None, None, c.eps, c.robust_acc, float(c.n)])
     return t if t.rows else None
@@ -108,7 +110,8 @@ def _filters(t: Table, table_id: str) -> str:
     for j, h in enumerate(t.headers):
         if h not in ("entry", "attack", "surrogate", "target", "eps"):
             continue
-        values = sorted({r[j] for r in t.rows}, key=lambda s: (float(s), s) if h == "eps" else (0.0, s))
+        eps = {r[j]: k[j] for r, k in zip(t.rows, t.sort_keys, strict=True)} if h == "eps" else {}
+        values = sorted({r[j] for r in t.rows}, key=lambda s: (eps.get(s) or 0.0, s))
         if len(values) < 2:
             continue
         opts = "".join(f"<option value='{html.escape(v, quote=True)}'>{html.escape(v)}</option>" for v in values)

@@ -68,6 +68,7 @@ body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 13px; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; white-space: nowrap; }
 th.l, td.l { text-align: left; }
+.own-line { display: block; font-size: 11px; }
 th { background: #f0f0f0; cursor: pointer; user-select: none; position: sticky; top: 0; z-index: 1;
      white-space: normal; vertical-align: bottom; }
 th[aria-sort=ascending]::after { content: ' \\25B2'; } th[aria-sort=descending]::after { content: ' \\25BC'; }
