@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from robust_ens.leaderboard.compare import mcnemar_p
 from robust_ens.leaderboard.schema import Z95, wilson  # noqa: F401 - the entries' interval, defined with their schema
 
 
@@ -65,11 +66,9 @@ def mcnemar_exact(a: torch.Tensor, b: torch.Tensor) -> dict[str, Any]:
         raise ValueError(f"paired results need the same examples: {tuple(a.shape)} vs {tuple(b.shape)}")
     a, b = a.bool(), b.bool()
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
-    m = only_a + only_b
-    tail = sum(math.comb(m, i) for i in range(min(only_a, only_b) + 1)) / 2**m if m else 0.5
     n = int(a.numel())
     return {"diff": (only_a - only_b) / n if n else 0.0, "only_a": only_a, "only_b": only_b, "n": n,
-            "p": min(1.0, 2 * tail)}
+            "p": mcnemar_p(only_a, only_b)}
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

@@ -27,15 +27,16 @@ _TRAIN_N = re.compile(r"\btrain_n=(\d+)\b")
 
 
 def mcnemar_p(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p-value of the discordant counts (binomial, p=1/2; 1.0 with none)."""
+    """Two-sided exact McNemar p-value of the discordant counts (binomial, p=1/2; 1.0 with none).
+
+    The one implementation of the test: :func:`robust_ens.bench.aggregate.mcnemar_exact` counts the
+    discordant examples of two per-example vectors and calls this. Exact integer arithmetic.
+    """
     m = only_a + only_b
     if m == 0:
         return 1.0
-    log_half = m * math.log(2.0)
-    logs = [math.lgamma(m + 1) - math.lgamma(i + 1) - math.lgamma(m - i + 1) - log_half
-            for i in range(min(only_a, only_b) + 1)]
-    top = max(logs)
-    return min(1.0, 2.0 * math.exp(top) * sum(math.exp(x - top) for x in logs))
+    tail = sum(math.comb(m, i) for i in range(min(only_a, only_b) + 1)) / 2**m
+    return min(1.0, 2 * tail)
 
 
 def mcnemar_bounds(k_a: int, k_b: int, n: int) -> tuple[float, float]:
