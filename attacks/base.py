@@ -40,6 +40,7 @@ from torch import nn
 from robust_ens.canonical import canonical_json, to_jsonable
 from robust_ens.ensemble import Ensemble, check_images
 from robust_ens.errors import RobustEnsError
+from robust_ens.overrides import L2_BUDGET, PIXEL_BUDGET, Count, Step, check_call
 from robust_ens.registry import Registry
 
 from .budget import _TINY, NORMS, _l1_mean, _l2, enforce_budget, parse_eps  # noqa: F401  (_l1_mean: re-exported)
@@ -78,6 +79,8 @@ def create_attack(name: str, **kwargs: Any) -> Attack:
                 f"unknown hyperparameter(s) {', '.join(unknown)} for attack {name!r}; "
                 f"it accepts: {', '.join(params)}"
             )
+    if not isinstance(factory, type):  # a factory function's ranges (a class checks its own)
+        check_call(factory, kwargs)
     try:
         atk = factory(**kwargs)
     except TypeError as err:
@@ -116,8 +119,13 @@ class Attack:
 
     Args:
         eps: Maximum perturbation (Linf: in (0, 1]; L2: positive).
-        alpha: Step size.
+        alpha: Step size (> 0).
         steps: Number of iterations (>= 1).
+
+    Ranges: a subclass declares the meaningful values of its numeric hyperparameters in its
+    ``__init__`` signature (``decay: Decay = 1.0``, :mod:`robust_ens.overrides`); construction,
+    :meth:`replace` and :func:`create_attack` refuse a value outside them in one line before any
+    work. ``eps`` is checked here, against the norm's range.
         random_start: Start from a uniformly random point of the eps ball.
         norm: ``"Linf"`` or ``"L2"``.
         transforms: Parts: input transforms (:class:`DI`, :class:`SI`), gradient transforms
@@ -133,7 +141,9 @@ class Attack:
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Attack:
         # The keywords the caller gave, before any subclass turns them into parts or derived
-        # values: what :meth:`config` needs to rebuild an equal attack.
+        # values: what :meth:`config` needs to rebuild an equal attack. Their declared ranges
+        # (``steps: Count``, ``decay: Decay``, ... in the ``__init__`` signatures) are checked here.
+        check_call(cls, kwargs)
         obj = super().__new__(cls)
         obj._init_kwargs = dict(kwargs)
         return obj
@@ -148,8 +158,8 @@ class Attack:
         self,
         *,
         eps: float,
-        alpha: float | None,
-        steps: int,
+        alpha: Step | None,
+        steps: Count,
         random_start: bool = False,
         norm: str = "Linf",
         transforms: Sequence[Part] = (),
@@ -175,16 +185,13 @@ class Attack:
         eps = parse_eps(eps) if isinstance(eps, str) else eps
         if not isinstance(eps, int | float) or isinstance(eps, bool) or not math.isfinite(eps):
             raise RobustEnsError(f"eps must be a finite number, got {eps!r}")
-        if norm == "Linf" and not 0 < eps <= 1:
-            raise RobustEnsError(f"eps must be in (0, 1] for the Linf norm (images live in [0, 1]), got {eps!r}")
-        if norm == "L2" and not eps > 0:
-            raise RobustEnsError(f"eps must be positive for the L2 norm, got {eps!r}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise RobustEnsError(f"steps must be an integer >= 1, got {steps!r}")
+        (PIXEL_BUDGET if norm == "Linf" else L2_BUDGET).check(eps, "eps")  # eps's range follows the norm
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            raise RobustEnsError(f"steps must be an integer, got {steps!r}")
         if alpha is not None and (
-            isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha) or alpha <= 0
+            isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha)
         ):
-            raise RobustEnsError(f"alpha must be a positive number, got {alpha!r}")
+            raise RobustEnsError(f"alpha must be a number, got {alpha!r}")
         return float(eps)
 
     def replace(self, **changes: Any) -> Attack:
@@ -196,6 +203,7 @@ class Attack:
         unknown = sorted(set(changes) - set(self._names))
         if unknown:
             raise RobustEnsError(f"unknown hyperparameter(s) {', '.join(unknown)} for {type(self).__name__}")
+        check_call(type(self), changes)
         new = copy.copy(self)
         new._names = list(self._names)
         new._init_kwargs = {**self._init_kwargs, **changes}

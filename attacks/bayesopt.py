@@ -43,6 +43,7 @@ from torch import nn
 from robust_ens.ensemble import Ensemble
 from robust_ens.errors import RobustEnsError
 from robust_ens.evaluation import predict
+from robust_ens.overrides import COUNT
 
 from .vit_augment import find_sites
 from .vit_ensemble import ViTEnsembleAttack
@@ -125,8 +126,9 @@ def _check_search(mode: str, n_trials: Any, search_space: Mapping[str, tuple[flo
     """Validate the search settings; return the ranges per parameter."""
     if mode not in MODES:
         raise RobustEnsError(f"mode must be one of {MODES}, got {mode!r}")
-    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-        raise RobustEnsError(f"n_trials must be an integer >= 1, got {n_trials!r}")
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int):
+        raise RobustEnsError(f"n_trials must be an integer, got {n_trials!r}")
+    COUNT.check(n_trials, "n_trials")
     space = dict(SEARCH_SPACE if search_space is None else search_space)
     if set(space) != {"p_h", "s", "lam"}:
         raise RobustEnsError(f"search_space must give ranges for p_h, s and lam, got {sorted(space)}")

@@ -8,13 +8,14 @@ the members individually and refuse a single model.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 
 from robust_ens.ensemble import Ensemble
 from robust_ens.errors import RobustEnsError
+from robust_ens.overrides import Count, Decay, Range, Step
 
 from .base import AttackRun, Part, register_attack
 from .budget import _TINY, _l1_mean, _l2
@@ -73,9 +74,9 @@ class Ens(MIFGSM):
         self,
         *,
         eps: float = 8 / 255,
-        alpha: float = 2 / 255,
-        steps: int = 10,
-        decay: float = 1.0,
+        alpha: Step = 2 / 255,
+        steps: Count = 10,
+        decay: Decay = 1.0,
         fusion: str = "logits",
         random_start: bool = False,
         norm: str = "Linf",
@@ -159,22 +160,16 @@ class SVRE(MIFGSM):
         self,
         *,
         eps: float = 16 / 255,
-        alpha: float = 1.6 / 255,
-        steps: int = 10,
-        decay: float = 1.0,
-        m: int | None = None,
-        beta: float | None = None,
-        inner_decay: float = 1.0,
+        alpha: Step = 1.6 / 255,
+        steps: Count = 10,
+        decay: Decay = 1.0,
+        m: Count | None = None,
+        beta: Step | None = None,
+        inner_decay: Decay = 1.0,
         random_start: bool = False,
         norm: str = "Linf",
         transforms: Sequence[Part] = (),
     ) -> None:
-        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
-            raise RobustEnsError(f"m (inner iterations) must be an integer >= 1 or None, got {m!r}")
-        if beta is not None and not beta > 0:
-            raise RobustEnsError(f"beta (inner step size) must be positive or None, got {beta!r}")
-        if not inner_decay >= 0:
-            raise RobustEnsError(f"inner_decay must be >= 0, got {inner_decay!r}")
         super().__init__(eps=eps, alpha=alpha, steps=steps, decay=decay, random_start=random_start, norm=norm,
                          transforms=transforms, m=m, beta=None if beta is None else float(beta),
                          inner_decay=float(inner_decay))
@@ -302,12 +297,12 @@ class CWA(MIFGSM):
         self,
         *,
         eps: float = 16 / 255,
-        alpha: float | None = None,
-        steps: int = 10,
-        decay: float = 1.0,
-        reverse_step: float | None = None,
-        beta: float = 50.0,
-        inner_decay: float = 1.0,
+        alpha: Step | None = None,
+        steps: Count = 10,
+        decay: Decay = 1.0,
+        reverse_step: Step | None = None,
+        beta: Step = 50.0,
+        inner_decay: Decay = 1.0,
         flatness: bool = True,
         cse: bool = True,
         carry_inner_momentum: bool = True,
@@ -321,12 +316,6 @@ class CWA(MIFGSM):
         if transform_placement not in TRANSFORM_PLACEMENTS:
             raise RobustEnsError(
                 f"transform_placement must be one of {TRANSFORM_PLACEMENTS}, got {transform_placement!r}")
-        if reverse_step is not None and not reverse_step > 0:
-            raise RobustEnsError(f"reverse_step must be positive or None (eps / 15), got {reverse_step!r}")
-        if not beta > 0:
-            raise RobustEnsError(f"beta (the CSE inner step) must be positive, got {beta!r}")
-        if not inner_decay >= 0:
-            raise RobustEnsError(f"inner_decay must be >= 0, got {inner_decay!r}")
         if reverse_logits not in REVERSE_LOGITS:
             raise RobustEnsError(f"reverse_logits must be one of {REVERSE_LOGITS}, got {reverse_logits!r}")
         if outer_norm not in OUTER_NORMS:
@@ -524,12 +513,12 @@ class AdaEA(MIFGSM):
         self,
         *,
         eps: float = 16 / 255,
-        alpha: float = 1.6 / 255,
-        steps: int = 10,
-        decay: float = 0.9,
-        beta: float = 10.0,
-        threshold: float = -0.3,
-        init_noise: float = 0.001,
+        alpha: Step = 1.6 / 255,
+        steps: Count = 10,
+        decay: Decay = 0.9,
+        beta: Annotated[float, Range(0, None, what="a temperature")] = 10.0,
+        threshold: Annotated[float, Range(-1, 1, what="a cosine similarity")] = -0.3,
+        init_noise: Annotated[float, Range(0, None, what="a noise std")] = 0.001,
         agm_ratio: str = "code",
         drf: str = "code",
         agm_reduction: str = "example",
@@ -537,12 +526,6 @@ class AdaEA(MIFGSM):
         norm: str = "Linf",
         transforms: Sequence[Part] = (),
     ) -> None:
-        if not beta >= 0:
-            raise RobustEnsError(f"beta (the AGM temperature) must be >= 0, got {beta!r}")
-        if not -1 <= threshold <= 1:
-            raise RobustEnsError(f"threshold (a cosine similarity) must be in [-1, 1], got {threshold!r}")
-        if not init_noise >= 0:
-            raise RobustEnsError(f"init_noise (a standard deviation) must be >= 0, got {init_noise!r}")
         if agm_ratio not in AGM_RATIOS:
             raise RobustEnsError(f"agm_ratio must be one of {AGM_RATIOS}, got {agm_ratio!r}")
         if drf not in DRF_MODES:

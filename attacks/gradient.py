@@ -8,21 +8,17 @@ gradient samples (VMI), and the parts they add by default (DI, TI, SI, SGM).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
-from robust_ens.errors import RobustEnsError
+from robust_ens.overrides import L2_BUDGET, Count, Decay, Positive, Probability, Step
 
 from .base import Attack, AttackRun, Part, register_attack
 from .budget import _TINY, _l1_mean
-from .transforms import DI, SGM, SI, TI
+from .transforms import DI, SGM, SI, TI, SGMGamma
 
-
-def _check_decay(decay: float) -> float:
-    if isinstance(decay, bool) or not isinstance(decay, int | float) or not decay >= 0:
-        raise RobustEnsError(f"decay (the momentum factor) must be a number >= 0, got {decay!r}")
-    return float(decay)
+L2Budget = Annotated[float, L2_BUDGET]
 
 
 @register_attack("bim", family="gradient")
@@ -58,8 +54,8 @@ class BIM(Attack):
         self,
         *,
         eps: float = 8 / 255,
-        alpha: float = 2 / 255,
-        steps: int = 10,
+        alpha: Step = 2 / 255,
+        steps: Count = 10,
         norm: str = "Linf",
         transforms: Sequence[Part] = (),
     ) -> None:
@@ -101,8 +97,8 @@ class PGD(Attack):
         self,
         *,
         eps: float = 8 / 255,
-        alpha: float = 2 / 255,
-        steps: int = 10,
+        alpha: Step = 2 / 255,
+        steps: Count = 10,
         random_start: bool = True,
         norm: str = "Linf",
         transforms: Sequence[Part] = (),
@@ -112,7 +108,7 @@ class PGD(Attack):
 
 @register_attack("pgdl2", family="gradient")
 def pgdl2(
-    *, eps: float = 1.0, alpha: float = 0.2, steps: int = 10, random_start: bool = True,
+    *, eps: L2Budget = 1.0, alpha: Step = 0.2, steps: Count = 10, random_start: bool = True,
     transforms: Sequence[Part] = (),
 ) -> PGD:
     """PGD in the L2 norm with torchattacks' ``PGDL2`` defaults (eps 1.0, alpha 0.2, 10 steps)."""
@@ -185,9 +181,9 @@ class MIFGSM(Attack):
         self,
         *,
         eps: float = 8 / 255,
-        alpha: float | None = 2 / 255,
-        steps: int = 10,
-        decay: float = 1.0,
+        alpha: Step | None = 2 / 255,
+        steps: Count = 10,
+        decay: Decay = 1.0,
         random_start: bool = False,
         norm: str = "Linf",
         transforms: Sequence[Part] = (),
@@ -195,7 +191,7 @@ class MIFGSM(Attack):
     ) -> None:
         super().__init__(
             eps=eps, alpha=alpha, steps=steps, random_start=random_start, norm=norm,
-            decay=_check_decay(decay), transforms=transforms, **extra,
+            decay=float(decay), transforms=transforms, **extra,
         )
 
     decay: float
@@ -237,9 +233,9 @@ class NIFGSM(MIFGSM):
         self,
         *,
         eps: float = 8 / 255,
-        alpha: float = 2 / 255,
-        steps: int = 10,
-        decay: float = 1.0,
+        alpha: Step = 2 / 255,
+        steps: Count = 10,
+        decay: Decay = 1.0,
         random_start: bool = False,
         norm: str = "Linf",
         transforms: Sequence[Part] = (),
@@ -256,7 +252,7 @@ class NIFGSM(MIFGSM):
 
 @register_attack("sinifgsm", family="gradient")
 def sinifgsm(
-    *, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, decay: float = 1.0, m: int = 5,
+    *, eps: float = 8 / 255, alpha: Step = 2 / 255, steps: Count = 10, decay: Decay = 1.0, m: Count = 5,
     transforms: Sequence[Part] = (),
 ) -> NIFGSM:
     """SI-NI-FGSM (Lin et al., ICLR 2020): NI-FGSM with ``m`` scale copies (torchattacks' ``SINIFGSM``)."""
@@ -297,21 +293,17 @@ class VMIFGSM(MIFGSM):
         self,
         *,
         eps: float = 8 / 255,
-        alpha: float = 2 / 255,
-        steps: int = 10,
-        decay: float = 1.0,
-        N: int = 20,
-        beta: float = 1.5,
+        alpha: Step = 2 / 255,
+        steps: Count = 10,
+        decay: Decay = 1.0,
+        N: Count = 20,
+        beta: Positive = 1.5,
         random_start: bool = False,
         norm: str = "Linf",
         transforms: Sequence[Part] = (),
     ) -> None:
-        if isinstance(N, bool) or not isinstance(N, int) or N < 1:
-            raise RobustEnsError(f"N (neighbors per step) must be an integer >= 1, got {N!r}")
-        if not beta > 0:
-            raise RobustEnsError(f"beta (neighborhood radius in eps) must be positive, got {beta!r}")
         super().__init__(eps=eps, alpha=alpha, steps=steps, decay=decay, random_start=random_start,
-                         norm=norm, transforms=transforms, N=N, beta=float(beta))
+                         norm=norm, transforms=transforms, N=int(N), beta=float(beta))
 
     def gradient(self, run: AttackRun, x: torch.Tensor, x_adv: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
         g = self.input_gradient(run, x_adv)
@@ -358,11 +350,11 @@ class DIFGSM(MIFGSM):
         self,
         *,
         eps: float = 8 / 255,
-        alpha: float = 2 / 255,
-        steps: int = 10,
-        decay: float = 0.0,
-        resize_rate: float = 0.9,
-        diversity_prob: float = 0.5,
+        alpha: Step = 2 / 255,
+        steps: Count = 10,
+        decay: Decay = 0.0,
+        resize_rate: Positive = 0.9,
+        diversity_prob: Probability = 0.5,
         random_start: bool = False,
         norm: str = "Linf",
         transforms: Sequence[Part] = (),
@@ -414,13 +406,13 @@ class TIFGSM(MIFGSM):
         self,
         *,
         eps: float = 8 / 255,
-        alpha: float = 2 / 255,
-        steps: int = 10,
-        decay: float = 0.0,
-        len_kernel: int | None = None,
-        nsig: float = 3.0,
-        resize_rate: float = 0.9,
-        diversity_prob: float = 0.5,
+        alpha: Step = 2 / 255,
+        steps: Count = 10,
+        decay: Decay = 0.0,
+        len_kernel: Count | None = None,
+        nsig: Positive = 3.0,
+        resize_rate: Positive = 0.9,
+        diversity_prob: Probability = 0.5,
         random_start: bool = False,
         norm: str = "Linf",
         transforms: Sequence[Part] = (),
@@ -441,7 +433,7 @@ def tidim(**kw: Any) -> TIFGSM:
 
 @register_attack("sgm", family="gradient")
 def sgm(
-    *, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, gamma: float = 0.2, decay: float = 0.0,
+    *, eps: float = 8 / 255, alpha: Step = 2 / 255, steps: Count = 10, gamma: SGMGamma = 0.2, decay: Decay = 0.0,
     decay_first_block: bool = False, random_start: bool = False, transforms: Sequence[Part] = (),
 ) -> MIFGSM:
     """SGM (Wu et al., ICLR 2020): I-FGSM (``decay=0``) or MI-FGSM with skip-gradient hooks, gamma 0.2.

@@ -45,6 +45,7 @@ from torch import nn
 
 from robust_ens.ensemble import Ensemble
 from robust_ens.errors import RobustEnsError
+from robust_ens.overrides import Count, Step, check_call
 from robust_ens.train import StepContext, TrainConfig, cross_entropy_step, make_optimizer, train_epoch
 
 from .base import Attack, AttackRun, Part, register_attack
@@ -57,8 +58,8 @@ def lgv_collect(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    epochs: int = 10,
-    samples_per_epoch: int = 4,
+    epochs: Count = 10,
+    samples_per_epoch: Count = 4,
     lr: float = 0.05,
     momentum: float = 0.9,
     weight_decay: float = 1e-4,
@@ -89,8 +90,7 @@ def lgv_collect(
     Returns:
         An Ensemble of the collected models (eval mode).
     """
-    if epochs < 1 or samples_per_epoch < 1:
-        raise RobustEnsError(f"epochs and samples_per_epoch must be >= 1, got {epochs} and {samples_per_epoch}")
+    check_call(lgv_collect, {"epochs": epochs, "samples_per_epoch": samples_per_epoch})
     if len(x) != len(y) or len(x) == 0:
         raise RobustEnsError(f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}")
     # The one training loop's epoch (robust_ens.train.train_epoch) at a constant rate, without
@@ -159,8 +159,8 @@ class LGV(Attack):
         self,
         *,
         eps: float = 4 / 255,
-        alpha: float | None = None,
-        steps: int = 50,
+        alpha: Step | None = None,
+        steps: Count = 50,
         reshuffle: bool = False,
         random_start: bool = False,
         norm: str = "Linf",

@@ -15,6 +15,7 @@ from torch import nn
 
 from robust_ens.canonical import to_jsonable
 from robust_ens.errors import RobustEnsError
+from robust_ens.overrides import check_call
 from robust_ens.registry import Registry
 
 from .run import AttackRun
@@ -40,6 +41,10 @@ class Part:
     """
 
     kind: ClassVar[str] = "part"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Part:
+        check_call(cls, kwargs)  # the ranges a part declares in its __init__ signature (``m: Count``)
+        return super().__new__(cls)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -15,18 +15,21 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_ens.errors import RobustEnsError
+from robust_ens.overrides import Count, Positive, Probability, Range
 
 from .parts import GradientTransform, InputTransform, ModelHook
 from .run import AttackRun
 
 log = logging.getLogger(__name__)
+
+#: SGM's decay of the residual branches' gradient (1: no effect).
+SGMGamma = Annotated[float, Range(0, 1, low_open=True, what="a residual-gradient decay")]
 
 
 class DI(InputTransform):
@@ -51,11 +54,7 @@ class DI(InputTransform):
         MIFGSM(eps=8/255, alpha=2/255, steps=10, random_start=False, norm='Linf', decay=1.0, transforms=[DI(resize_rate=0.9, diversity_prob=0.5)])
     """
 
-    def __init__(self, *, resize_rate: float = 0.9, diversity_prob: float = 0.5) -> None:
-        if not resize_rate > 0:
-            raise RobustEnsError(f"resize_rate must be positive, got {resize_rate!r}")
-        if not 0 <= diversity_prob <= 1:
-            raise RobustEnsError(f"diversity_prob must be in [0, 1], got {diversity_prob!r}")
+    def __init__(self, *, resize_rate: Positive = 0.9, diversity_prob: Probability = 0.5) -> None:
         self.resize_rate = float(resize_rate)
         self.diversity_prob = float(diversity_prob)
 
@@ -92,10 +91,8 @@ class SI(InputTransform):
         (SI(m=5),)
     """
 
-    def __init__(self, *, m: int = 5) -> None:
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            raise RobustEnsError(f"m (the number of scale copies) must be an integer >= 1, got {m!r}")
-        self.m = m
+    def __init__(self, *, m: Count = 5) -> None:
+        self.m = int(m)
 
     @property
     def copies(self) -> int:  # type: ignore[override]
@@ -143,12 +140,8 @@ class TI(GradientTransform):
         (7, 15)
     """
 
-    def __init__(self, *, len_kernel: int | None = None, nsig: float = 3.0) -> None:
-        if len_kernel is not None and (isinstance(len_kernel, bool) or not isinstance(len_kernel, int) or len_kernel < 1):
-            raise RobustEnsError(f"len_kernel must be a positive integer or None, got {len_kernel!r}")
-        if not nsig > 0:
-            raise RobustEnsError(f"nsig must be positive, got {nsig!r}")
-        self.len_kernel = len_kernel
+    def __init__(self, *, len_kernel: Count | None = None, nsig: Positive = 3.0) -> None:
+        self.len_kernel = None if len_kernel is None else int(len_kernel)
         self.nsig = float(nsig)
 
     def apply(self, g: torch.Tensor, run: AttackRun) -> torch.Tensor:
@@ -212,9 +205,7 @@ class SGM(ModelHook):
         (SGM(gamma=0.2),)
     """
 
-    def __init__(self, *, gamma: float = 0.2, decay_first_block: bool = False) -> None:
-        if not 0 < gamma <= 1:
-            raise RobustEnsError(f"gamma must be in (0, 1], got {gamma!r}")
+    def __init__(self, *, gamma: SGMGamma = 0.2, decay_first_block: bool = False) -> None:
         self.gamma = float(gamma)
         self.decay_first_block = bool(decay_first_block)
 

@@ -42,15 +42,15 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
 from robust_ens.errors import RobustEnsError
+from robust_ens.overrides import Range, check_fields
 
 __all__ = [
     "AugmentParams",
@@ -72,22 +72,12 @@ class AugmentParams:
         lam: MLP feature mixing ratio, in [0, 1] (0: off).
     """
 
-    p_h: float = 0.0
-    s: float = 1.0
-    lam: float = 0.0
+    p_h: Annotated[float, Range(0, 1, high_open=True, what="a head drop rate")] = 0.0
+    s: Annotated[float, Range(0, None, low_open=True, what="an attention score scale")] = 1.0
+    lam: Annotated[float, Range(0, 1, what="an MLP mixing ratio")] = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("p_h", "s", "lam"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise RobustEnsError(f"{name} must be a finite number, got {v!r}")
-            object.__setattr__(self, name, float(v))
-        if not 0.0 <= self.p_h < 1.0:
-            raise RobustEnsError(f"p_h (head drop rate) must be in [0, 1), got {self.p_h!r}")
-        if not self.s > 0.0:
-            raise RobustEnsError(f"s (attention score scale) must be positive, got {self.s!r}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise RobustEnsError(f"lam (MLP mixing ratio) must be in [0, 1], got {self.lam!r}")
+        check_fields(self, "augmentation parameter")
 
     @property
     def off(self) -> bool:

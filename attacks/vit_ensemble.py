@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 
 from robust_ens.ensemble import Ensemble
 from robust_ens.errors import RobustEnsError
+from robust_ens.overrides import Count, Decay, Positive, Range, Step
 
 from .base import AttackRun, Part, register_attack
 from .gradient import MIFGSM
@@ -166,17 +166,17 @@ class ViTEnsembleAttack(MIFGSM):
         self,
         *,
         eps: float = 16 / 255,
-        alpha: float | None = 1.6 / 255,
-        steps: int = 10,
-        decay: float = 1.0,
-        copies: int = 3,
+        alpha: Step | None = 1.6 / 255,
+        steps: Count = 10,
+        decay: Decay = 1.0,
+        copies: Count = 3,
         params: ParamsArg = None,
         head_drop: bool = True,
         score_scale: bool = True,
         mlp_mix: bool = True,
         reweight: bool = True,
-        reweight_temp: float = 1.0,
-        step_scale: float = 2.0,
+        reweight_temp: Positive = 1.0,
+        step_scale: Annotated[float, Range(1, None, what="a step enlargement")] = 2.0,
         fusion: str = "logits",
         include_original: bool = False,
         mix_detach: bool = True,
@@ -185,12 +185,6 @@ class ViTEnsembleAttack(MIFGSM):
         norm: str = "Linf",
         transforms: Sequence[Part] = (),
     ) -> None:
-        if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
-            raise RobustEnsError(f"copies must be an integer >= 1, got {copies!r}")
-        if not (isinstance(reweight_temp, int | float) and math.isfinite(reweight_temp) and reweight_temp > 0):
-            raise RobustEnsError(f"reweight_temp must be a positive number, got {reweight_temp!r}")
-        if not (isinstance(step_scale, int | float) and math.isfinite(step_scale) and step_scale >= 1):
-            raise RobustEnsError(f"step_scale (step size enlargement) must be a number >= 1, got {step_scale!r}")
         if fusion not in FUSIONS:
             raise RobustEnsError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         super().__init__(

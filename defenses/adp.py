@@ -23,6 +23,7 @@ from torch import nn
 
 from robust_ens.defenses.base import DEFENSES, DefenseSpec, as_float, tsum
 from robust_ens.defenses.distill import eval_mode, linf_pgd
+from robust_ens.overrides import Count, PixelBudget, PixelStep, Weight, check_fields
 from robust_ens.train import StepContext, StepFn, TrainConfig
 
 LOG_OFFSET = 1e-20
@@ -42,12 +43,15 @@ class ADPParams:
         adv_steps: PGD steps.
     """
 
-    alpha: float = 2.0
-    beta: float = 0.5
+    alpha: Weight = 2.0
+    beta: Weight = 0.5
     plus_adv: bool = False
-    adv_eps: float = 8 / 255
-    adv_alpha: float = 2 / 255
-    adv_steps: int = 10
+    adv_eps: PixelBudget = 8 / 255
+    adv_alpha: PixelStep = 2 / 255
+    adv_steps: Count = 10
+
+    def __post_init__(self) -> None:
+        check_fields(self, "adp hyperparameter")
 
 
 def adp_regularizer(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,7 +67,7 @@ from torch import nn
 from robust_ens.defenses.base import DEFENSES, DefenseSpec, as_float, tsum
 from robust_ens.defenses.distill import DistillMode, distill_features, eval_mode, linf_pgd
 from robust_ens.defenses.features import check_layers, feature_layers
-from robust_ens.errors import RobustEnsError
+from robust_ens.overrides import Count, PixelBudget, PixelStep, Weight, check_fields
 from robust_ens.train import StepContext, StepFn, TrainConfig
 
 
@@ -94,29 +94,23 @@ class DVERGEParams:
             (default True, the authors' code; False: eval mode).
     """
 
-    eps: float = 0.07
-    alpha: float = 0.007
-    steps: int = 10
+    eps: PixelBudget = 0.07
+    alpha: PixelStep = 0.007
+    steps: Count = 10
     momentum: bool = True
     layers: list[str] = field(default_factory=list)
     layer: str = ""
     round_robin: bool = False
     plus_adv: bool = False
-    coeff: float = 1.0
-    adv_eps: float = 8 / 255
-    adv_alpha: float = 2 / 255
-    adv_steps: int = 10
+    coeff: Weight = 1.0
+    adv_eps: PixelBudget = 8 / 255
+    adv_alpha: PixelStep = 2 / 255
+    adv_steps: Count = 10
     distill_mode: DistillMode = "batched"
     distill_train_mode: bool = True
 
     def __post_init__(self) -> None:
-        if self.distill_mode not in ("batched", "loop"):
-            raise RobustEnsError(f"distill_mode must be 'batched' or 'loop', got {self.distill_mode!r}")
-        if self.eps <= 0 or self.alpha <= 0 or self.steps < 1:
-            raise RobustEnsError(
-                f"DVERGE needs eps > 0, alpha > 0 and steps >= 1, got eps={self.eps}, alpha={self.alpha}, "
-                f"steps={self.steps}"
-            )
+        check_fields(self, "dverge hyperparameter")  # types (distill_mode is a Literal) and ranges
         self.layers = list(self.layers)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from torch import nn
 
 from robust_ens.defenses.base import DEFENSES, DefenseSpec, as_float, tsum
 from robust_ens.defenses.distill import eval_mode, linf_pgd
+from robust_ens.overrides import Count, PixelBudget, PixelStep, Probability, Range, Weight, check_fields
 from robust_ens.train import StepContext, StepFn, TrainConfig
 
 LOG_OFFSET = 1e-20
@@ -47,14 +48,17 @@ class GALParams:
         adv_steps: PGD steps.
     """
 
-    lam: float = 0.5
-    leaky_relu: float = 0.1
-    noise_std: float = 0.045
-    noise_p: float = 0.5
+    lam: Weight = 0.5
+    leaky_relu: Annotated[float, Range(0, 1, high_open=True, what="a negative slope")] = 0.1
+    noise_std: Annotated[float, Range(0, 1, what="a noise std", note="on images in [0, 1]")] = 0.045
+    noise_p: Probability = 0.5
     plus_adv: bool = False
-    adv_eps: float = 8 / 255
-    adv_alpha: float = 2 / 255
-    adv_steps: int = 10
+    adv_eps: PixelBudget = 8 / 255
+    adv_alpha: PixelStep = 2 / 255
+    adv_steps: Count = 10
+
+    def __post_init__(self) -> None:
+        check_fields(self, "gal hyperparameter")
 
 
 def input_gradients(

@@ -37,6 +37,7 @@ from typing import Any
 
 from robust_ens.defenses.base import DEFENSES, DefenseSpec, param_names
 from robust_ens.errors import RobustEnsError, UnknownNameError
+from robust_ens.overrides import COUNT, check_option
 from robust_ens.registry import Registry
 from robust_ens.train import TrainConfig
 
@@ -162,10 +163,10 @@ def load_recipe(name: str, tier: str = DEFAULT_TIER) -> dict[str, Any]:
     tiers = [k for k in doc if k != "meta"]
     if tier not in doc or tier == "meta":
         raise RobustEnsError(f"unknown recipe tier {tier!r} for defense {name!r}; known tiers: {', '.join(tiers)}")
-    return _normalize(doc[tier], f"{name}:{tier}")
+    return _normalize(doc[tier], f"{name}:{tier}", name)
 
 
-def _normalize(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+def _normalize(raw: Mapping[str, Any], where: str, name: str) -> dict[str, Any]:
     out: dict[str, Any] = {s: dict(raw.get(s, {})) for s in _SECTIONS}
     for k in _TOP_KEYS:
         out[k] = raw.get(k)
@@ -176,7 +177,22 @@ def _normalize(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
             f"recipe {where} has unknown key(s) {sorted(unknown)}; a tier holds {list(_TOP_KEYS)} and the "
             f"tables {[*_SECTIONS, PACKED_KEY]}"
         )
+    spec = DEFENSES.get(name)
+    for section in _SECTIONS:
+        for option, value in out[section].items():
+            _check_range(spec, section, option, value, f"recipe {where} {section}.{option}")
+    for k in _TOP_KEYS:
+        _check_range(spec, k, k, out[k], f"recipe {where} {k}")
     return out
+
+
+def _check_range(spec: DefenseSpec, section: str, option: str, value: Any, label: str) -> None:
+    """Refuse, before any work, a value outside the range its option declares (one line naming ``label``)."""
+    if section in _TOP_KEYS:
+        if value is not None:
+            COUNT.check(value, label)
+        return
+    check_option(spec.params_cls if section == "defense" else TrainConfig, option, value, label)
 
 
 def _flatten_packed(table: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -217,7 +233,7 @@ def resolve_recipe(
     elif isinstance(recipe, Mapping):
         body = {k: v for k, v in recipe.items() if k != "tier"}
         if any(k in body for k in _SECTIONS):
-            rec = _normalize(body, f"{name}:<dict>")
+            rec = _normalize(body, f"{name}:<dict>", name)
         else:  # flat option names, routed like overrides
             rec = _route(spec, {}, body, f"{name}:<dict>")
         rec["tier"] = str(recipe.get("tier", "custom"))
@@ -253,9 +269,12 @@ def _route(spec: DefenseSpec, base: Mapping[str, Any], flat: Mapping[str, Any], 
                 )
             rec[section][option] = value
         elif key in _TOP_KEYS:
+            section = option = key
             rec[key] = value
         else:
-            rec[_home(spec, key, known, where)][key] = value
+            section, option = _home(spec, key, known, where), key
+            rec[section][key] = value
+        _check_range(spec, section, option, value, key if where == "overrides" else f"{where} {key}")
     for k in _TOP_KEYS:
         rec.setdefault(k, None)
     return rec

@@ -196,6 +196,8 @@ def _plan(name: str, arch: str, n_members: int, dataset: str, train_n: int | Non
                     "epochs first (warmup_epochs= / --warmup-epochs to change it, 0 to skip it)",
                     name, epochs, rec["warmup"].get("epochs", "?"))
     cfg = _train_config(rec["train"], seed)
+    if rec["warmup"]:
+        _train_config(rec["warmup"], seed)  # refused now, not after the data loads
     member_mean = packed and bool(rec.get(MEAN_OF_MEMBERS))
     if member_mean:
         cfg = member_mean_config(cfg, n_members)

@@ -54,7 +54,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,7 @@ from torch import nn
 from robust_ens.defenses.base import DEFENSES, DefenseSpec, as_float, tsum
 from robust_ens.defenses.distill import _project, eval_mode
 from robust_ens.defenses.gal import input_gradients, pairwise_cosines
+from robust_ens.overrides import PIXEL_BUDGET, Count, PixelBudget, Range, Weight, check_fields
 from robust_ens.train import StepContext, StepFn, TrainConfig
 
 
@@ -84,17 +85,20 @@ class TRSParams:
         repeat_forwards: The authors' extra clean forward passes (BatchNorm statistics only).
     """
 
-    coeff: float = 40.0
-    lamda: float = 2.5
-    scale: float = 1.0
+    coeff: Weight = 40.0
+    lamda: Weight = 2.5
+    scale: Weight = 1.0
     plus_adv: bool = False
-    init_eps: float = 0.01
-    adv_eps: float = 0.03
-    adv_steps: int = 6
+    init_eps: Annotated[float, Range(0, 1, what="a pixel budget", note=PIXEL_BUDGET.note)] = 0.01  # a ramp may start at 0
+    adv_eps: PixelBudget = 0.03
+    adv_steps: Count = 6
     pgd_accumulate: bool = True
     pgd_train_mode: bool = True
     pgd_every_batch: bool = True
     repeat_forwards: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self, "trs hyperparameter")
 
 
 def magnitude(g: torch.Tensor) -> torch.Tensor:

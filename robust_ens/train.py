@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,7 @@ from robust_ens.atomic import atomic_write
 from robust_ens.device import resolve_device
 from robust_ens.errors import RobustEnsError
 from robust_ens.evaluation import accuracy
+from robust_ens.overrides import Count, LearningRate, Positive, Range, Seed, check_fields
 
 log = logging.getLogger(__name__)
 
@@ -74,53 +75,28 @@ class TrainConfig:
         grad_clip: Clip the global gradient norm to this value (``None``: off).
     """
 
-    epochs: int = 10
-    batch_size: int = 128
+    epochs: Count = 10
+    batch_size: Count = 128
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
+    lr: LearningRate = 0.1
+    momentum: Annotated[float, Range(0, 1, high_open=True, what="an SGD momentum")] = 0.9
     nesterov: bool = True
-    weight_decay: float = 5e-4
+    weight_decay: Annotated[float, Range(0, None, what="a weight decay")] = 5e-4
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"
-    milestones: tuple[int, ...] = (100, 150)
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    crop_padding: int = 4
+    milestones: tuple[Annotated[int, Range(0, None, what="an epoch")], ...] = (100, 150)
+    gamma: Annotated[float, Range(0, None, low_open=True, what="a rate factor")] = 0.1
+    warmup_epochs: Annotated[float, Range(0, None, what="a number of epochs")] = 0.0
+    label_smoothing: Annotated[float, Range(0, 1, high_open=True, what="a label smoothing")] = 0.0
+    crop_padding: Annotated[int, Range(0, None, what="a padding in pixels")] = 4
     flip: bool = True
     precision: str = "auto"
-    seed: int = 0
-    grad_clip: float | None = None
+    seed: Seed = 0
+    grad_clip: Positive | None = None
 
     def __post_init__(self) -> None:
-        from robust_ens.overrides import coerce
-
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for key, value in coerce(type(self), fields, "training option").items():
-            setattr(self, key, value)
-        if self.epochs < 1:
-            raise RobustEnsError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise RobustEnsError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.optimizer not in ("sgd", "adam", "adamw"):
-            raise RobustEnsError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "multistep", "constant"):
-            raise RobustEnsError(f"schedule must be 'cosine', 'multistep' or 'constant', got {self.schedule!r}")
-        if self.lr <= 0:
-            raise RobustEnsError(f"lr must be positive, got {self.lr}")
+        check_fields(self, "training option")
         if self.precision not in _precision.PRECISIONS:
             raise RobustEnsError(f"precision must be one of {_precision.PRECISIONS}, got {self.precision!r}")
-        if self.warmup_epochs < 0 or self.weight_decay < 0 or self.momentum < 0 or self.gamma <= 0:
-            raise RobustEnsError(
-                "warmup_epochs, weight_decay and momentum must be >= 0 and gamma > 0, got "
-                f"{self.warmup_epochs}, {self.weight_decay}, {self.momentum}, {self.gamma}"
-            )
-        if not 0 <= self.label_smoothing < 1 or self.crop_padding < 0:
-            raise RobustEnsError(
-                f"label_smoothing must be in [0, 1) and crop_padding >= 0, got {self.label_smoothing}, {self.crop_padding}"
-            )
-        if any(m < 0 for m in self.milestones):
-            raise RobustEnsError(f"milestones must be non-negative epochs, got {list(self.milestones)}")
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (unknown names are an error)."""

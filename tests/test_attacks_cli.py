@@ -78,7 +78,7 @@ def test_attack_command_targeted_single_model(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--attack", "pgd", "--eps", "2"], "eps must be in (0, 1]"),
+        (["--attack", "pgd", "--eps", "2"], "--eps 2 is out of range: a pixel budget in (0, 1]"),
         (["--attack", "pgd", "--eps", "eight"], "--eps"),
         (["--attack", "pgd", "--param", "stepz=3"], "stepz"),
         (["--attack", "pgd", "--param", "steps=0"], "steps"),

@@ -37,6 +37,7 @@ from robust_ens.commands.common import (
 from robust_ens.device import resolve_device
 from robust_ens.ensemble import COMBINES, Ensemble
 from robust_ens.errors import RobustEnsError
+from robust_ens.overrides import OutOfRange
 from robust_ens.precision import DEFAULT_PRECISION, PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _build_attack(name: str, eps: float, params: dict[str, Any]) -> Attack:
+    """The attack, its ranges checked by the attack itself; an out-of-range value names its flag."""
+    try:
+        with for_option("--param"):
+            return create_attack(name, eps=eps, **params)
+    except RobustEnsError as err:
+        oor = err if isinstance(err, OutOfRange) else err.__cause__
+        if isinstance(oor, OutOfRange):
+            raise oor.renamed("--eps" if oor.option == "eps" else f"--param {oor.option}") from None
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the ``attack`` subcommand; returns the exit status."""
     from robust_ens.bench.advsets import AdvSetStore
@@ -85,8 +98,7 @@ def run(args: argparse.Namespace) -> int:
     params: dict[str, Any] = parse_params(args.param, "--param")
     if "eps" in params:
         raise RobustEnsError("give eps with --eps, not --param eps=...")
-    with for_option("--param"):
-        atk: Attack = create_attack(args.attack, eps=eps, **params)
+    atk = _build_attack(args.attack, eps, params)
     check_device(args.device)
     check_output_file(args.out)
     if args.store is not None:

@@ -11,7 +11,9 @@ has ``--warmup-epochs`` (0 skips it). The command prints what it will run before
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from robust_ens.atomic import atomic_write_text
@@ -26,6 +28,7 @@ from robust_ens.commands.common import (
     seed_int,
 )
 from robust_ens.errors import RobustEnsError
+from robust_ens.overrides import OutOfRange
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,6 +71,18 @@ def _plain_overrides(overrides: dict[str, object]) -> dict[str, object]:
     return out
 
 
+@contextlib.contextmanager
+def _as_set(overrides: dict[str, object]) -> Iterator[None]:
+    """Name an out-of-range ``--set`` value as the user wrote it: ``--set defense.eps=7 is out of range: ...``."""
+    try:
+        yield
+    except OutOfRange as err:
+        keys = [k for k in overrides if k == err.option or k.partition(".")[2] == err.option]
+        if len(keys) == 1:
+            raise err.renamed(f"--set {keys[0]}") from None
+        raise
+
+
 MAX_MEMBERS = 1024
 
 
@@ -97,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
         from robust_ens.defenses import defense_plan, train_defense
 
         name = args.defense or "baseline"
-        with for_option("--defense" if args.defense and "defense" in _unknown_name(name) else "--set"):
+        with for_option("--defense" if args.defense and "defense" in _unknown_name(name) else "--set"), \
+                _as_set(overrides):
             plan = defense_plan(
                 name, arch=args.arch, n_members=args.members, dataset=args.data, train_n=args.train_n,
                 epochs=args.epochs, warmup_epochs=args.warmup_epochs, recipe=args.tier, overrides=overrides,
@@ -116,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         raise RobustEnsError("--warmup-epochs applies to --defense dverge/trs; plain members have no warm-up")
     recipe = default_recipe(args.data)
     if overrides:
-        with for_option("--set"):
+        with for_option("--set"), _as_set(overrides):
             recipe = recipe.replace(**_plain_overrides(overrides))
     if args.epochs is not None:
         recipe = recipe.replace(epochs=args.epochs)
