@@ -4,8 +4,9 @@
   (:data:`CIFAR_TARGET`) is evaluated under the ``cifar10-transfer`` protocol's ``small`` tier by
   the benchmark engine, and the committed leaderboard of that suite and tier is printed with the
   run's row among its entries. On a 2-core CPU the first run crafts the protocol's adversarial sets
-  on its committed surrogates into ``$ROBUST_ENS_CACHE/advsets`` (about half an hour; resumable,
-  interrupt and rerun to continue); a later run, from any clone on the machine, reads them back.
+  on its committed surrogates into the machine-wide store, ``$ROBUST_ENS_CACHE/advsets`` (about half
+  an hour; resumable, interrupt and rerun to continue); a later run of any command (``submit``,
+  ``bench run``), from any clone on the machine, reads them back.
 * Without it: the digits quickstart (:mod:`robust_ens.quickstart`, about a minute), then its
   target ensemble under ``digits-transfer`` ``smoke``, printed among that leaderboard's entries.
 
@@ -47,14 +48,17 @@ def page_path(suite: str, root: str | Path | None = None) -> Path:
     return lb.leaderboard_root(root) / "pages" / f"{suite}.html"
 
 
-def _engine(suite: str, tier: str, spec: str, name: str, out: Path, progress: bool) -> list[Any]:
-    from robust_ens import data
+def _engine(suite: str, tier: str, spec: str, name: str, out: Path, progress: bool,
+            say: Callable[[str], None]) -> list[Any]:
+    from robust_ens.bench.advsets import default_store
     from robust_ens.bench.report import to_entries
     from robust_ens.bench.runner import TargetArg, run_suite
 
     arg = TargetArg(spec, None, name)
-    # The store is content-addressed and checked (sha256), so every demo on this machine shares one.
-    summary = run_suite(suite, tier, [arg], out, store=data.cache_dir() / "advsets", progress=progress)
+    # the machine-wide store (content-addressed, sha256-checked): shared with submit and bench run
+    summary = run_suite(suite, tier, [arg], out, progress=progress)
+    c = summary.cost
+    say(f"{c.advsets_made} adversarial sets made, {c.advsets_reused} reused (store {default_store()})")
     return to_entries(summary, run_dir=out, targets=[arg])
 
 
@@ -72,7 +76,7 @@ def run(out_dir: str | Path = "runs/demo", *, progress: bool = True, digits: boo
             returned ``table`` holds the leaderboard either way.
     """
     say = echo or (lambda _text: None)
-    from robust_ens import data
+    from robust_ens.bench.advsets import default_store
 
     out = Path(out_dir)
     use_digits = (not cifar10_available()) if digits is None else digits
@@ -85,15 +89,15 @@ def run(out_dir: str | Path = "runs/demo", *, progress: bool = True, digits: boo
         suite, tier = DIGITS_SUITE, DIGITS_TIER
         say(f"\nEvaluating the quickstart's target ensemble under {suite} ({tier} tier) with the benchmark engine")
         entries = _engine(suite, tier, str(out / "quickstart" / "target"), "quickstart-target", out / f"{suite}-{tier}",
-                          progress)
+                          progress, say)
         result["quickstart"] = qs
     else:
         suite, tier = CIFAR_SUITE, CIFAR_TIER
         say(f"Evaluating zoo:{CIFAR_TARGET} under {suite} ({tier} tier: 500 cifar10-jpeg test images, 6 attacks x "
             "2 surrogate ensembles x 3 eps) with the benchmark engine.\nThe first run crafts 72 adversarial batches "
             "on the protocol's committed surrogates (about half an hour on 2 CPU cores; interrupt and rerun to "
-            f"resume); later runs read them back from {data.cache_dir() / 'advsets'}.")
-        entries = _engine(suite, tier, f"zoo:{CIFAR_TARGET}", CIFAR_TARGET, out / f"{suite}-{tier}", progress)
+            f"resume); later runs (demo, submit, bench run) read them back from {default_store()}.")
+        entries = _engine(suite, tier, f"zoo:{CIFAR_TARGET}", CIFAR_TARGET, out / f"{suite}-{tier}", progress, say)
     table = leaderboard_with(entries, suite, tier)
     page = page_path(suite)
     say(f"\nLeaderboard: {suite}, {tier} tier (committed entries and this run; accuracies in %, worst case "

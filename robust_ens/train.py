@@ -21,6 +21,7 @@ a run resumed after an interruption retraces the uninterrupted run exactly (on t
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import hashlib
@@ -197,6 +198,54 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 LOCK_FILE = ".robust-ens.lock"
 
+#: Set by :func:`waiting_for_run_locks`: what :func:`run_lock` calls before it waits (``None``: refuse).
+_WAIT_FOR_LOCK: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar(
+    "robust_ens_wait_for_run_lock", default=None)
+
+
+@contextlib.contextmanager
+def waiting_for_run_locks(on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Within the block, :func:`run_lock` waits for a folder another process is writing, instead of refusing.
+
+    For folders whose content their name determines (a surrogate trained into the cache from its
+    recipe): the waiter then loads the finished run. ``on_wait(what)`` is called before waiting.
+    """
+    token = _WAIT_FOR_LOCK.set(on_wait or (lambda _what: None))
+    try:
+        yield
+    finally:
+        _WAIT_FOR_LOCK.reset(token)
+
+
+def _lock_folder(path: Path, lock: Path) -> int:
+    """An open descriptor of ``lock`` holding its ``flock`` (refused, or waited for; see :func:`run_lock`)."""
+    import fcntl
+
+    while True:
+        try:
+            path.mkdir(parents=True, exist_ok=True)  # a holder that wrote nothing removes the folder it made
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise RobustEnsError(f"cannot write into the run folder {path} (--out): {err.strerror or err}") from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            wait = _WAIT_FOR_LOCK.get()
+            owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            if wait is None:
+                os.close(fd)
+                raise RobustEnsError(
+                    f"another run (pid {owner}) is writing to {path}; wait for it to finish or pass another --out"
+                ) from None
+            what = f"another run (pid {owner}) writing to {path}"
+            log.info("waiting for %s", what)
+            wait(what)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released by the OS when its holder ends, even killed
+        with contextlib.suppress(OSError):  # the holder removes the file on exit: a lock on it guards nothing
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                return fd
+        os.close(fd)
+
 
 @contextlib.contextmanager
 def run_lock(folder: str | Path) -> Iterator[Path]:
@@ -204,9 +253,10 @@ def run_lock(folder: str | Path) -> Iterator[Path]:
 
     A second run (another process, or another call in this one) that tries to write into the
     same folder fails at once with a one-line error, instead of both finishing and mixing their
-    checkpoints. The lock is an ``flock`` on ``<folder>/.robust-ens.lock`` (released by the OS if
-    the process dies); the lock file is removed on exit, and so is the folder when this call
-    created it and nothing was written.
+    checkpoints; inside :func:`waiting_for_run_locks` it waits for the first to finish instead.
+    The lock is an ``flock`` on ``<folder>/.robust-ens.lock`` (released by the OS if the process
+    dies, so a lock file left by a killed run blocks nothing); the lock file is removed on exit, and
+    so is the folder when this call created it and nothing was written.
 
     Raises:
         RobustEnsError: the folder is locked by another run, or cannot be created.
@@ -221,23 +271,9 @@ def run_lock(folder: str | Path) -> Iterator[Path]:
         raise RobustEnsError(f"the run folder {path} (--out) is not a folder")
     lock = path / LOCK_FILE
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:
-        raise RobustEnsError(f"cannot write into the run folder {path} (--out): {err.strerror or err}") from err
-    try:
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = _lock_folder(path, lock)
     except ImportError:  # pragma: no cover - not POSIX: no lock, as before
-        pass
-    except OSError:
-        try:
-            owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-        finally:
-            os.close(fd)
-        raise RobustEnsError(
-            f"another run (pid {owner}) is writing to {path}; wait for it to finish or pass another --out"
-        ) from None
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())

@@ -36,8 +36,8 @@ def _numbers(summary: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("bench") / "run"
-    return out, run_suite("digits-transfer", "smoke", [DIGITS], out, progress=False)
+    out = tmp_path_factory.mktemp("bench") / "run"  # a store of its own: the counts below start from nothing
+    return out, run_suite("digits-transfer", "smoke", [DIGITS], out, store=out / "advsets", progress=False)
 
 
 # --------------------------------------------------------------------------- protocols
@@ -208,7 +208,8 @@ def test_digits_smoke_run_end_to_end(smoke_run: tuple[Path, dict]) -> None:
 
 def test_adding_a_target_costs_forward_passes_only(smoke_run: tuple[Path, dict]) -> None:
     out, first = smoke_run
-    s = run_suite("digits-transfer", "smoke", [DIGITS, "zoo:digits_small_cnn_s1"], out, progress=False)
+    s = run_suite("digits-transfer", "smoke", [DIGITS, "zoo:digits_small_cnn_s1"], out, store=out / "advsets",
+                  progress=False)
     assert s["cost"]["advsets_made"] == 0 and s["cost"]["advsets_reused"] > 0
     assert _numbers(s)[DIGITS] == _numbers(first)[DIGITS]
 
@@ -226,9 +227,10 @@ def test_resume_after_a_kill_gives_identical_numbers(tmp_path: Path, smoke_run: 
 
     monkeypatch.setattr(transfer_task, "advset", dying)
     with pytest.raises(KeyboardInterrupt):
-        run_suite("digits-transfer", "smoke", [DIGITS], tmp_path / "run", progress=False)
+        run_suite("digits-transfer", "smoke", [DIGITS], tmp_path / "run", store=tmp_path / "store", progress=False)
     monkeypatch.setattr(transfer_task, "advset", real)
-    resumed = run_suite("digits-transfer", "smoke", [DIGITS], tmp_path / "run", progress=False)
+    resumed = run_suite("digits-transfer", "smoke", [DIGITS], tmp_path / "run", store=tmp_path / "store",
+                        progress=False)
     total = smoke_run[1]["cost"]["advsets_made"]
     assert total == 8 and resumed["cost"]["advsets_made"] == total - 3  # nothing finished is made again
     assert _numbers(resumed) == _numbers(smoke_run[1])
@@ -423,7 +425,7 @@ def test_a_tampered_result_file_is_recomputed_not_trusted(tmp_path: Path, smoke_
     t = load_file(str(victim))
     save_file({"correct": torch.ones_like(t["correct"]), "indices": t["indices"]}, str(victim))  # "all robust"
     with pytest.warns(RuntimeWarning, match="does not match the manifest"):
-        s = run_suite("digits-transfer", "smoke", [DIGITS], out, progress=False)
+        s = run_suite("digits-transfer", "smoke", [DIGITS], out, store=out / "advsets", progress=False)
     assert _numbers(s) == _numbers(smoke_run[1]) and s["cost"]["advsets_made"] == 0
 
 

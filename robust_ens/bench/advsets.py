@@ -1,9 +1,22 @@
 """The adversarial-set store: each set is made once per key and reused by every target.
 
 Key = sha256 of the canonical JSON of {attack config, attack code version, surrogate checkpoint
-sha256s, eps, norm, dataset fingerprint, example indices, seed}. A set is stored as uint8 images
-(safetensors) plus a JSON record; both are written atomically (temp file + rename), the record
-last, holding the sha256 of the images, so a half-written or tampered set is detected.
+sha256s, the surrogate module's fingerprint (structure, combine and precision, normalization and
+other buffers, dtypes, train/eval modes), the device it ran on, the torch version, eps, norm, dataset
+fingerprint, example indices, seed, target labels} (:func:`robust_ens.bench.craft.attack_batch`
+builds it). A set is stored as uint8 images (safetensors) plus a JSON record; both are written
+atomically (temp file + rename), the record last, holding the sha256 of the images, so a
+half-written or tampered set is detected.
+
+**One store per machine.** Every command that crafts (``demo``, ``submit``, ``bench run``,
+``attack``) uses :func:`default_store` (``$ROBUST_ENS_CACHE/advsets``) unless ``--store`` names
+another, so a set made by one run is reused by every later one.
+
+**Concurrent runs.** A set being made holds a per-key file lock (``filelock``, an ``flock`` the
+kernel releases when its holder dies, so a killed run never blocks the next). Another process
+that needs the same set waits for that lock (:attr:`AdvSetStore.on_wait` says what it waits for),
+then reads the set instead of making it again: two runs started together make each set once
+between them. The lock file stays (an empty file beside the set; waiters share its inode).
 
 **Quantization.** Sets are stored as uint8, like the clean images they come from. Rounding a
 perturbation to the 1/255 grid could leave the eps ball, so each pixel's change is rounded and
@@ -14,11 +27,12 @@ surrogate's accuracy on the float and on the stored set, which measures what qua
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +53,13 @@ _EPS_TOL = 1e-9  # 8/255 * 255 is 7.999999999999999 in floats; it means 8 levels
 def quantization_levels(eps: float) -> int:
     """The largest whole number of 1/255 levels within ``eps`` (Linf)."""
     return int(math.floor(eps * 255 + _EPS_TOL))
+
+
+def default_store() -> Path:
+    """The machine-wide store every command uses unless ``--store`` says otherwise: ``$ROBUST_ENS_CACHE/advsets``."""
+    from robust_ens import data
+
+    return data.cache_dir() / "advsets"
 
 
 @small_work_threads()  # per-batch bookkeeping: one thread unless the user chose (robust_ens.threads)
@@ -78,16 +99,25 @@ class StoredSet:
 
 
 class AdvSetStore:
-    """A content-addressed folder of adversarial sets.
+    """A content-addressed folder of adversarial sets, safe to share between concurrent processes.
 
     Args:
-        root: The store's folder (created on first write).
+        root: The store's folder (created on first write); default :func:`default_store`.
+        on_wait: Called with a description of the set when another process is making it and
+            this one waits for it (the engine puts it on the progress line).
+
+    Attributes:
+        hits: Sets read from the store (``waited`` of them after waiting for another process).
+        misses: Sets made here.
+        waited: Sets this store waited for another process to finish.
     """
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path | None = None, *, on_wait: Callable[[str], None] | None = None) -> None:
+        self.root = Path(root) if root is not None else default_store()
+        self.on_wait = on_wait
         self.hits = 0
         self.misses = 0
+        self.waited = 0
 
     @staticmethod
     def key(fields: dict[str, Any]) -> str:
@@ -97,6 +127,35 @@ class AdvSetStore:
     def _paths(self, key: str) -> tuple[Path, Path]:
         folder = self.root / key[:2]
         return folder / f"{key}.safetensors", folder / f"{key}.json"
+
+    def _lock_path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.lock"
+
+    @contextlib.contextmanager
+    def _making(self, key: str, label: str) -> Iterator[None]:
+        """Hold the key's lock; when another process holds it, say so and wait for it."""
+        from filelock import FileLock, Timeout
+
+        path = self._lock_path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(path))
+            try:
+                lock.acquire(blocking=False)
+            except Timeout:
+                self.waited += 1
+                what = f"adversarial set {label or key[:12]}"
+                log.info("waiting for %s: another run is making it", what)
+                if self.on_wait is not None:
+                    self.on_wait(what)
+                lock.acquire()
+        except OSError as err:
+            raise RobustEnsError(f"--store {self.root}: cannot write there ({err.strerror or err}); "
+                                 "pick a writable --store") from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     def get(self, key: str, shape: tuple[int, ...]) -> StoredSet | None:
         """The stored set for ``key``; ``None`` when absent. A corrupt set is removed with a warning."""
@@ -144,8 +203,12 @@ class AdvSetStore:
         make: Callable[[], tuple[torch.Tensor, dict[str, Any]]],
         eps: float,
         measure: Callable[[torch.Tensor], dict[str, Any]] | None = None,
+        label: str = "",
     ) -> StoredSet:
         """The set for ``fields``: from the store, or made by ``make()``, quantized and stored.
+
+        Making holds the key's lock: a set another process is making is waited for and read,
+        never made twice.
 
         Args:
             fields: The key fields (see the module docstring).
@@ -153,17 +216,23 @@ class AdvSetStore:
             make: Returns float adversarial images in [0, 1] and extra record fields.
             eps: The Linf budget (quantization clips to ``floor(255 * eps)`` levels).
             measure: Extra record fields computed on the quantized uint8 set before it is stored.
+            label: What the set is, for the message when waiting for another process.
         """
         key = self.key(fields)
-        got = self.get(key, tuple(x_u8.shape))
-        if got is not None:
-            self.hits += 1
-            return got
-        self.misses += 1
-        x_adv, extra = make()
-        q = quantize(x_u8, x_adv, eps)
-        max_levels = int((q.int() - x_u8.cpu().int()).abs().max()) if q.numel() else 0
-        record = {"fields": fields, "eps": eps, "enforced_eps": enforced_eps(eps), "max_change_levels": max_levels,
-                  "n": int(x_u8.shape[0]), **extra, **(measure(q) if measure is not None else {})}
-        return self.put(key, q, record)
+        shape = tuple(x_u8.shape)
+        got = self.get(key, shape)
+        if got is None:
+            with self._making(key, label):
+                got = self.get(key, shape)  # made by the process we waited for
+                if got is None:
+                    self.misses += 1
+                    x_adv, extra = make()
+                    q = quantize(x_u8, x_adv, eps)
+                    max_levels = int((q.int() - x_u8.cpu().int()).abs().max()) if q.numel() else 0
+                    record = {"fields": fields, "eps": eps, "enforced_eps": enforced_eps(eps),
+                              "max_change_levels": max_levels, "n": int(x_u8.shape[0]), **extra,
+                              **(measure(q) if measure is not None else {})}
+                    return self.put(key, q, record)
+        self.hits += 1
+        return got
 

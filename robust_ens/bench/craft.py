@@ -10,6 +10,7 @@ quantization cost on the surrogate. The engine's transfer task calls it per batc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -35,6 +36,35 @@ from robust_ens.errors import RobustEnsError
 from robust_ens.evaluation import accuracy, correct, predict
 
 
+def device_name(device: torch.device) -> str:
+    """The device as runs record it (``cost.device``; "the same device" for regress): the GPU's name, or the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.processor() or platform.machine()})"
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """sha256 of what moves a module's outputs beyond its checkpoint files' sha256.
+
+    The class path and ``repr`` of every submodule (architecture, an ensemble's ``combine`` and
+    ``precision``, the normalization a checkpoint's JSON record gives), every buffer's bytes
+    (normalization is a non-persistent buffer, outside the weights file), every parameter's name,
+    dtype and shape, and which submodules are in training mode. Part of the adversarial-set key:
+    the same weights behind another wrapper make another set.
+    """
+    h = hashlib.sha256()
+    for name, m in module.named_modules():
+        h.update(f"{name}|{type(m).__module__}.{type(m).__qualname__}|{m.training}\n".encode())
+    h.update(repr(module).encode())
+    for name, b in module.named_buffers():
+        t = b.detach().cpu().contiguous().reshape(-1)
+        h.update(f"\nbuffer {name} {b.dtype} {tuple(b.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    for name, prm in module.named_parameters():
+        h.update(f"\nparam {name} {prm.dtype} {tuple(prm.shape)}".encode())
+    return h.hexdigest()
+
+
 def attack_batch(
     store: AdvSetStore,
     atk: Attack,
@@ -48,14 +78,20 @@ def attack_batch(
     device: torch.device,
     target: torch.Tensor | None = None,
     on_cost: Callable[[dict[str, float]], None] | None = None,
+    label: str = "",
 ) -> StoredSet:
-    """One uint8 adversarial batch: from the store, or made on ``surrogate`` and stored."""
+    """One uint8 adversarial batch: from the store, or made on ``surrogate`` and stored.
+
+    ``label`` names the batch in the message shown while another process is making it.
+    """
     x = x_u8.to(device).float().div_(255)
     yd = y.to(device)
     td = target.to(device) if target is not None else None
+    # everything that moves the set's pixels (a key that misses one serves a wrong set: see .advsets)
     fields = {"attack": atk.config(), "code_version": type(atk).code_version, "surrogate": surrogate.sha256s,
-              "eps": atk.eps, "norm": atk.norm, "data": data_fingerprint, "indices": indices.tolist(), "seed": seed,
-              "targeted": False if target is None else target.tolist()}
+              "surrogate_module": module_fingerprint(surrogate.module), "device": device_name(device),
+              "torch": torch.__version__, "eps": atk.eps, "norm": atk.norm, "data": data_fingerprint,
+              "indices": indices.tolist(), "seed": seed, "targeted": False if target is None else target.tolist()}
     if atk.norm != "Linf":
         raise RobustEnsError(f"the adversarial-set store holds Linf sets (uint8 within floor(255 eps)); got {atk.norm}")
 
@@ -71,7 +107,9 @@ def attack_batch(
         # what quantization cost, measured once per set, on the surrogate it was made on
         return {"surrogate_acc_uint8": float(correct(surrogate.module, q.to(device), yd).float().mean())}
 
-    return store.get_or_make(fields, x_u8, make, atk.eps, measure=measure)
+    first = int(indices[0]) if len(indices) else 0
+    label = label or f"{atk.config()['name']} on {surrogate.name}, eps {atk.eps:.4g}, examples {first}+"
+    return store.get_or_make(fields, x_u8, make, atk.eps, measure=measure, label=label)
 
 
 @dataclass

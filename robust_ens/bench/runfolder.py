@@ -6,8 +6,9 @@ Layout of ``runs/<suite>-<tier>/``::
     manifest.json               finished cells: {target: {cell: sha256 of its result file}}
     results/<target>/<cell>.safetensors   per-example correctness (uint8 0/1) and example indices
     partial/<target>/<cell>/b<k>.safetensors  finished batches of an unfinished cell
-    advsets/                    the adversarial-set store (unless another store is given)
     summary.json, entries/      what the aggregation wrote
+
+Adversarial sets live in the store (:mod:`.advsets`, machine-wide by default), not here.
 
 A killed run restarts where it stopped: finished cells are read, finished batches of the cell in
 progress are read, and the numbers come out identical.

@@ -13,6 +13,12 @@ returns a typed :class:`~.evaluate.RunResult`:
 Batches are fixed by the protocol (``tier.batch_size``) and seeded from (protocol seed, cell,
 batch index) (:func:`~.examples.batch_seed`); under ``torchrun`` rank ``r`` takes the batches
 ``b % world == r``.
+
+Adversarial sets go to the machine-wide store (:func:`~.advsets.default_store`) unless ``store``
+names another. Runs started together share work: a set or a trained surrogate another process is
+making is waited for (the progress line says what for) and then read, never made twice. The
+progress line and the summary (``cost.advsets_made`` / ``advsets_reused``) count the sets made here
+and those reused.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from robust_ens.bench import distributed as dd
 from robust_ens.bench.advsets import AdvSetStore
 from robust_ens.bench.corruptions_task import run_corruptions
+from robust_ens.bench.craft import device_name
 from robust_ens.bench.evaluate import RunContext, RunResult
 from robust_ens.bench.examples import Examples, batch_seed, dataset_label, load_examples
 from robust_ens.bench.protocol import Protocol, get_suite
@@ -49,6 +57,53 @@ TASKS: dict[str, Callable[[RunContext, list[Target]], RunResult]] = {
     "whitebox": run_whitebox,
     "corruptions": run_corruptions,
 }
+
+
+class _CountingBar:
+    """A progress bar whose line says how many adversarial sets were made and reused so far."""
+
+    def __init__(self, bar: Any, ctx: RunContext) -> None:
+        self._bar = bar
+        self._ctx = ctx
+
+    def text(self) -> str:
+        c = self._ctx.cost
+        return f"adversarial sets: {c.advsets_made} made, {c.advsets_reused} reused" if c.advsets_made + c.advsets_reused else ""
+
+    def update(self, n: int = 1) -> None:
+        self._bar.set_postfix_str(self.text(), refresh=False)
+        self._bar.update(n)
+
+    def waiting(self, what: str) -> None:
+        self._bar.set_postfix_str(f"waiting for {what}: another run is making it")
+
+    def close(self) -> None:
+        self._bar.set_postfix_str(self.text(), refresh=False)
+        self._bar.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bar, name)
+
+    def __enter__(self) -> _CountingBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _EngineContext(RunContext):
+    """The runner's :class:`RunContext`: its bars count the sets made and reused and name what the run waits for."""
+
+    current_bar: _CountingBar | None = None
+
+    def bar(self, total: int) -> Any:
+        self.current_bar = _CountingBar(super().bar(total), self)
+        return self.current_bar
+
+    def waiting(self, what: str) -> None:
+        """Put "waiting for WHAT" on the progress line (the store and the training lock log it too)."""
+        if self.current_bar is not None:
+            self.current_bar.waiting(what)
 
 
 @dataclass(frozen=True)
@@ -73,7 +128,7 @@ class Engine:
         tier: The tier's name.
         out: The run folder.
         device: Where models run.
-        store: The adversarial-set store's folder (default ``<out>/advsets``).
+        store: The adversarial-set store's folder (default: the machine-wide :func:`~.advsets.default_store`).
         progress: Show progress bars.
         target_option: The command-line option the targets came from, named in errors about them.
         corruption_cache: Read and write corrupted copies in the data cache (corruptions task).
@@ -91,9 +146,9 @@ class Engine:
         self.progress = progress and dd.is_main()
         self.ex = load_examples(protocol, self.tier)
         self._surrogates: dict[str, Target] = {}
-        self.ctx = RunContext(protocol, self.tier, self.ex, self.folder,
-                              AdvSetStore(store if store is not None else Path(out) / "advsets"), self.device,
-                              self.surrogate, self.progress, corruption_cache=corruption_cache)
+        self.ctx = _EngineContext(protocol, self.tier, self.ex, self.folder, AdvSetStore(store), self.device,
+                                  self.surrogate, self.progress, corruption_cache=corruption_cache)
+        self.ctx.store.on_wait = self.ctx.waiting
 
     # ---- targets and surrogates
     def resolve(self, arg: TargetArg) -> Target:
@@ -121,7 +176,12 @@ class Engine:
         if name not in self._surrogates:
             s = self.protocol.surrogates[name]
             if s.train:
-                t = resolve_trained(name, s.train, self.protocol.dataset, device=self.device, progress=self.progress)
+                from robust_ens.train import waiting_for_run_locks
+
+                # another run training the same surrogate into the cache: wait for it, then load its result
+                with waiting_for_run_locks(self.ctx.waiting):
+                    t = resolve_trained(name, s.train, self.protocol.dataset, device=self.device,
+                                        progress=self.progress)
             else:
                 t = resolve_target(",".join(s.members), dataset=self.protocol.dataset, device=self.device, name=name)
                 if isinstance(t.module, Ensemble):  # surrogates craft in fp32 on every device, as trained ones do
@@ -155,12 +215,7 @@ class Engine:
         return result
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()})"
+_device_name = device_name  # the name regress compares entries' cost.device with
 
 
 def run_suite(
@@ -183,7 +238,8 @@ def run_suite(
         targets: Target specs (or :class:`TargetArg`); empty: the tier's own panel.
         out: The run folder (resumable; refused when made by another protocol version).
         device: Where models run.
-        store: Adversarial-set store folder (default ``<out>/advsets``); share it between runs.
+        store: Adversarial-set store folder (default: the machine-wide :func:`~.advsets.default_store`,
+            shared by every run on the machine; concurrent runs make each set once between them).
         progress: Progress bars.
         target_option: The command-line option the targets came from, named in errors about them.
         corruption_cache: Read and write corrupted copies in the data cache (corruptions task).

@@ -1,6 +1,9 @@
 """Submit a model: evaluate it under a suite, write its schema-2 entry, re-render the leaderboard.
 
-``robust-ens submit`` only parses arguments and calls :func:`submit`.
+``robust-ens submit`` only parses arguments and calls :func:`submit` (``--suite all``:
+:func:`submit_all`, one entry per suite that ranks defenses and takes the model's data, resumable).
+Adversarial sets come from the machine-wide store (:func:`~.advsets.default_store`) unless
+``store`` names another, so a submit after ``make demo`` crafts nothing the demo made.
 
 Example:
     >>> from robust_ens.bench.submit import submit                      # doctest: +SKIP
@@ -11,10 +14,12 @@ Example:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,6 +27,9 @@ from robust_ens import leaderboard as lb
 from robust_ens.errors import RobustEnsError
 
 NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
+#: The tasks a submitted model can be ranked under (depth models go through ``bench run``).
+SUBMIT_TASKS = ("transfer", "whitebox", "corruptions")
+ALL = "all"
 
 
 @dataclass
@@ -33,12 +41,16 @@ class Submission:
         path: Its file.
         rendered: The generated files that changed.
         run_dir: The run folder with the per-example results.
+        advsets_made: Adversarial sets this run made (the rest it read from the store).
+        advsets_reused: Adversarial sets it read from the store (made earlier, or by a concurrent run).
     """
 
     entry: lb.Entry
     path: Path
     rendered: list[Path] = field(default_factory=list)
     run_dir: Path = Path()
+    advsets_made: int = 0
+    advsets_reused: int = 0
 
 
 def recorded_path(path: str | Path) -> str:
@@ -165,7 +177,7 @@ def submit(
         root: The leaderboard folder (see :func:`~robust_ens.leaderboard.leaderboard_root`).
         replace: Overwrite an entry of the same name.
         out: The run folder (default ``runs/submit-<suite>-<tier>-<name>``; resumable).
-        store: Adversarial-set store to share between runs.
+        store: Adversarial-set store folder (default: the machine-wide one, shared by every run).
         device: Torch device (default: cuda if available).
         progress: Progress bars.
         command: Command line for the provenance.
@@ -182,7 +194,7 @@ def submit(
         raise RobustEnsError(f"--name {name!r}: use letters, digits and . _ + - only")
     proto = get_suite(suite)
     proto.tier(tier)
-    if proto.kind != "defense" or proto.task not in ("transfer", "whitebox", "corruptions"):
+    if proto.kind != "defense" or proto.task not in SUBMIT_TASKS:
         raise RobustEnsError(f"--suite {suite}: it ranks {proto.kind}s ({proto.task}); submit evaluates a model "
                              "under a suite that ranks defenses")
     base = lb.leaderboard_root(root)
@@ -207,4 +219,119 @@ def submit(
         old.unlink()
     (path,) = lb.write_entries([entry], base)
     rendered = lb.render_all(base)
-    return Submission(entry, path, rendered, run_dir)
+    return Submission(entry, path, rendered, run_dir, summary.cost.advsets_made, summary.cost.advsets_reused)
+
+
+# --------------------------------------------------------------------------- every suite at once
+
+
+@dataclass
+class SubmitAll:
+    """What :func:`submit_all` did.
+
+    Attributes:
+        submitted: The suites evaluated by this call, in order.
+        finished: Suites an earlier, interrupted call had finished (skipped): ``{suite: entry file}``.
+        skipped: Suites that do not take the model (or lack the tier): ``{suite: why}``.
+        out: The folder of the run folders (one per suite) and ``submit-all.json``.
+    """
+
+    submitted: list[Submission] = field(default_factory=list)
+    finished: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    out: Path = Path()
+
+
+def fitting_suites(model: str, weights: str | None, tier: str, device: torch.device) -> tuple[list[str], dict[str, str]]:
+    """The registered suites ``submit`` can rank ``model`` under at ``tier``, and why each other one cannot."""
+    from robust_ens.bench.protocol import get_suite, list_suites
+
+    fits: list[str] = []
+    why: dict[str, str] = {}
+    for name in list_suites():
+        proto = get_suite(name)
+        if proto.kind != "defense" or proto.task not in SUBMIT_TASKS:
+            why[name] = f"ranks {proto.kind}s ({proto.task})"
+        elif tier not in proto.tiers:
+            why[name] = f"no {tier} tier"
+        else:
+            try:
+                preflight(model, weights, name, device)
+            except RobustEnsError as err:
+                why[name] = str(err).split("; ")[0]  # the reason, not the long advice that follows it
+                continue
+            fits.append(name)
+    return fits, why
+
+
+def _progress_file(out: Path, ident: dict[str, Any]) -> dict[str, Any]:
+    """``<out>/submit-all.json`` of an earlier call of the same submission, or a new one."""
+    path = out / "submit-all.json"
+    if not path.is_file():
+        return {**ident, "suites": {}}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise RobustEnsError(f"--out {out}: {path.name} is unreadable; remove it or pick a new --out") from None
+    if not isinstance(state, dict) or {k: state.get(k) for k in ident} != ident or not isinstance(state.get("suites"), dict):
+        raise RobustEnsError(f"--out {out} holds a submit --suite all of another model, tier or name; pick a new --out")
+    return state
+
+
+def submit_all(model: str, tier: str, name: str, *, weights: str | None = None, root: str | Path | None = None,
+               replace: bool = False, out: str | Path | None = None, device: str | torch.device | None = None,
+               **kwargs: Any) -> SubmitAll:
+    """Evaluate ``model`` under every suite that ranks defenses and takes its data: one entry each.
+
+    Resumable: ``<out>/submit-all.json`` records the suites started and finished; run the same
+    call again after an interruption and finished suites are skipped, the suite in progress
+    resumes from its run folder (``<out>/<suite>``).
+
+    Args:
+        model, tier, name, weights, root, replace, device: As for :func:`submit`.
+        out: The folder of the run folders (default ``runs/submit-all-<tier>-<name>``).
+        **kwargs: The rest of :func:`submit`'s options (``paper``, ``defense``, ``store``, ...).
+
+    Raises:
+        RobustEnsError: one line, before any work, when no suite takes the model (each suite and
+            why), or an entry of that name exists in a suite (without ``replace``).
+    """
+    from robust_ens.atomic import atomic_write_json
+    from robust_ens.device import resolve_device
+
+    if not NAME.match(name):
+        raise RobustEnsError(f"--name {name!r}: use letters, digits and . _ + - only")
+    if weights is not None and not Path(weights).expanduser().is_file():
+        raise RobustEnsError(f"--weights {weights} does not exist")
+    dev = resolve_device(device)
+    fits, why = fitting_suites(model, weights, tier, dev)
+    if not fits:
+        reasons = "; ".join(f"{s}: {w}" for s, w in why.items())
+        raise RobustEnsError(f"--suite all: no suite takes --model {model} at tier {tier} ({reasons}); "
+                             "check the model's input size and classes against 'robust-ens bench list'")
+    base = lb.leaderboard_root(root)
+    folder = Path(out or f"runs/submit-all-{tier}-{name}")
+    ident = {"model": model, "weights": recorded_path(weights) if weights else None, "tier": tier, "name": name}
+    state = _progress_file(folder, ident)
+    res = SubmitAll(skipped={s: w for s, w in why.items()}, out=folder)
+    todo = []
+    for suite in fits:
+        old = existing_entry(base, suite, name)
+        rec = state["suites"].get(suite)
+        if rec == "finished" and old is not None:
+            res.finished[suite] = old
+        elif old is not None and not replace and rec is None:
+            raise RobustEnsError(f"--name {name}: {old} already holds an entry of that name; give --replace "
+                                 "to overwrite it")
+        else:
+            todo.append(suite)
+    for suite in todo:
+        mine = state["suites"].get(suite) is not None  # started by an interrupted call: its entry is ours
+        state["suites"][suite] = "started"
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / "submit-all.json", state)
+        res.submitted.append(submit(model, suite, tier, name, weights=weights, root=root, replace=replace or mine,
+                                    out=folder / suite, device=dev, **kwargs))
+        state["suites"][suite] = "finished"
+        atomic_write_json(folder / "submit-all.json", state)
+    return res

@@ -6,9 +6,11 @@ Example:
     robust-ens bench run digits-transfer --tier smoke --target zoo:digits_small_cnn_s2 --out runs/dt-smoke
 
 A run folder is resumable: run the same command again after an interruption and finished cells
-are read, not recomputed. Adding a ``--target`` to a finished run costs forward passes only (the
-adversarial sets are in the run's store). Under ``torchrun --nproc-per-node N`` the batches are
-sharded across the processes.
+are read, not recomputed. Adversarial sets go to the machine-wide store ($ROBUST_ENS_CACHE/advsets)
+unless --store names another: adding a --target to a finished run, or running another command on
+the same protocol (make demo, submit), costs forward passes only, and runs started together make
+each set once between them. Under ``torchrun --nproc-per-node N`` the batches are sharded across
+the processes.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="display name of the --target before it")
     r.add_argument("--tier", default="smoke", help="smoke (seconds), small (CPU minutes) or full (GPU); default smoke")
     r.add_argument("--out", default=None, help="run folder (default runs/<suite>-<tier>)")
-    r.add_argument("--store", default=None, help="adversarial-set store folder to share between runs (default <out>/advsets)")
+    r.add_argument("--store", default=None, help="adversarial-set store folder (default: the machine-wide "
+                   "$ROBUST_ENS_CACHE/advsets, shared by every run)")
     r.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     r.add_argument("--entries", action="store_true", help="also write leaderboard entries into <out>/entries/")
     r.add_argument("--data", default=None, help="depth suites: the KITTI-C tree (robust-ens corrupt --preset kittic --clean)")
@@ -160,7 +163,7 @@ def run_run(args: argparse.Namespace) -> int:
     print(summary_table(result))
     c = result.cost
     print(f"\n{proto.suite} v{proto.version} tier {args.tier} on {result.dataset} (n={result.n}): "
-          f"{c.seconds:.1f} s on {c.device}, {c.advsets_made} adversarial batches made, "
+          f"{c.seconds:.1f} s on {c.device}, {c.advsets_made} adversarial sets made, "
           f"{c.advsets_reused} reused; per-example results and summary.json in {out}")
     return 0
 
