@@ -113,9 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(func: object, args: argparse.Namespace) -> int:
+    from robust_ens.commands.common import command_hints
+
     prog = f"robust-ens {args.command}"
     try:
-        return int(func(args) or 0)  # type: ignore[operator]
+        with command_hints(args):  # a missing dataset's message names this command's own options
+            return int(func(args) or 0)  # type: ignore[operator]
     except RobustEnsError as err:
         print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
         return 2

@@ -19,6 +19,11 @@ offers no separate ``val``; a tree without split folders is one evaluation set, 
 ``$ROBUST_ENS_DATA`` is resolved once, against the directory the process started in (the first
 time it is read), so a relative value like ``../shared/data`` keeps its meaning after a ``chdir``.
 
+A missing dataset's message names ``$ROBUST_ENS_DATA``, every place searched and the layout
+expected, then how the caller can provide the data: by default a Python caller's arguments
+(``root=``, ``download=True``, ``split=``); a command line names its own options instead through
+:func:`hints` (see :func:`robust_ens.commands.common.data_hints`).
+
 Decoded images are cached once as uint8 arrays (``$ROBUST_ENS_CACHE``, default
 ``~/.cache/robust_ens``), keyed by the source's path and a fingerprint of its files, so the 60,000
 CIFAR JPEGs are decoded on the first run only.
@@ -26,10 +31,12 @@ CIFAR JPEGs are decoded on the first run only.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +71,45 @@ _INFO = {
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Hints:
+    """How the caller can provide data: the words a missing dataset's message ends with.
+
+    ``None`` leaves that way out (the caller has no such option). The defaults are a Python
+    caller's arguments.
+    """
+
+    root: str | None = "pass root=FOLDER to data.load / data.load_uint8 (searched first)"
+    download: str | None = "call data.load(..., download=True) on a machine with internet access"
+    split: str | None = "pass one as split="
+
+
+PYTHON_HINTS = Hints()
+_HINTS: contextvars.ContextVar[Hints | None] = contextvars.ContextVar("robust_ens_data_hints", default=None)
+
+
+@contextlib.contextmanager
+def hints(value: Hints) -> Iterator[None]:
+    """Inside this block, a missing dataset's message ends with ``value`` (a command's own options).
+
+    Example:
+        >>> from robust_ens import data
+        >>> with data.hints(data.Hints(root="pass --data-root FOLDER", download=None, split=None)):
+        ...     data.current_hints().root
+        'pass --data-root FOLDER'
+    """
+    token = _HINTS.set(value)
+    try:
+        yield
+    finally:
+        _HINTS.reset(token)
+
+
+def current_hints() -> Hints:
+    """The :class:`Hints` in force (a Python caller's by default)."""
+    return _HINTS.get() or PYTHON_HINTS
 
 
 def cache_dir() -> Path:
@@ -142,7 +188,7 @@ def splits(name: str) -> tuple[str, ...]:
     if name.startswith("imagefolder:"):
         path = Path(name.split(":", 1)[1]).expanduser()
         if not path.is_dir():
-            raise DatasetNotFoundError(f"image folder {path} does not exist (from --data/name {name!r})")
+            raise DatasetNotFoundError(f"image folder {path} does not exist (dataset {name!r})")
         return tuple(_split_folders(path))
     raise RobustEnsError(f"unknown dataset {name!r}; use 'cifar10', 'digits' or 'imagefolder:<path>'")
 
@@ -162,8 +208,10 @@ def check_split(name: str, split: str) -> None:
     elif name.startswith("imagefolder:") and split == "train" and offered == ("test",):
         hint = (" (it has no split folders, so all its images form the test split; "
                 "to train, arrange it as <path>/train/<class>/* and <path>/test/<class>/*)")
+    how = current_hints().split
     raise RobustEnsError(
-        f"dataset {name!r} has no split {split!r}{hint}; its splits are: {', '.join(offered)} (pass one with --split)"
+        f"dataset {name!r} has no split {split!r}{hint}; its splits are: {', '.join(offered)}"
+        + (f" ({how})" if how else "")
     )
 
 
@@ -288,12 +336,19 @@ def _cifar10_arrays(split: str, root: str | Path | None, download: bool, progres
         target = cache_dir() / "data"
         target.mkdir(parents=True, exist_ok=True)
         return _torchvision_cifar(target, split, download=True)
-    places = ", ".join(str(p) for p in where)  # type: ignore[union-attr]
-    raise DatasetNotFoundError(
-        f"CIFAR-10 ({split}) not found; looked in: {places} ({_describe_env()}). "
-        "Provide it by one of: set ROBUST_ENS_DATA to a folder holding cifar10-jpeg/{train,test}/<class>/* "
-        "or torchvision's cifar-10-batches-py; pass root=... (--data-root); or call load(..., download=True) "
-        "(robust-ens data cifar10 --download) on a machine with internet access."
+    raise DatasetNotFoundError(_cifar10_missing(split, where))  # type: ignore[arg-type]
+
+
+def _cifar10_missing(split: str, searched: list[Path]) -> str:
+    """One line: where CIFAR-10 was looked for, the layout expected, and how to provide it."""
+    ways = ["set ROBUST_ENS_DATA to a folder that holds it"]
+    how = current_hints()
+    ways += [w for w in (how.root, how.download) if w]
+    return (
+        f"CIFAR-10 ({split} split) not found; looked in: {', '.join(str(p) for p in searched)} ({_describe_env()}). "
+        "Expected layout: <folder>/cifar10-jpeg/{train,test}/<class>/*.jpg (an ImageFolder tree with CIFAR-10's "
+        "10 class folders) or torchvision's <folder>/cifar-10-batches-py/. To provide it: "
+        + "; or ".join(ways) + "."
     )
 
 
@@ -336,7 +391,7 @@ def _split_folders(path: Path) -> dict[str, Path]:
 
 def _imagefolder_split(path: Path, split: str, name: str) -> Path:
     if not path.is_dir():
-        raise DatasetNotFoundError(f"image folder {path} does not exist (from --data/name {name!r})")
+        raise DatasetNotFoundError(f"image folder {path} does not exist (dataset {name!r})")
     check_split(name, split)
     return _split_folders(path)[split]
 

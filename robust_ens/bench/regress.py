@@ -55,11 +55,39 @@ class RegressReport:
     moved: list[Moved] = field(default_factory=list)
     numbers: int = 0
     seconds: float = 0.0
+    skip_kinds: dict[str, int] = field(default_factory=dict)
+    exact: int = 0
 
     @property
     def ok(self) -> bool:
         """No number moved."""
         return not self.moved
+
+    def skip(self, path: Path, why: str, kind: str) -> None:
+        """Record an entry that is not re-run: ``why`` for the detailed list, ``kind`` for the count."""
+        self.skipped.append(f"{path}: {why}")
+        self.skip_kinds[kind] = self.skip_kinds.get(kind, 0) + 1
+
+    def summary(self) -> str:
+        """One line: what was re-run and how it compared, and what was skipped, by kind.
+
+        Example:
+            ``regress: 3 entries re-run, 21 numbers within tolerance (all exact: same device and
+            seed); 180 skipped (170 imported reference entries, 10 at other tiers) (12.3 s)``
+        """
+        if self.moved:
+            head = (f"regress: {len(self.moved)} numbers moved out of their tolerance ({len(self.checked)} entries "
+                    f"re-run, {self.numbers} numbers compared)")
+        else:
+            cross = len(self.checked) - self.exact
+            how = ("all exact: same device and seed" if not cross else
+                   "across devices: a binomial bound" if not self.exact else
+                   f"{self.exact} entries exact on the same device, {cross} within a binomial bound")
+            head = f"regress: {len(self.checked)} entries re-run, {self.numbers} numbers within tolerance ({how})"
+        if self.skipped:
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.skip_kinds.items(), key=lambda kn: (-kn[1], kn[0])))
+            head += f"; {len(self.skipped)} skipped ({kinds})"
+        return f"{head} ({self.seconds:.1f} s)"
 
     def table(self) -> str:
         """What moved: entry, cell, recorded, now, tolerance (tabulate, GitHub style)."""
@@ -153,22 +181,20 @@ def _groups(files: Sequence[Path], entries: Sequence[object], tier: str | None,
     groups: dict[tuple[str, str], list[lb.Entry]] = {}
     for path, e in zip(files, entries, strict=True):
         if not isinstance(e, lb.Entry):
-            report.skipped.append(f"{path}: schema 1 records no target to re-run")
+            report.skip(path, "schema 1 records no target to re-run", "schema-1 entries")
         elif e.external is not None:
-            report.skipped.append(f"{path}: an imported {e.kind} entry (measured elsewhere)")
-        elif e.kind == "attack" and tier is not None and e.protocol.tier != tier:
-            report.skipped.append(f"{path}: tier {e.protocol.tier}, not {tier}")
+            report.skip(path, f"an imported {e.kind} entry (measured elsewhere)", "imported reference entries")
+        elif tier is not None and e.protocol.tier != tier and e.kind in ("attack", "defense"):
+            report.skip(path, f"tier {e.protocol.tier}, not {tier}", "at other tiers")
         elif e.kind == "attack":  # the protocol's own target panel: re-run the suite, compare per attack
             groups.setdefault((e.protocol.suite, e.protocol.tier), []).append(e)
         elif e.kind != "defense":
-            report.skipped.append(f"{path}: a {e.kind} entry")
+            report.skip(path, f"a {e.kind} entry", f"{e.kind} entries")
         elif e.model.target is None:
-            report.skipped.append(f"{path}: no recorded target")
-        elif tier is not None and e.protocol.tier != tier:
-            report.skipped.append(f"{path}: tier {e.protocol.tier}, not {tier}")
+            report.skip(path, "no recorded target", "without a recorded target")
         elif not _suite_has_tier(e.protocol.suite, e.protocol.tier):
-            report.skipped.append(f"{path}: tier {e.protocol.tier!r} is not one of the suite's (a run made from "
-                                  "command-line options, e.g. corruptions evaluate); re-run it with its command")
+            report.skip(path, f"tier {e.protocol.tier!r} is not one of the suite's (a run made from command-line "
+                        "options, e.g. corruptions evaluate); re-run it with its command", "made by another command")
         else:
             groups.setdefault((e.protocol.suite, e.protocol.tier), []).append(e)
     return groups
@@ -236,3 +262,4 @@ def _rerun_group(suite: str, tier_name: str, group: list[lb.Entry], base: Path, 
             continue
         _compare(e, fresh[e.model.name], same, report)
         report.checked.append(e.name)
+        report.exact += same

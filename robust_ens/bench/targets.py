@@ -130,10 +130,9 @@ def _load_weights(module: nn.Module, weights: Path) -> str:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise CheckpointError(f"--weights {weights} holds {type(state).__name__}, not a state dict")
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"--weights {weights} does not fit the model: {str(err).splitlines()[0]}") from None
+    from robust_ens.models.weights_io import load_state_checked
+
+    load_state_checked(module, state, f"--weights {weights} does not fit the model")
     return sha
 
 

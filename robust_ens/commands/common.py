@@ -7,8 +7,11 @@ Bad input is reported as one line naming the option (see :mod:`robust_ens.cli`).
 * :func:`parse_number`, :func:`parse_params`: ``8/255`` fractions and ``key=value`` lists;
 * :func:`for_option`: a context manager that prefixes a library error with the option it came
   from, unless the message already names it;
-* :func:`check_output_file`, :func:`check_input_file`: an ``--out`` file that can be written and
-  an input file that can be read, checked before any work starts;
+* :func:`check_output_file`, :func:`check_output_folder`, :func:`check_input_file`: an ``--out``
+  file or folder that can be written and an input file that can be read, checked before any work
+  starts (the message names the path the user gave, never a probe file);
+* :func:`data_hints`, :func:`command_hints`: a missing dataset's message names the running
+  command's own options (``--data-root``, ``--root``, ``--download``, ``--split``) and no other;
 * :func:`progress_enabled`: False under ``--quiet`` (:mod:`robust_ens.progress` is the one switch).
 """
 
@@ -19,6 +22,7 @@ import contextlib
 import math
 import os
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from fractions import Fraction
 from pathlib import Path
 
@@ -116,6 +120,25 @@ def for_option(option: str) -> Iterator[None]:
         raise RobustEnsError(f"{option}: {err}") from err
 
 
+def _existing_ancestor(path: Path) -> Path:
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing
+
+
+def _probe(folder: Path) -> OSError | None:
+    """The error writing a file into ``folder`` gives, or ``None`` (os.access says yes to root everywhere)."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".robust-ens-probe-"):
+            pass
+    except OSError as err:
+        return err
+    return None
+
+
 def check_output_file(path: str | Path, option: str = "--out") -> Path:
     """Refuse, before any work, an output file that cannot be written (no file is created).
 
@@ -128,29 +151,74 @@ def check_output_file(path: str | Path, option: str = "--out") -> Path:
     out = Path(path)
     if out.is_dir():
         raise RobustEnsError(f"{option} {out} is a folder; give a file path")
-    parent = out.parent
-    existing = parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = _existing_ancestor(out.parent)
     if not existing.is_dir():
         raise RobustEnsError(f"{option} {out}: {existing} is not a folder, so the file cannot be created there")
-    import tempfile
-
-    try:  # the real test (os.access says yes to root everywhere, /proc included)
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".robust-ens-probe-"):
-            pass
-    except OSError as err:
-        raise RobustEnsError(f"{option} {out}: cannot write into {existing} ({err.strerror or err})") from None
+    err = _probe(existing)
+    if err is not None:
+        raise RobustEnsError(f"{option} {out}: cannot write into {existing} ({err.strerror or err})")
     return out
 
 
 def check_output_folder(path: str | Path, option: str = "--out") -> Path:
-    """Refuse, before any work, an output folder that cannot be created or written."""
+    """Refuse, before any work, an output folder that cannot be created or written (nothing is created).
+
+    The message names the folder as given (and the folder in the way when that is another one),
+    e.g. ``--out /proc/run: cannot create this folder inside /proc (No such file or directory)``.
+    """
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise RobustEnsError(f"{option} {out} is a file; give a folder")
-    check_output_file(out / "probe", option)
+    existing = _existing_ancestor(out)
+    if not existing.is_dir():
+        raise RobustEnsError(f"{option} {out}: {existing} is a file, so the folder cannot be created there")
+    err = _probe(existing)
+    if err is not None:
+        what = "cannot write into this folder" if existing == out else f"cannot create this folder inside {existing}"
+        raise RobustEnsError(f"{option} {out}: {what} ({err.strerror or err})")
     return out
+
+
+def data_hints(*, root: str | None = None, download: str | None = None,
+               split: str | None = None) -> AbstractContextManager[None]:
+    """Inside this block a missing dataset's message names these options of the running command, and no other.
+
+    Args:
+        root: The command's option for a folder searched first (``--data-root``, ``--root``).
+        download: The command's option that allows a download (``--download``); without one the
+            message names ``robust-ens data cifar10 --download``, which fills the cache every
+            command searches.
+        split: The command's option that picks the split (``--split``).
+
+    Example:
+        >>> from robust_ens import data
+        >>> from robust_ens.commands.common import data_hints
+        >>> with data_hints(root="--data-root"):
+        ...     data.current_hints().root
+        'pass --data-root FOLDER (searched first)'
+    """
+    from robust_ens import data
+
+    return data.hints(data.Hints(
+        root=f"pass {root} FOLDER (searched first)" if root else None,
+        download=(f"add {download} on a machine with internet access" if download else
+                  "run 'robust-ens data cifar10 --download' once on a machine with internet access "
+                  f"(it fills {data.cache_dir() / 'data'}, which every command searches)"),
+        split=f"pass one with {split}" if split else None,
+    ))
+
+
+def command_hints(args: argparse.Namespace) -> AbstractContextManager[None]:
+    """The :func:`data_hints` every command runs inside (``robust_ens.cli`` enters it).
+
+    A command names ``--data-root`` when it has that option (dest ``data_root``) and ``--split``
+    when it has a dataset split option (dest ``split``; ``corrupt``'s KITTI split never reaches the
+    dataset loader); a command with other options (``data``'s ``--root`` and ``--download``)
+    enters :func:`data_hints` itself, which takes precedence inside.
+    """
+    given = vars(args)
+    return data_hints(root="--data-root" if "data_root" in given else None,
+                      split="--split" if "split" in given else None)
 
 
 def check_device(text: str | None, option: str = "--device") -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from robust_ens.commands.common import for_option, positive_int
+from robust_ens.commands.common import data_hints, for_option, positive_int
 from robust_ens.errors import RobustEnsError
 
 
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     with for_option("name"):
         splits = data.splits(args.name)
     for split in splits:
-        with for_option("name"):
+        with for_option("name"), data_hints(root="--root", download="--download"):
             x, y = data.load_uint8(args.name, split, root=args.root, download=args.download, size=args.size,
                                    progress=progress_enabled())
         print(f"{args.name} {split}: {tuple(x.shape)} uint8, {int(y.max()) + 1 if len(y) else 0} classes; "

@@ -5,7 +5,8 @@ Example:
     robust-ens regress --tier smoke leaderboards/digits   # only smoke-tier entries under a folder
 
 Exit status 0 when every number is within its tolerance (exact on the same device and seed, a
-binomial bound from n across devices), 1 with a table of what moved otherwise.
+binomial bound from n across devices), 1 with a table of what moved otherwise. The last line is a
+summary; without ``--quiet`` every skipped entry is listed above it with the reason.
 """
 
 from __future__ import annotations
@@ -46,12 +47,11 @@ def run(args: argparse.Namespace) -> int:
         raise RobustEnsError(f"--tier {args.tier!r}: use smoke, small or full")
     rep = regress(args.paths, root=args.root, tier=args.tier, device=args.device, out=args.out,
                   progress=progress.enabled())
-    for line in rep.skipped:
-        print(f"skipped {line}")
+    if not progress.quiet():  # the details; under --quiet only the summary line (and what moved)
+        for line in rep.skipped:
+            print(f"skipped {line}")
     if rep.moved:
         print(rep.table())
-        print(f"\n{len(rep.moved)} numbers moved out of their tolerance ({len(rep.checked)} entries, "
-              f"{rep.numbers} numbers, {rep.seconds:.1f} s)")
-        return 1
-    print(f"{len(rep.checked)} entries re-run, {rep.numbers} numbers within tolerance ({rep.seconds:.1f} s)")
-    return 0
+        print()
+    print(rep.summary())
+    return 1 if rep.moved else 0

@@ -39,9 +39,11 @@ from robust_ens.models.registry import (
 from robust_ens.models.weights_io import (
     PICKLE_SUFFIXES,
     WEIGHT_SUFFIX,
+    load_state_checked,
     load_tensors,
     safetensors_shapes,
     sha256_file,
+    state_mismatch,
 )
 from robust_ens.models.wrapper import Normalized
 
@@ -285,21 +287,14 @@ def load_checkpoint(
     # Build what the record describes on the meta device first (no memory) and compare shapes.
     expected = _meta_shapes(spec, stem)
     if expected is not None and expected != shapes:
-        missing = sorted(set(expected) - set(shapes))
-        extra = sorted(set(shapes) - set(expected))
-        wrong = [f"{k}: record {list(expected[k])} vs file {list(shapes[k])}"
-                 for k in sorted(set(expected) & set(shapes)) if expected[k] != shapes[k]]
         raise CheckpointError(
             f"weights in {weights} do not fit the architecture {spec['name']!r} its record describes: "
-            f"missing {missing[:3]}, unexpected {extra[:3]}, other shapes {wrong[:3]}"
+            + state_mismatch(expected, shapes, have="record")
         )
     model = _build(spec, stem)
     if state is None:
         state = load_tensors(weights)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"weights in {weights} do not fit architecture {spec['name']!r}: {err}") from err
+    load_state_checked(model, state, f"weights in {weights} do not fit architecture {spec['name']!r}")
     model.checkpoint = record
     return model.to(device or "cpu").eval()
 

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from robust_ens.errors import RobustEnsError
-from robust_ens.models.weights_io import load_tensors
+from robust_ens.models.weights_io import load_tensors, state_mismatch
 from robust_ens.models.wrapper import Normalized
 from robust_ens.registry import Registry
 
@@ -229,13 +229,14 @@ def _load_local_weights(net: nn.Module, path: Any) -> None:
                if k in own and own[k].shape != v.shape and any(k.startswith(h) for h in heads)]
     for k in dropped:
         del state[k]
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in dropped]
-    if missing or unexpected:
+    why = state_mismatch({k: tuple(v.shape) for k, v in own.items() if k not in dropped},
+                         {k: tuple(v.shape) for k, v in state.items()})
+    if why:
         raise RobustEnsError(
-            f"weights in {file} do not fit this timm model: missing {missing[:5]}, unexpected {unexpected[:5]}; "
+            f"weights in {file} do not fit this timm model: {why}; "
             "check the model name and its kwargs (img_size, patch_size, ...)"
         )
+    net.load_state_dict(state, strict=False)
     if dropped:
         warnings.warn(f"{file}: classifier {dropped} has another shape (num_classes); it keeps its fresh init",
                       stacklevel=3)

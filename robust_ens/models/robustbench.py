@@ -132,6 +132,7 @@ def load_robustbench(spec: str, *, model_dir_: str | Path | None = None,
             where to put it), or a missing package (with what to install).
     """
     from robust_ens.models.checkpoint import sha256_file
+    from robust_ens.models.weights_io import load_state_checked
 
     dataset, threat, name = parse_spec(spec)
     import_robustbench()
@@ -172,13 +173,10 @@ def load_robustbench(spec: str, *, model_dir_: str | Path | None = None,
         raise CheckpointError(f"robustbench checkpoint {path} holds {type(state).__name__}, not a state dict")
     state = _strip(_strip(state, "module."), "model.")
     model = entry["model"]()
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError:
-        try:  # ImageNet models wrap the network with a normalization layer (RobustBench adds "model.")
-            model.load_state_dict({f"model.{k}": v for k, v in state.items()}, strict=True)
-        except RuntimeError as err:
-            raise CheckpointError(f"robustbench checkpoint {path} does not fit {name}: "
-                                  f"{str(err).splitlines()[0][:200]}") from None
+    # ImageNet models wrap the network with a normalization layer (RobustBench adds "model.")
+    own = set(model.state_dict())
+    variants = [state, {f"model.{k}": v for k, v in state.items()}]
+    state = min(variants, key=lambda st: len(set(own) ^ set(st)))
+    load_state_checked(model, state, f"robustbench checkpoint {path} does not fit {name}")
     model.checkpoint = {"sha256": sha256_file(path), "arch": f"robustbench:{name}", "file": str(path), "spec": spec}
     return model.to(device or "cpu").eval()

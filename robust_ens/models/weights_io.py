@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -94,4 +95,61 @@ def load_tensors(weights: Path) -> dict[str, torch.Tensor]:
     )
 
 
-__all__ = ["PICKLE_SUFFIXES", "WEIGHT_SUFFIX", "load_tensors", "safetensors_shapes", "sha256_file"]
+def _keys(label: str, keys: Sequence[str], shown: int) -> str:
+    more = f", ... {len(keys) - shown} more" if len(keys) > shown else ""
+    return f"{len(keys)} {label} ({', '.join(keys[:shown])}{more})"
+
+
+def state_mismatch(expected: Mapping[str, Sequence[int]], given: Mapping[str, Sequence[int]], *,
+                   have: str = "model", shown: int = 3) -> str:
+    """Why a state dict does not fit a model, in one line ("" when every key and shape fits).
+
+    Args:
+        expected: Key -> shape the model has.
+        given: Key -> shape the file holds.
+        have: What ``expected`` describes, for the shapes' labels ("model", "record").
+        shown: How many keys of each kind to name.
+
+    Example:
+        >>> state_mismatch({"a.weight": (2, 3), "b.bias": (2,)}, {"a.weight": (4, 3), "c": (1,)})
+        '1 missing (b.bias); 1 unexpected (c); 1 with other shapes (first: a.weight: model [2, 3], file [4, 3])'
+    """
+    missing = [k for k in expected if k not in given]
+    extra = [k for k in given if k not in expected]
+    wrong = [k for k in expected if k in given and tuple(expected[k]) != tuple(given[k])]
+    parts = []
+    if missing:
+        parts.append(_keys("missing", missing, shown))
+    if extra:
+        parts.append(_keys("unexpected", extra, shown))
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} with other shapes (first: {k}: {have} {list(expected[k])}, file {list(given[k])})")
+    return "; ".join(parts)
+
+
+def load_state_checked(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    """``module.load_state_dict(state, strict=True)``, or one line naming what does not fit.
+
+    Args:
+        module: The model to fill.
+        state: The tensors read from a file.
+        what: The start of the message, e.g. ``"--weights w.pt does not fit the model"``.
+
+    Raises:
+        CheckpointError: ``what`` followed by the missing and unexpected keys (the first few and
+            their counts) and the first key of another shape with both shapes.
+    """
+    own = module.state_dict()
+    why = state_mismatch({k: tuple(v.shape) for k, v in own.items()},
+                         {k: tuple(getattr(v, "shape", ())) for k, v in state.items()})
+    if why:
+        raise CheckpointError(f"{what}: {why}")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:  # fitting keys and shapes; what torch says is left, its first line
+        raise CheckpointError(f"{what}: {' '.join(str(err).split())[:300]}") from None
+
+
+__all__ = ["PICKLE_SUFFIXES", "WEIGHT_SUFFIX", "load_state_checked", "load_tensors", "safetensors_shapes",
+           "sha256_file", "state_mismatch"]
