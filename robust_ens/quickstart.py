@@ -53,8 +53,7 @@ def transfer_section(context: dict[str, Any]) -> dict[str, Any]:
     for eps in TRANSFER_EPS:
         # alpha = eps / steps (the MI-FGSM paper's choice) so every eps is reachable; CWA's own default is eps / 5.
         attacks = [create_attack("mifgsm", eps=eps, alpha=eps / 10, steps=10), create_attack("cwa", eps=eps, steps=10)]
-        records += transfer_table(attacks, surrogate, {"target": target}, context["x"], context["y"], eps=[eps],
-                                  store=Path(context["out"]) / "advsets")
+        records += transfer_table(attacks, surrogate, {"target": target}, context["x"], context["y"], eps=[eps])
     rows = [
         [r["attack"], f"{r['eps']:g}", f"{100 * r['surrogate']:.1f}%", f"{100 * r['target']:.1f}%", f"{r['seconds']:.1f}"]
         for r in records

@@ -161,7 +161,21 @@ def test_the_key_holds_everything_that_moves_a_set(tmp_path: Path, monkeypatch: 
     monkeypatch.undo()
     monkeypatch.setattr(torch, "__version__", "0.0.0")
     assert not craft_on(base)
-    assert store.misses == len(surrogates) + 2 and store.hits == 1
+    monkeypatch.undo()
+    monkeypatch.setattr(craft, "_SOURCE_DIGEST", "0" * 64)  # other code (an attack edited, its version not bumped)
+    assert not craft_on(base)
+    assert store.misses == len(surrogates) + 3 and store.hits == 1
+
+
+def test_the_source_digest_covers_the_attack_library() -> None:
+    from pathlib import Path as _P
+
+    import robust_ens.attacks as attacks_pkg
+    from robust_ens.bench import craft
+
+    digest = craft.source_digest()
+    assert len(digest) == 64 and digest == craft.source_digest()
+    assert (_P(attacks_pkg.__file__).parent / "base.py").is_file()  # the attack loop's file is among those hashed
 
 
 # --------------------------------------------------------------------------- concurrent runs

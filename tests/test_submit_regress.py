@@ -135,8 +135,11 @@ def test_regress_fails_with_a_table_when_a_committed_number_is_edited(board: Pat
 
 def test_regress_fails_when_an_attack_step_size_is_zero(board: Path, monkeypatch, capsys) -> None:
     from robust_ens.attacks.base import Attack
+    from robust_ens.bench import craft
 
     monkeypatch.setattr(Attack, "step_size", property(lambda self: 0.0))
+    # an edit to the attack's source changes the library's digest, so the shared store serves no old set
+    monkeypatch.setattr(craft, "_SOURCE_DIGEST", "e" * 64)
     assert main(["--quiet", "regress", "--root", str(board)]) == 1
     out = capsys.readouterr().out
     moved = [line for line in out.splitlines() if line.startswith("| cnn-s2")]
@@ -233,3 +236,25 @@ def test_leaderboard_add_puts_a_runs_entries_into_the_tree_and_refuses_a_taken_n
     other.mkdir()
     assert main(["--quiet", "leaderboard", "add", str(entries), "--root", str(other)]) == 2
     assert "bad.json" in capsys.readouterr().err and not any(other.iterdir())
+
+
+def test_regress_finds_submitted_weights_by_name_and_shares_the_store(tmp_path: Path, weights: Path, capsys,
+                                                                      monkeypatch) -> None:
+    """An entry records its weights by file name: regress looks beside the entry, then in --weights-dir,
+    and says so in one line when it cannot find them; a second regress reuses every set."""
+    monkeypatch.setenv("ROBUST_ENS_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "lb"
+    assert main(["--quiet", "submit", "--model", FACTORY, "--weights", str(weights), "--suite", "digits-transfer",
+                 "--tier", "smoke", "--name", "mine", "--root", str(root), "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    entry = root / "digits" / "digits-transfer" / "mine.json"
+    assert main(["--quiet", "regress", str(entry)]) == 2
+    err = capsys.readouterr().err
+    assert "its weights cnn.safetensors" in err and "--weights-dir" in err and len(err.strip().splitlines()) == 1
+    sets = sorted((tmp_path / "cache" / "advsets").rglob("*.safetensors"))
+    assert sets  # the submit's sets are in the machine-wide store
+    assert main(["--quiet", "regress", str(entry), "--weights-dir", str(weights.parent)]) == 0
+    assert "numbers within tolerance" in capsys.readouterr().out
+    assert sorted((tmp_path / "cache" / "advsets").rglob("*.safetensors")) == sets  # regress made no new set
+    shutil.copy(weights, entry.parent / weights.name)  # beside the entry: found without --weights-dir
+    assert main(["--quiet", "regress", str(entry)]) == 0

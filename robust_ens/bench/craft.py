@@ -43,6 +43,30 @@ def device_name(device: torch.device) -> str:
     return f"{device.type} ({platform.processor() or platform.machine()})"
 
 
+_SOURCE_DIGEST: str | None = None
+
+
+def source_digest() -> str:
+    """sha256 of the Python source of robust_ens and its attack library (every ``.py`` file).
+
+    Part of the adversarial-set key: a set made by other code (an attack, a model's forward, the
+    budget's quantization) is never served, even when nobody bumped an attack's ``code_version``;
+    that is what lets ``robust-ens regress`` share the machine-wide store. Computed once per process.
+    """
+    global _SOURCE_DIGEST
+    if _SOURCE_DIGEST is None:
+        import robust_ens
+        import robust_ens.attacks as attacks_pkg
+
+        h = hashlib.sha256()
+        for root in sorted({Path(robust_ens.__file__).parent, Path(attacks_pkg.__file__).parent}):
+            for path in sorted(root.rglob("*.py")):
+                h.update(f"{path.relative_to(root.parent).as_posix()}\n".encode())
+                h.update(path.read_bytes().replace(b"\r\n", b"\n"))
+        _SOURCE_DIGEST = h.hexdigest()
+    return _SOURCE_DIGEST
+
+
 def module_fingerprint(module: nn.Module) -> str:
     """sha256 of what moves a module's outputs beyond its checkpoint files' sha256.
 
@@ -88,7 +112,8 @@ def attack_batch(
     yd = y.to(device)
     td = target.to(device) if target is not None else None
     # everything that moves the set's pixels (a key that misses one serves a wrong set: see .advsets)
-    fields = {"attack": atk.config(), "code_version": type(atk).code_version, "surrogate": surrogate.sha256s,
+    fields = {"attack": atk.config(), "code_version": type(atk).code_version, "code": source_digest(),
+              "surrogate": surrogate.sha256s,
               "surrogate_module": module_fingerprint(surrogate.module), "device": device_name(device),
               "torch": torch.__version__, "eps": atk.eps, "norm": atk.norm, "data": data_fingerprint,
               "indices": indices.tolist(), "seed": seed, "targeted": False if target is None else target.tolist()}

@@ -1,8 +1,10 @@
 """Regression check: re-run committed entries' protocols from their recorded targets and compare.
 
 ``robust-ens regress`` only parses arguments and calls :func:`regress`. Entries are grouped by
-(suite, tier) and each group is run once with all its targets (a fresh adversarial-set store, so
-a change in an attack's code cannot hide behind a cached set). Attack entries (``cifar10-attacks``)
+(suite, tier) and each group is run once with all its targets, on the machine-wide adversarial-set
+store (``--store`` names another): a set's key holds the sha256 of the library's source
+(:func:`~robust_ens.bench.craft.source_digest`), so a change in an attack's code cannot hide behind a
+cached set, and unchanged code reuses what ``make demo`` or an earlier regress made. Attack entries (``cifar10-attacks``)
 have no target of their own: their group re-runs the suite on the protocol's target panel and each
 attack's cells are compared. Imported entries (measured elsewhere) are skipped. Every recorded number (clean, each
 cell, each worst case, each corruption) is compared with the re-run:
@@ -142,6 +144,8 @@ def regress(
     device: str | torch.device | None = None,
     out: str | Path | None = None,
     progress: bool = False,
+    store: str | Path | None = None,
+    weights_dirs: Sequence[str | Path] = (),
 ) -> RegressReport:
     """Re-run committed entries and list every number that left its tolerance.
 
@@ -152,6 +156,9 @@ def regress(
         device: Torch device of the re-run (default: cuda if available).
         out: Where the re-runs' folders go (default: a temporary folder, removed afterwards).
         progress: Progress bars.
+        store: The adversarial-set store (default: the machine-wide one, shared with every run).
+        weights_dirs: Folders to find submitted models' weights in, by the file name the entry records
+            (after the entry's own folder); the file must have the recorded sha256.
 
     Raises:
         RobustEnsError: when no entry can be re-run, or an entry's target does not resolve.
@@ -162,7 +169,9 @@ def regress(
         if not Path(p).exists():
             raise RobustEnsError(f"paths: {p} does not exist (give entry files or folders)")
     report = RegressReport()
-    groups = _groups(files, lb.validate_tree(files), tier, report)
+    entries = lb.validate_tree(files)
+    groups = _groups(files, entries, tier, report)
+    homes = {id(e): Path(f).parent for f, e in zip(files, entries, strict=True)}
     if not groups:
         raise RobustEnsError("paths: no entry to re-run (schema-2 attack entries, or defense entries with a recorded target"
                              + (f" at tier {tier}" if tier else "") + ")")
@@ -170,7 +179,8 @@ def regress(
     with tempfile.TemporaryDirectory(prefix="robust-ens-regress-") as tmp:
         base = Path(out) if out is not None else Path(tmp)
         for (suite, tier_name), group in sorted(groups.items()):
-            _rerun_group(suite, tier_name, group, base, dev, progress, report)
+            _rerun_group(suite, tier_name, group, base, dev, progress, report,
+                         _Where(store, homes, [Path(d) for d in weights_dirs]))
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -223,8 +233,34 @@ def _runnable(group: list[lb.Entry], proto: Protocol, tier_name: str, report: Re
     return runnable
 
 
+@dataclass
+class _Where:
+    """Where a re-run finds things: the adversarial-set store, each entry's folder, the weights folders."""
+
+    store: str | Path | None
+    homes: dict[int, Path]
+    weights_dirs: list[Path]
+
+    def weights(self, e: lb.Entry) -> str | None:
+        """The file of a submitted model's recorded weights (by name, sha256-checked by the caller)."""
+        rec = e.model.target
+        if rec is None or not rec.weights:
+            return None
+        given = Path(rec.weights)
+        if given.is_absolute() or given.is_file():  # entries made before weights were recorded by name
+            return str(given)
+        folders = [self.homes[id(e)]] if id(e) in self.homes else []
+        folders += self.weights_dirs
+        for folder in folders:
+            if (folder / given.name).is_file():
+                return str(folder / given.name)
+        sha = f" (sha256 {rec.weights_sha256[:16]}...)" if rec.weights_sha256 else ""
+        raise RobustEnsError(f"{e.name}: its weights {given.name}{sha} are not in {', '.join(map(str, folders))}; "
+                             "pass --weights-dir FOLDER that holds them")
+
+
 def _rerun_group(suite: str, tier_name: str, group: list[lb.Entry], base: Path, dev: torch.device, progress: bool,
-                 report: RegressReport) -> None:
+                 report: RegressReport, where: _Where) -> None:
     """Re-run one (suite, tier) with all its targets and compare every entry of the group."""
     from robust_ens.bench.report import to_entries
     from robust_ens.bench.runner import TargetArg, run_suite
@@ -239,7 +275,7 @@ def _rerun_group(suite: str, tier_name: str, group: list[lb.Entry], base: Path, 
     if not runnable:
         return
     args = [] if proto.kind == "attack" else [
-        TargetArg(e.model.target.spec, e.model.target.weights, e.model.name)  # type: ignore[union-attr]
+        TargetArg(e.model.target.spec, where.weights(e), e.model.name)  # type: ignore[union-attr]
         for e in runnable]
     for e, a in zip(runnable if args else [], args, strict=True):
         rec = e.model.target
@@ -252,7 +288,7 @@ def _rerun_group(suite: str, tier_name: str, group: list[lb.Entry], base: Path, 
                 report.moved.append(Moved(e.name, "weights sha256", rec.weights_sha256[:16],
                                           sha256_file(Path(a.weights))[:16], "exact"))
     run_dir = base / f"{suite}-{tier_name}"
-    result = run_suite(proto, tier_name, args, run_dir, device=dev, store=base / "advsets", progress=progress)
+    result = run_suite(proto, tier_name, args, run_dir, device=dev, store=where.store, progress=progress)
     fresh = {n.model.name: n for n in to_entries(result, "robust-ens regress", run_dir=run_dir, targets=args)}
     here = _device_name(dev)
     for e in runnable:

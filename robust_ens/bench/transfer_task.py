@@ -202,14 +202,13 @@ def transfer_table(
         >>> [(r["attack"], round(r["eps"] * 255)) for r in rows]
         [('mifgsm', 4), ('mifgsm', 8), ('cwa', 4), ('cwa', 8)]
     """
-    from robust_ens import data
 
     x_u8 = (x if x.dtype == torch.uint8 else x.detach().mul(255).round_().clamp_(0, 255).to(torch.uint8)).cpu()
     y = y.cpu()
     device = x.device
     ex = Examples.of(x_u8, y, torch.arange(len(y)), "tensors", int(y.max()) + 1 if len(y) else 0, batch_size)
     sur = module_target(surrogate, "surrogate")
-    box = AdvSetStore(store if store is not None else data.cache_dir() / "advsets")
+    box = AdvSetStore(store)  # None: the machine-wide store
     clean = {f"clean/{k}": accuracy(m, x_u8.to(device), y.to(device)) for k, m in targets.items()}
     rows: list[dict[str, Any]] = []
     for a in attacks:

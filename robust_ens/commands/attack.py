@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         idx = data.subset_indices(yall, args.n, args.data_seed)
     ex = Examples.of(xu[idx], yall[idx], idx, label, k, args.batch_size)
     crafted, record = attack_set(
-        atk, sur, ex, store=AdvSetStore(args.store or data.cache_dir() / "advsets"), device=device, seed=args.seed,
+        atk, sur, ex, store=AdvSetStore(args.store), device=device, seed=args.seed,
         targeted=args.target, spec=args.surrogate, combine=args.combine, precision=args.precision,
         data_name=args.data, split=args.split, data_seed=args.data_seed, progress=progress_enabled())
     out, side = write_set(args.out, crafted, record)

@@ -24,6 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default=None, help="leaderboard folder (default: $ROBUST_ENS_LEADERBOARD, else ./leaderboards)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--out", default=None, help="keep the re-runs' folders here (default: a temporary folder)")
+    p.add_argument("--store", default=None,
+                   help="adversarial-set store (default: the machine-wide $ROBUST_ENS_CACHE/advsets, shared by every run)")
+    p.add_argument("--weights-dir", action="append", default=[], metavar="FOLDER",
+                   help="where submitted models' weights are, by the file name their entry records (repeatable; "
+                        "the entry's own folder is searched first)")
     p.set_defaults(func=run)
 
 
@@ -40,13 +45,20 @@ def run(args: argparse.Namespace) -> int:
         raise RobustEnsError(f"--root {args.root} is not a folder of leaderboard entries")
     if args.out is not None:
         check_output_folder(args.out, "--out")
+    if args.store is not None:
+        check_output_folder(args.store, "--store")
+    for folder in args.weights_dir:
+        if not Path(folder).is_dir():
+            from robust_ens.errors import RobustEnsError
+
+            raise RobustEnsError(f"--weights-dir {folder} is not a folder")
 
     if args.tier is not None and args.tier not in ("smoke", "small", "full"):
         from robust_ens.errors import RobustEnsError
 
         raise RobustEnsError(f"--tier {args.tier!r}: use smoke, small or full")
     rep = regress(args.paths, root=args.root, tier=args.tier, device=args.device, out=args.out,
-                  progress=progress.enabled())
+                  progress=progress.enabled(), store=args.store, weights_dirs=args.weights_dir)
     if not progress.quiet():  # the details; under --quiet only the summary line (and what moved)
         for line in rep.skipped:
             print(f"skipped {line}")
