@@ -37,10 +37,16 @@ svre        SVRE (Xiong 2022, ensemble)             eps 16/255, m = 4 x members
 cwa         MI-CWA (Chen 2024, ensemble)            eps 16/255, alpha eps/5, r eps/15, beta 50
 adaea       AdaEA (Chen 2023, ensemble)             eps 16/255, beta 10, threshold 0
 lgv         LGV (Gubri 2022; see ``lgv_collect``)   eps 4/255, alpha eps/10, 50 steps
+mba         MBA (Li 2023; ``SWAGPosterior``)        eps 8/255, 50 steps, 20 samples per step
+smer        SMER (Tang 2024, ensemble)              eps 16/255, m = 4 x members, learned weights
+ghost       Ghost networks (Li 2020), ResNets       eps 8/255, 10 steps, r 0.22
 =========== ======================================= =========================================
 
 ``vit_ensemble``: ViT-EnsembleAttack (Cao 2025, ensemble of augmented ViTs), eps 16/255, alpha 1.6/255
 x 2 (step enlargement), 3 augmented copies per surrogate; ``bayesopt.optimize_augmentation`` tunes it.
+
+``mba_ta``, ``smer_ta`` and ``ghost_ta`` are the same attacks with TransferAttack's settings (see each
+class's docstring for where TransferAttack and the authors differ).
 
 Parts combine with any iterative attack: ``MIFGSM(transforms=[DI(), TI(), SI(m=5), SGM()])``.
 """
@@ -49,10 +55,13 @@ from .base import ATTACKS, Attack, attack_name, create_attack, list_attacks, reg
 from .bayesopt import optimize_augmentation
 from .budget import enforce_budget, parse_eps
 from .ensemble import CWA, SVRE, AdaEA, Ens
+from .ghost import Ghost
 from .gradient import BIM, DIFGSM, FGSM, MIFGSM, NIFGSM, PGD, TIFGSM, VMIFGSM
 from .lgv import LGV, lgv_collect
+from .mba import MBA, SWAGPosterior
 from .parts import PARTS, GradientTransform, InputTransform, ModelHook, Part, create_part
 from .run import AttackResult, AttackRun, Cost
+from .smer import SMER
 from .transforms import DI, SGM, SI, TI, gaussian_kernel, ti_kernel_size
 from .vit_augment import AugmentParams, augmented
 from .vit_ensemble import ViTEnsembleAttack
@@ -65,12 +74,16 @@ __all__ = [
     "DI",
     "DIFGSM",
     "FGSM",
+    "Ghost",
     "LGV",
+    "MBA",
     "MIFGSM",
     "NIFGSM",
     "PGD",
     "SGM",
     "SI",
+    "SMER",
+    "SWAGPosterior",
     "SVRE",
     "TI",
     "TIFGSM",

@@ -43,7 +43,8 @@ class Ens(MIFGSM):
     Adversarial Attacks with Momentum", CVPR 2018 (logit averaging, Sec. 3.2, which found it best).
 
     The ensemble's member weights are used; its own ``combine`` setting is ignored in favour of
-    ``fusion``.
+    ``fusion``. TransferAttack's ``ENS`` (eps 16/255, alpha 1.6/255) is ``fusion="logits"``; its
+    fixture agrees to rounding (tests/test_transferattack_agreement.py).
 
     Distance measure: Linf (L2 accepted).
 
@@ -125,7 +126,10 @@ class SVRE(MIFGSM):
     members add a 0.4-weighted auxiliary-logit loss, which only applies to Inception models.
 
     Departure: the member gradients at ``x_adv`` are computed once per outer step and reused
-    (the authors recompute them at every inner step; the values are the same).
+    (the authors recompute them at every inner step; the values are the same). TransferAttack:
+    ``random_start=True``, numpy draws the members (here :meth:`pick_member`, the call's generator),
+    and ``K = len(model_name)`` (a single name string counts its characters); with its draws
+    injected its fixture agrees to rounding (tests/test_transferattack_agreement.py).
 
     Distance measure: Linf.
 
@@ -174,6 +178,10 @@ class SVRE(MIFGSM):
                          transforms=transforms, m=m, beta=None if beta is None else float(beta),
                          inner_decay=float(inner_decay))
 
+    def pick_member(self, run: AttackRun) -> int:
+        """The member of one inner step: uniform with replacement, from the call's generator."""
+        return run.randint(0, run.n_members)
+
     def gradient(self, run: AttackRun, x: torch.Tensor, x_adv: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
         n_members = run.n_members
         g_ens = self.input_gradient(run, x_adv)
@@ -182,7 +190,7 @@ class SVRE(MIFGSM):
         z = x_adv
         acc = torch.zeros_like(x_adv)
         for _ in range(self.m or 4 * n_members):
-            k = run.randint(0, n_members)
+            k = self.pick_member(run)
             gi = self.input_gradient(run, z, _member_objective(run, k)) - (g_members[k] - g_ens)
             acc = self.inner_decay * acc + gi / (_l1_mean(gi) + _TINY)
             z = x + self.project(x, z - x + beta * acc.sign())
@@ -239,6 +247,9 @@ class CWA(MIFGSM):
       default scales it with eps. Pass ``alpha=16/255/5`` for the code's constant.
     * Every normalization adds a small constant (1e-12): the authors' code divides by zero when
       a member's gradient or the net change vanishes.
+    * TransferAttack (``ensemble/cwa.py``) is ``alpha=3.2/255, beta=250, reverse_logits="ensemble",
+      outer_norm="batch", random_start=True`` (its ``beta=50`` is never used; it divides by the
+      batch's L1 sum, a positive multiple of the mean); its fixture then agrees to rounding.
 
     * ``transform_placement`` (default ``"authors"``): where the parts act. ``"authors"``, as
       ``MI_CommonWeakness.attack`` with ``DI``/``TI``: gradient transforms (TI) smooth the
@@ -470,6 +481,8 @@ class AdaEA(MIFGSM):
       per example. ``"batch"`` uses batch-mean losses as the authors do, so the weights (and an
       example's result) depend on the rest of the batch.
     * Targeted attacks (not in the authors' code) invert the ratio so larger still means better.
+    * TransferAttack (``ensemble/adaea.py``) is ``decay=1.0, agm_reduction="batch"`` with the rest
+      as here (its DRF also leaves out the last model); its fixture then agrees to rounding.
 
     Cost per step: M forwards and 2M backwards, plus M x M forwards (no gradient) for AGM.
 

@@ -45,10 +45,11 @@ from torch import nn
 
 from robust_ens.ensemble import Ensemble
 from robust_ens.errors import RobustEnsError
-from robust_ens.overrides import Count, Step, check_call
+from robust_ens.overrides import Count, Decay, Step, check_call
 from robust_ens.train import StepContext, TrainConfig, cross_entropy_step, make_optimizer, train_epoch
 
-from .base import Attack, AttackRun, Part, register_attack
+from .base import AttackRun, Part, register_attack
+from .gradient import MIFGSM
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def lgv_collect(
 
 
 @register_attack("lgv", family="ensemble", ensemble_only=True)
-class LGV(Attack):
+class LGV(MIFGSM):
     r"""LGV attack: I-FGSM with one collected model per iteration (random order, reshuffled per cycle).
 
     Paper: Gubri et al., "LGV: Boosting Adversarial Example Transferability from Large Geometric
@@ -134,12 +135,21 @@ class LGV(Attack):
     the attack's generator; ``reshuffle=True`` draws a new one after every cycle (this package's
     behaviour before issue 15).
 
+    TransferAttack (``ensemble/lgv.py``) differs: MI-FGSM (``decay=1.0`` here; the authors and the
+    default: I-FGSM, ``decay=0``), eps 16/255, alpha 1.6/255, 10 iterations and a random start; its
+    order is Python's ``random.shuffle`` of the checkpoints in sorted file order, and its
+    ``LightEnsemble.f_count`` is never reset, so a second batch continues the cycle where the
+    first stopped (not reproduced: every call starts a new cycle, batch independent). With its
+    recorded order injected (:meth:`member_order`), TA's fixture agrees to rounding
+    (tests/test_transferattack_agreement.py).
+
     Distance measure: Linf (L2 accepted).
 
     Args:
         eps: Maximum perturbation (default 4/255, the paper's ImageNet budget).
         alpha: Step size (default ``None``: eps / 10).
         steps: Iterations (default 50).
+        decay: Momentum (default 0.0: I-FGSM, the authors' attack; TransferAttack: 1.0).
         reshuffle: New random order after every cycle over the models (default False).
         random_start: Random start (default False).
         norm: ``"Linf"`` or ``"L2"``.
@@ -161,13 +171,17 @@ class LGV(Attack):
         eps: float = 4 / 255,
         alpha: Step | None = None,
         steps: Count = 50,
+        decay: Decay = 0.0,
         reshuffle: bool = False,
         random_start: bool = False,
         norm: str = "Linf",
         transforms: Sequence[Part] = (),
     ) -> None:
-        super().__init__(eps=eps, alpha=alpha, steps=steps, random_start=random_start, norm=norm,
+        super().__init__(eps=eps, alpha=alpha, steps=steps, decay=decay, random_start=random_start, norm=norm,
                          transforms=transforms, reshuffle=bool(reshuffle))
+
+    def direction(self, g: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
+        return g if self.decay == 0 else super().direction(g, state)
 
     def member_order(self, run: AttackRun, state: dict[str, Any]) -> int:
         """The member attacked at this iteration (``state`` keeps the permutation between steps)."""

@@ -162,6 +162,11 @@ class AttackRun:
         self._bwd += self._fwd - before
         return g
 
+    def count_forward(self, example_passes: int) -> None:
+        """Record forward passes made outside the surrogate's own forward (``example_passes`` = examples
+        x models), e.g. through ``torch.func.functional_call`` with sampled weights (MBA)."""
+        self._fwd += example_passes
+
     def count_backward(self, example_passes: int) -> None:
         """Record backward passes made outside :meth:`grad` (``example_passes`` = examples x models)."""
         self._bwd += example_passes

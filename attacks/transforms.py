@@ -194,6 +194,9 @@ class SGM(ModelHook):
       standard deviation over the whole batch to avoid overflow. All of these multiply the
       whole gradient by one positive number, which changes neither a sign step nor an
       L1-normalized momentum, so they are left out (and the result stays batch independent).
+    * TransferAttack's ``SGM`` (``model_related/sgm.py``, legacy ``register_backward_hook``) has the
+      same net effect: ``MIFGSM(eps=16/255, alpha=1.6/255, transforms=[SGM(gamma=0.2)])`` agrees with
+      its fixture to rounding (tests/test_transferattack_agreement.py).
 
     Args:
         gamma: Residual-gradient decay in (0, 1] (default 0.2; 1 = no effect).
@@ -202,7 +205,7 @@ class SGM(ModelHook):
     Example:
         >>> from robust_ens.attacks import MIFGSM, SGM
         >>> MIFGSM(eps=8/255, transforms=[SGM(gamma=0.2)]).transforms
-        (SGM(gamma=0.2),)
+        (SGM(gamma=0.2, decay_first_block=False),)
     """
 
     def __init__(self, *, gamma: SGMGamma = 0.2, decay_first_block: bool = False) -> None:
