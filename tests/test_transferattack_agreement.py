@@ -27,8 +27,22 @@ import torch
 from torch import nn
 from torchvision import transforms as T
 
-from robust_ens import Ensemble
-from robust_ens.attacks import CWA, LGV, MIFGSM, SGM, SMER, SVRE, AdaEA, AttackRun, Ens, create_attack
+from robust_ens import Ensemble, models
+from robust_ens.attacks import (
+    BIM,
+    CWA,
+    LGV,
+    MBA,
+    MIFGSM,
+    SGM,
+    SMER,
+    SVRE,
+    AdaEA,
+    AttackRun,
+    Ens,
+    Ghost,
+    create_attack,
+)
 from robust_ens.attacks.mba import SWAGPosterior
 from tests.fixtures.transferattack.make_fixtures import (
     IMAGENET_MEAN,
@@ -220,3 +234,42 @@ def test_smer_agrees_with_ta_given_its_orders() -> None:
     res = atk(ensemble(members(t, rec, x)), x, y, seed=0)
     assert atk._options == [] and beyond_rounding(res.x_adv, x, t["delta"]) == 0
     assert atk.final_weights is not None and torch.equal(atk.final_weights, t["smer.final_weights"])
+
+
+# --------------------------------------------------------------------------- the authors' defaults
+
+
+def test_smer_example_weights_are_batch_independent_and_batch_weights_are_not() -> None:
+    t, rec, x, y = fixture("smer")
+    ens = ensemble(members(t, rec, x))
+
+    def first_two(reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
+        atk = SMER(steps=3, weight_reduction=reduction)
+        return atk(ens, x, y, seed=1).x_adv[:2], atk(ens, x[:2], y[:2], seed=1).x_adv
+
+    whole, alone = first_two("example")
+    assert beyond_rounding(whole, x[:2], alone - x[:2]) == 0
+    whole, alone = first_two("batch")
+    assert beyond_rounding(whole, x[:2], alone - x[:2]) > 0
+
+
+def test_mba_resamples_every_iteration_by_default() -> None:
+    t, rec, x, y = fixture("mba")
+    post = _posterior(t, rec, x)
+    every = MBA(steps=3, n_samples=4)(post, x, y, seed=0)
+    once = MBA(steps=3, n_samples=4, resample="once")(post, x, y, seed=0)
+    assert every.cost.forward == once.cost.forward == 12.0 and every.cost.backward == 12.0
+    assert not torch.equal(every.x_adv, once.x_adv)
+    plain = MBA(steps=3)(post.mean, x, y, seed=0)  # zero variance: I-FGSM on the module itself
+    assert torch.equal(plain.x_adv, BIM(eps=8 / 255, alpha=1 / 255, steps=3)(post.mean, x, y).x_adv)
+
+
+def test_ghost_erodes_robust_ens_resnets_and_restores_them() -> None:
+    torch.manual_seed(0)
+    model = models.create("resnet20", num_classes=10).eval()
+    blocks = [m for m in model.modules() if hasattr(m, "shortcut")]
+    before = [b.shortcut for b in blocks]
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([1, 2])
+    ghost = Ghost(steps=3)(model, x, y, seed=0).x_adv
+    assert [b.shortcut for b in blocks] == before
+    assert not torch.equal(ghost, Ghost(steps=3, random_range=0.0)(model, x, y, seed=0).x_adv)
