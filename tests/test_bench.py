@@ -90,6 +90,8 @@ def test_unknown_suite_and_tier_list_what_exists() -> None:
     (lambda s: s.replace('params = { steps = 10, decay = 1.0 }', 'params = { steps = 10, decoy = 1.0 }', 1),
      r"attacks.mifgsm: unknown hyperparameter\(s\) decoy"),
     (lambda s: s + "\n[[broken", r"not valid TOML"),
+    (lambda s: s.replace('eps = [0.1, 0.2]', 'eps = [0.1, 8]', 1), r"tiers.smoke.eps: holds 8: a pixel budget in \(0, 1\]"),
+    (lambda s: s.replace('eps = [0.1, 0.2]', 'eps = [0, 0.2]', 1), r"tiers.smoke.eps: holds 0: a pixel budget in \(0, 1\]"),
     (lambda s: s.replace('surrogates = ["zoo2"]\n', 'surrogates = ["zoo2"]\nattack_surrogates = { pgd = ["zoo2"] }\n', 1),
      r"tiers.smoke.attack_surrogates.pgd: 'pgd' is not one of this tier's attacks \(mifgsm, cwa\)"),
     (lambda s: s.replace('surrogates = ["zoo2"]\n', 'surrogates = ["zoo2"]\nattack_surrogates = { cwa = ["zoo3"] }\n', 1),

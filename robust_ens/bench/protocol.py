@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 from robust_ens.attacks import ATTACKS, Attack, create_attack, parse_eps
 from robust_ens.canonical import sha256_json
 from robust_ens.errors import RobustEnsError, UnknownNameError
+from robust_ens.overrides import PIXEL_BUDGET, OutOfRange
 from robust_ens.registry import Registry
 
 PROTOCOL_DIR = Path(__file__).resolve().parent / "protocols"
@@ -243,8 +243,10 @@ def _eps_list(r: _Reader, key: str) -> tuple[float, ...]:
         if isinstance(v, bool) or not isinstance(v, int | float | str):
             raise r._err(key, f"must be a list of numbers or fractions like '8/255', got {v!r}")
         e = parse_eps(v)
-        if not (math.isfinite(e) and e > 0):
-            raise r._err(key, f"holds {v!r}; eps must be positive")
+        try:  # the one range check of pixel budgets (robust_ens.overrides): (0, 1] on images in [0, 1]
+            PIXEL_BUDGET.check(e, key)
+        except OutOfRange as err:
+            raise r._err(key, f"holds {v!r}: {err.range.describe()}") from None
         out.append(e)
     return tuple(out)
 
