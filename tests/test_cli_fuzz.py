@@ -173,6 +173,7 @@ STRING_RULES: dict[tuple[str, tuple[str, ...] | None], list[str]] = {
     ("root", ("submit",)): OUT_FOLDER,  # where the entry is written: created when missing
     ("root", None): FOLDER_IN,
     ("data_root", None): FOLDER_IN,
+    ("weights_dir", None): FOLDER_IN,
     ("src", None): FOLDER_IN,
     ("store", None): ["{file}", "/proc/robust-ens-nope/store"],
     ("suite", None): ["nope", "{randbytes}"],
