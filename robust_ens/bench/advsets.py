@@ -1,7 +1,7 @@
 """The adversarial-set store: each set is made once per key and reused by every target.
 
-Key = sha256 of the canonical JSON of {attack config, attack code version, surrogate checkpoint
-sha256s, the surrogate module's fingerprint (structure, combine and precision, normalization and
+Key = sha256 of the canonical JSON of {attack config, attack code version, the sha256 of the
+library's source (:func:`robust_ens.bench.craft.source_digest`), surrogate checkpoint sha256s, the surrogate module's fingerprint (structure, combine and precision, normalization and
 other buffers, dtypes, train/eval modes), the device it ran on, the torch version, eps, norm, dataset
 fingerprint, example indices, seed, target labels} (:func:`robust_ens.bench.craft.attack_batch`
 builds it). A set is stored as uint8 images (safetensors) plus a JSON record; both are written
@@ -9,7 +9,7 @@ atomically (temp file + rename), the record last, holding the sha256 of the imag
 half-written or tampered set is detected.
 
 **One store per machine.** Every command that crafts (``demo``, ``submit``, ``bench run``,
-``attack``) uses :func:`default_store` (``$ROBUST_ENS_CACHE/advsets``) unless ``--store`` names
+``attack``, ``regress``, ``quickstart``) uses :func:`default_store` (``$ROBUST_ENS_CACHE/advsets``) unless ``--store`` names
 another, so a set made by one run is reused by every later one.
 
 **Concurrent runs.** A set being made holds a per-key file lock (``filelock``, an ``flock`` the
