@@ -8,6 +8,11 @@ Sources:
       no files. Split: a fixed shuffle, 1,297 train / 500 test images.
     * ``"imagefolder:<path>"``: any ImageNet-style tree (``<path>/<split>/<class>/*`` or
       ``<path>/<class>/*``), resized (shorter side to ``size / 0.875``) and center-cropped to ``size``.
+    * ``"imagenet-compatible"`` (found under ``root`` or ``$ROBUST_ENS_DATA/imagenet-compatible/``)
+      or ``"imagenet-compatible:<path>"``: TransferAttack's layout, ``images/*.png`` beside
+      ``labels.csv`` (``filename,label``, 0-based ImageNet ids), resized to 224x224 as
+      TransferAttack does (:mod:`robust_ens.imagenet_data`); one split, ``test``. The NIPS 2017
+      development set converts into it with :func:`convert_nips17`.
 
 Splits never alias each other (no silent train/test leakage): every split name reads its own
 images, and a split a dataset does not have is an error listing the ones it has
@@ -26,7 +31,9 @@ expected, then how the caller can provide the data: by default a Python caller's
 
 Decoded images are cached once as uint8 arrays (``$ROBUST_ENS_CACHE``, default
 ``~/.cache/robust_ens``), keyed by the source's path and a fingerprint of its files, so the 60,000
-CIFAR JPEGs are decoded on the first run only.
+CIFAR JPEGs are decoded on the first run only. An ImageNet-compatible set's key is the sha256 of
+its labels.csv, every listed image's bytes and the resize rule, so a changed file is never served
+from an old cache.
 """
 
 from __future__ import annotations
@@ -44,8 +51,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robust_ens import imagenet_data
 from robust_ens.atomic import atomic_write
 from robust_ens.errors import DatasetNotFoundError, RobustEnsError
+from robust_ens.imagenet_data import convert_nips17 as convert_nips17  # re-exported: data.convert_nips17
 
 log = logging.getLogger(__name__)
 
@@ -156,17 +165,26 @@ def _data_roots(root: str | Path | None) -> list[Path]:
     return roots
 
 
+_KNOWN = "'cifar10', 'digits', 'imagefolder:<path>', 'imagenet-compatible' or 'imagenet-compatible:<path>'"
+
+
+def _is_imagenet_compatible(name: str) -> bool:
+    return name == imagenet_data.NAME or name.startswith(imagenet_data.PREFIX)
+
+
 def info(name: str, root: str | Path | None = None) -> DatasetInfo:
     """Number of classes, channels and normalization statistics of a dataset."""
     if name in _INFO:
         return _INFO[name]
+    if _is_imagenet_compatible(name):
+        return DatasetInfo(name, imagenet_data.NUM_CLASSES, 3, IMAGENET_MEAN, IMAGENET_STD)
     if name.startswith("imagefolder:"):
         path = Path(name.split(":", 1)[1]).expanduser()
         folders = _split_folders(path) if path.is_dir() else {}
         base = folders.get("train") or next(iter(folders.values()), path)
         classes = _classes(base) if base.is_dir() else []
         return DatasetInfo(name, len(classes), 3, IMAGENET_MEAN, IMAGENET_STD)
-    raise RobustEnsError(f"unknown dataset {name!r}; use 'cifar10', 'digits' or 'imagefolder:<path>'")
+    raise RobustEnsError(f"unknown dataset {name!r}; use {_KNOWN}")
 
 
 FIXED_SPLITS = {"cifar10": ("train", "test"), "digits": ("train", "test")}
@@ -176,7 +194,8 @@ def splits(name: str) -> tuple[str, ...]:
     """The split names dataset ``name`` offers; any other split is an error.
 
     Offered splits never share images: ``digits`` and ``cifar10`` offer ``train`` and ``test``;
-    an ``imagefolder:<path>`` offers the split folders it has (see the module docstring).
+    an ``imagefolder:<path>`` offers the split folders it has (see the module docstring);
+    ``imagenet-compatible`` (TransferAttack's 1,000 images) is one evaluation set, ``test``.
 
     Example:
         >>> from robust_ens import data
@@ -185,12 +204,14 @@ def splits(name: str) -> tuple[str, ...]:
     """
     if name in FIXED_SPLITS:
         return FIXED_SPLITS[name]
+    if _is_imagenet_compatible(name):
+        return ("test",)
     if name.startswith("imagefolder:"):
         path = Path(name.split(":", 1)[1]).expanduser()
         if not path.is_dir():
             raise DatasetNotFoundError(f"image folder {path} does not exist (dataset {name!r})")
         return tuple(_split_folders(path))
-    raise RobustEnsError(f"unknown dataset {name!r}; use 'cifar10', 'digits' or 'imagefolder:<path>'")
+    raise RobustEnsError(f"unknown dataset {name!r}; use {_KNOWN}")
 
 
 def check_split(name: str, split: str) -> None:
@@ -352,6 +373,47 @@ def _cifar10_missing(split: str, searched: list[Path]) -> str:
     )
 
 
+def imagenet_labels(name: str = imagenet_data.NAME, root: str | Path | None = None) -> imagenet_data.LabelsTable:
+    """Find an ImageNet-compatible set and read its checked ``labels.csv`` (with ``targeted_label``).
+
+    ``"imagenet-compatible:<path>"`` names the folder; ``"imagenet-compatible"`` is looked for in
+    ``root`` (the folder itself or its ``imagenet-compatible/``), then
+    ``$ROBUST_ENS_DATA/imagenet-compatible/`` and the cache's ``data/imagenet-compatible/``.
+
+    Raises:
+        DatasetNotFoundError: one line naming every place searched, the layout and how to provide it.
+        RobustEnsError: a ``labels.csv`` that does not follow the layout (see
+            :func:`robust_ens.imagenet_data.read_labels`).
+    """
+    if name.startswith(imagenet_data.PREFIX):
+        folder = Path(name[len(imagenet_data.PREFIX):]).expanduser()
+        if not folder.is_dir():
+            raise DatasetNotFoundError(
+                f"ImageNet-compatible folder {folder} does not exist (dataset {name!r}); "
+                f"expected layout: {imagenet_data.LAYOUT}"
+            )
+        return imagenet_data.read_labels(folder)
+    if name != imagenet_data.NAME:
+        raise RobustEnsError(f"not an ImageNet-compatible dataset name: {name!r}; use {_KNOWN}")
+    searched = imagenet_data.candidates(_data_roots(root))
+    for cand in searched:
+        if imagenet_data.is_dataset_folder(cand):
+            return imagenet_data.read_labels(cand)
+    ways = ["set ROBUST_ENS_DATA to a folder that holds imagenet-compatible/"]
+    ways += [w for w in (current_hints().root,) if w]
+    raise DatasetNotFoundError(imagenet_data.missing_message(searched, _describe_env(), ways))
+
+
+def _imagenet_compatible_arrays(table: imagenet_data.LabelsTable, size: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    key = f"imagenet-compatible-{imagenet_data.content_digest(table, size)[:32]}"
+
+    def build() -> tuple[np.ndarray, np.ndarray]:
+        log.info("decoding %d images from %s (once; cached in %s)", len(table.filenames), table.folder, cache_dir())
+        return imagenet_data.decode_all(table, size, progress)
+
+    return _cached(key, build)
+
+
 def _digits_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
@@ -408,11 +470,12 @@ def load_uint8(
     """The whole split as uint8 NCHW images and int64 labels (CPU), decoded once and cached.
 
     Args:
-        name: ``"cifar10"``, ``"digits"`` or ``"imagefolder:<path>"``.
+        name: ``"cifar10"``, ``"digits"``, ``"imagefolder:<path>"``, ``"imagenet-compatible"`` or
+            ``"imagenet-compatible:<path>"``.
         split: One of :func:`splits` ``(name)``; any other is an error listing those.
         root: Extra folder to search first (before ``$ROBUST_ENS_DATA``).
         download: Allow torchvision to download CIFAR-10 when no local copy is found.
-        size: Image size for ``imagefolder:`` sources (default 224).
+        size: Image size for ``imagefolder:`` and ``imagenet-compatible`` sources (default 224).
         progress: Show a progress bar while decoding for the first time.
 
     Returns:
@@ -431,8 +494,11 @@ def load_uint8(
     elif name.startswith("imagefolder:"):
         folder = _imagefolder_split(Path(name.split(":", 1)[1]).expanduser(), split, name)
         x, y = _imagefolder_arrays(folder, size or 224, progress, f"imagefolder-{split}")
+    elif _is_imagenet_compatible(name):
+        check_split(name, split)
+        x, y = _imagenet_compatible_arrays(imagenet_labels(name, root), size or imagenet_data.SIZE, progress)
     else:
-        raise RobustEnsError(f"unknown dataset {name!r}; use 'cifar10', 'digits' or 'imagefolder:<path>'")
+        raise RobustEnsError(f"unknown dataset {name!r}; use {_KNOWN}")
     return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y, dtype=np.int64))
 
 
@@ -482,7 +548,8 @@ def load(
     """Load a dataset split as float images in [0, 1] (NCHW) and int64 labels.
 
     Args:
-        name: ``"cifar10"``, ``"digits"`` or ``"imagefolder:<path>"``.
+        name: ``"cifar10"``, ``"digits"``, ``"imagefolder:<path>"``, ``"imagenet-compatible"`` or
+            ``"imagenet-compatible:<path>"``.
         split: One of :func:`splits` ``(name)`` (``"train"``, ``"test"``; ``"val"`` for image
             folders that have one); any other is an error listing them.
         n: Number of examples (``None``: all). The same ``(n, seed)`` gives the same examples.
@@ -491,7 +558,7 @@ def load(
         device: Where to put the tensors.
         balanced: Take ``n / classes`` examples per class.
         download: Allow torchvision to download CIFAR-10 when no local copy is found.
-        size: Image size for ``imagefolder:`` sources (default 224).
+        size: Image size for ``imagefolder:`` and ``imagenet-compatible`` sources (default 224).
         progress: Show a progress bar while decoding for the first time.
 
     Returns:

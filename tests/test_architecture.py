@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("robust_ens.errors", "robust_ens.registry", "robust_ens.canonical", "robust_ens.atomic",
                     "robust_ens.progress", "robust_ens.precision", "robust_ens.device", "robust_ens.overrides",
                     "robust_ens.threads")),
-    ("data and models", ("robust_ens.data", "robust_ens.models", "robust_ens.ensemble", "robust_ens.evaluation",
+    ("data and models", ("robust_ens.data", "robust_ens.imagenet_data", "robust_ens.models", "robust_ens.ensemble", "robust_ens.evaluation",
                          "robust_ens.leaderboard")),
     ("libraries", ("robust_ens.attacks", "robust_ens.defenses", "robust_ens.train", "robust_ens.corruptions",
                    "robust_ens.depth", "robust_ens.zoo_build")),
