@@ -30,6 +30,7 @@ from robust_ens.atomic import atomic_write, atomic_write_text
 from robust_ens.attacks import Attack
 from robust_ens.bench.advsets import AdvSetStore, StoredSet, enforced_eps
 from robust_ens.bench.examples import Examples, attack_cell_id, batch_seed
+from robust_ens.bench.flops import gflops_per_s, pass_flops
 from robust_ens.bench.targets import Target
 from robust_ens.ensemble import Ensemble
 from robust_ens.errors import RobustEnsError
@@ -122,10 +123,12 @@ def attack_batch(
 
     def make() -> tuple[torch.Tensor, dict[str, Any]]:
         res = atk(surrogate.module, x, yd, target=td, seed=seed)
+        fwd, bwd = res.cost.forward * len(y), res.cost.backward * len(y)
+        # measured after the attack, on one image (cached per architecture): the set is untouched
+        flops = pass_flops(surrogate.module, tuple(x.shape[1:]), fwd, bwd, device)
         if on_cost is not None:
-            on_cost({"seconds": res.cost.seconds, "forward": res.cost.forward * len(y),
-                     "backward": res.cost.backward * len(y)})
-        return res.x_adv, {"cost": res.cost.as_dict(), "robust_ens": __version__,
+            on_cost({"seconds": res.cost.seconds, "forward": fwd, "backward": bwd, "flops": flops})
+        return res.x_adv, {"cost": {**res.cost.as_dict(), "flops": flops}, "robust_ens": __version__,
                            "surrogate_acc_float": float(correct(surrogate.module, res.x_adv, yd).float().mean())}
 
     def measure(q: torch.Tensor) -> dict[str, Any]:
@@ -289,6 +292,9 @@ def attack_set(
         "cost": {"forward_per_example": sum(c.get("forward", 0) * c.get("examples", 0) for c in costs) / max(n, 1),
                  "backward_per_example": sum(c.get("backward", 0) * c.get("examples", 0) for c in costs) / max(n, 1),
                  "attack_seconds": sum(c.get("seconds", 0.0) for c in costs), "wall_seconds": wall,
+                 "flops": sum(c.get("flops", 0.0) for c in costs),
+                 "gflops_per_s": gflops_per_s(sum(c.get("flops", 0.0) for c in costs),
+                                              sum(c.get("seconds", 0.0) for c in costs)),
                  "batches_from_store": crafted.hits, "device": str(device)},
         "provenance": {"robust_ens": __version__, "torch": torch.__version__, "python": platform.python_version(),
                        "command": sys.argv},

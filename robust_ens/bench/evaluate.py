@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ from robust_ens.bench import aggregate as agg
 from robust_ens.bench import distributed as dd
 from robust_ens.bench.advsets import AdvSetStore
 from robust_ens.bench.examples import Examples
+from robust_ens.bench.flops import gflops_per_s as _gflops
 from robust_ens.bench.protocol import Protocol, Tier
 from robust_ens.bench.runfolder import RunFolder
 from robust_ens.bench.targets import Target
@@ -239,7 +240,15 @@ class AttackEpsView:
 
 @dataclass
 class Cost:
-    """What a run spent: attack and evaluation seconds, passes, adversarial batches made and reused."""
+    """What a run spent: attack and evaluation seconds, passes, FLOPs, adversarial batches made and reused.
+
+    ``flops`` counts the crafting this run did (sets read from the store cost nothing), from each
+    attack's member-example passes and its surrogate's FLOPs per pass measured on one image
+    (:mod:`.flops`: a forward, and a backward as attacks make it, the input gradient, measured,
+    about 1x the forward); ``eval_flops`` the targets' forward passes where a task counts them.
+    The JSON form adds the achieved rates, ``gflops_per_s`` (``flops / attack_seconds``) and
+    ``eval_gflops_per_s``, ``None`` when nothing was counted. None of these enter a leaderboard entry.
+    """
 
     attack_seconds: float = 0.0
     eval_seconds: float = 0.0
@@ -249,18 +258,59 @@ class Cost:
     advsets_reused: int = 0
     seconds: float = 0.0
     device: str = "cpu"
+    flops: float = 0.0
+    eval_flops: float = 0.0
 
     def add_attack(self, c: Mapping[str, float]) -> None:
-        """Add an attack's ``{"seconds", "forward", "backward"}``."""
+        """Add an attack's ``{"seconds", "forward", "backward"}`` (and ``"flops"`` when measured)."""
         self.attack_seconds += c["seconds"]
         self.forward += c["forward"]
         self.backward += c["backward"]
+        self.flops += c.get("flops", 0.0)
+
+    def add_eval(self, seconds: float, flops: float = 0.0) -> None:
+        """Add an evaluation's seconds and FLOPs (:func:`.flops.ensemble_forward_flops` x images)."""
+        self.eval_seconds += seconds
+        self.eval_flops += flops
+
+    @property
+    def gflops_per_s(self) -> float | None:
+        """Achieved crafting GFLOP/s (``None`` when no crafting was counted)."""
+        return _gflops(self.flops, self.attack_seconds)
+
+    @property
+    def eval_gflops_per_s(self) -> float | None:
+        """Achieved evaluation GFLOP/s (``None`` when no evaluation FLOPs were counted)."""
+        return _gflops(self.eval_flops, self.eval_seconds)
+
+    def speed_text(self) -> str:
+        """``crafting 1.2 TFLOP at 45.6 GFLOP/s`` (and evaluation's), or ``""`` when nothing was counted."""
+        parts = [f"{what} {_si(f)}FLOP at {r:.1f} GFLOP/s" for what, f, r in
+                 (("crafting", self.flops, self.gflops_per_s), ("evaluation", self.eval_flops, self.eval_gflops_per_s))
+                 if r is not None]
+        return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {"attack_seconds": self.attack_seconds, "eval_seconds": self.eval_seconds, "forward": self.forward,
                 "backward": self.backward, "advsets_made": self.advsets_made, "advsets_reused": self.advsets_reused,
-                "seconds": self.seconds, "device": self.device}
+                "seconds": self.seconds, "device": self.device, "flops": self.flops,
+                "gflops_per_s": self.gflops_per_s, "eval_flops": self.eval_flops,
+                "eval_gflops_per_s": self.eval_gflops_per_s}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Cost:
+        """From its JSON form; a summary written before a field existed reads it as 0 (rates are derived)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _si(x: float) -> str:
+    """``1.23 G`` style: the number with an SI prefix and a space."""
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if x >= factor:
+            return f"{x / factor:.3g} {prefix}"
+    return f"{x:.3g} "
 
 
 _HEADER = ("suite", "version", "kind", "task", "tier", "digest", "dataset", "split", "n", "seed", "norm", "eps",
@@ -324,7 +374,7 @@ class RunResult(Mapping[str, Any]):
             **header,
             cells=[cell_from_dict(c) for c in s.get("cells", [])],
             targets={name: TargetResult.from_dict(name, row) for name, row in s.get("targets", {}).items()},
-            cost=Cost(**s.get("cost", {})), enforced_eps=s.get("enforced_eps"), autoattack=s.get("autoattack"),
+            cost=Cost.from_dict(s.get("cost", {})), enforced_eps=s.get("enforced_eps"), autoattack=s.get("autoattack"),
             preset=s.get("preset"),
             attack_view=None if view is None else {
                 a: {e: AttackEpsView(v["surrogate"], {t: Success.from_dict(r) for t, r in v["per_target"].items()},

@@ -67,8 +67,10 @@ class _CountingBar:
         self._ctx = ctx
 
     def text(self) -> str:
+        """``adversarial sets: N made, M reused`` and, once crafting was counted, its FLOPs and GFLOP/s."""
         c = self._ctx.cost
-        return f"adversarial sets: {c.advsets_made} made, {c.advsets_reused} reused" if c.advsets_made + c.advsets_reused else ""
+        sets = f"adversarial sets: {c.advsets_made} made, {c.advsets_reused} reused" if c.advsets_made + c.advsets_reused else ""
+        return "; ".join(t for t in (sets, c.speed_text()) if t)
 
     def update(self, n: int = 1) -> None:
         self._bar.set_postfix_str(self.text(), refresh=False)

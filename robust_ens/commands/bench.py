@@ -164,7 +164,8 @@ def run_run(args: argparse.Namespace) -> int:
     c = result.cost
     print(f"\n{proto.suite} v{proto.version} tier {args.tier} on {result.dataset} (n={result.n}): "
           f"{c.seconds:.1f} s on {c.device}, {c.advsets_made} adversarial sets made, "
-          f"{c.advsets_reused} reused; per-example results and summary.json in {out}")
+          f"{c.advsets_reused} reused{'; ' + c.speed_text() if c.speed_text() else ''}; "
+          f"per-example results and summary.json in {out}")
     return 0
 
 
