@@ -16,7 +16,10 @@ Smoke size (``make test``): 2 small members, 2 steps, plus a check that robust-e
 produce the same images in fp32 without random start.
 
 Each test runs the peer and robust-ens alternately (the peer in pytest-benchmark's untimed
-setup) and records the median images/s of both and their ratio in ``benchmark.extra_info``.
+setup) and records the median images/s of both and their ratio in ``benchmark.extra_info``, with
+the cost model (:mod:`suites.speed.crafting`), also printed (``-s``): FLOPs per member-image-step
+(a forward and an input gradient, measured), the achieved GFLOP/s of both, and the bf16 and fp32
+matmul peaks measured in the same run on the same device.
 """
 
 from __future__ import annotations
@@ -30,47 +33,27 @@ from typing import Any
 import pytest
 import torch
 import torchattacks
-from torch import nn
 
-from robust_ens import Ensemble, models
+from robust_ens import Ensemble
 from robust_ens.device import default_device
+from suites.speed.crafting import (
+    ALPHA,
+    EPS,
+    SIZES,
+    CostModel,
+    LoopEnsemble,
+    image_side,
+    matmul_peak,
+    member,
+    sync,
+)
 
-EPS, ALPHA = 8 / 255, 2 / 255
 DEVICE = str(default_device())
-
-# (device, arch) -> full size, smoke size
-SIZES: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {
-    ("cpu", "resnet20"): ({"members": 4, "batch": 128, "steps": 10, "rounds": 3, "target": 2.0},
-                          {"members": 2, "batch": 4, "steps": 2, "rounds": 1}),
-    ("cuda", "resnet20"): ({"members": 8, "batch": 1024, "steps": 10, "rounds": 5, "target": 2.5},
-                           {"members": 2, "batch": 8, "steps": 2, "rounds": 1}),
-    ("cuda", "vit_b16"): ({"members": 4, "batch": 128, "steps": 10, "rounds": 3, "target": 7.0},
-                          {"members": 2, "batch": 2, "steps": 2, "rounds": 1}),
-}
-
-
-class LoopEnsemble(nn.Module):
-    """What a torchattacks user writes: mean of the members' logits, one member after another."""
-
-    def __init__(self, members: list[nn.Module]) -> None:
-        super().__init__()
-        self.members = nn.ModuleList(members)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(x) for m in self.members]).mean(0)
-
-
-def _member(arch: str) -> nn.Module:
-    if arch == "vit_b16":
-        import timm
-
-        return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=10)
-    return models.create(arch, num_classes=10)
+SMOKE_PEAK_N = 256  # smoke size: the same measurement, at a size that takes milliseconds
 
 
 def _sync() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
+    sync(DEVICE)
 
 
 @pytest.fixture(scope="module")
@@ -94,19 +77,27 @@ def setup(request: pytest.FixtureRequest, full_benchmark: bool, threads: int) ->
     full, smoke = SIZES[(DEVICE, arch)]
     cfg = dict(full if full_benchmark else smoke)
     torch.manual_seed(0)
-    members = [_member(arch).eval().to(DEVICE) for _ in range(cfg["members"])]
-    side = 224 if arch == "vit_b16" else 32
+    members = [member(arch).eval().to(DEVICE) for _ in range(cfg["members"])]
+    side = image_side(arch)
     x = torch.rand(cfg["batch"], 3, side, side, device=DEVICE)
     y = torch.randint(0, 10, (cfg["batch"],), device=DEVICE)
     loop = LoopEnsemble(copy.deepcopy(members)).eval()
     ta = torchattacks.PGD(loop, eps=EPS, alpha=ALPHA, steps=cfg["steps"], random_start=True)
     torchattacks.PGD(loop, eps=EPS, alpha=ALPHA, steps=1)(x, y)  # warm-up
     return {"arch": arch, "cfg": cfg, "members": members, "x": x, "y": y, "ta": ta, "loop": loop,
-            "torch_threads": threads}
+            "torch_threads": threads, "cost": CostModel.of(members, (3, side, side), cfg["batch"], cfg["steps"], DEVICE)}
+
+
+@pytest.fixture(scope="module")
+def peaks(full_benchmark: bool, threads: int) -> dict[str, float]:
+    """GFLOP/s of a bf16 and an fp32 matmul on this device, measured in this run (the cost model's ceiling)."""
+    n = None if full_benchmark else SMOKE_PEAK_N
+    return {"bf16": matmul_peak(DEVICE, torch.bfloat16, n), "fp32": matmul_peak(DEVICE, torch.float32, n)}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16+compile"])
-def test_pgd10_ensemble_vs_torchattacks(benchmark: Any, setup: dict[str, Any], full_benchmark: bool, precision: str) -> None:
+def test_pgd10_ensemble_vs_torchattacks(benchmark: Any, setup: dict[str, Any], peaks: dict[str, float],
+                                        full_benchmark: bool, precision: str) -> None:
     from robust_ens.attacks import PGD
 
     if precision.endswith("compile") and DEVICE != "cuda":
@@ -153,6 +144,19 @@ def test_pgd10_ensemble_vs_torchattacks(benchmark: Any, setup: dict[str, Any], f
         "speedup_vs_torchattacks": ratio,
         "target": f">= {cfg.get('target', 2.0)}x" if precision != "fp32" else ">= 0.95x",
     })
+    cost: CostModel = setup["cost"]
+    peak_kind = "fp32" if precision == "fp32" else "bf16"
+    benchmark.extra_info.update({
+        "flops_per_member_image_step": cost.flops_per_member_image_step,
+        "robust_ens_gflops_per_s": cost.gflops_per_s(ours),
+        "torchattacks_fp32_gflops_per_s": cost.gflops_per_s(peer),
+        "bf16_matmul_peak_gflops_per_s": peaks["bf16"],
+        "fp32_matmul_peak_gflops_per_s": peaks["fp32"],
+        f"share_of_{peak_kind}_peak": cost.gflops_per_s(ours) / peaks[peak_kind],
+        "torchattacks_share_of_fp32_peak": cost.gflops_per_s(peer) / peaks["fp32"],
+    })
+    print(f"\n{cost.line(f'robust-ens {precision}', ours, peaks[peak_kind], peak_kind)}"
+          f"\n{cost.line('torchattacks fp32', peer, peaks['fp32'], 'fp32')}; speed-up {ratio:.2f}x")
     if precision == "fp32" and not full_benchmark and setup["arch"] == "resnet20":
         # the same images as torchattacks when the random start is off (fp32, same members)
         ref = torchattacks.PGD(setup["loop"], eps=EPS, alpha=ALPHA, steps=cfg["steps"], random_start=False)(x, y)
