@@ -21,6 +21,9 @@ from robust_ens.registry import Registry
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 TIMM_PREFIX = "timm:"
+TORCHVISION_PREFIX = "torchvision:"
+# torchvision builders' options a checkpoint record may pass (shape options, no weights).
+TORCHVISION_SAFE_KWARGS = frozenset({"dropout", "aux_logits", "transform_input", "width_mult"})
 
 # Keyword arguments a checkpoint record may pass to a timm architecture: shape and regularization
 # options only (the shapes are then checked against the weights file before anything is
@@ -96,6 +99,8 @@ def safe_arch_kwargs(name: str) -> frozenset[str]:
 
     if name.startswith(TIMM_PREFIX):
         return TIMM_SAFE_KWARGS
+    if name.startswith(TORCHVISION_PREFIX):
+        return TORCHVISION_SAFE_KWARGS
     if name.startswith(PACKED_PREFIX) and len(name) > len(PACKED_PREFIX):
         return PACKED_SAFE_KWARGS | safe_arch_kwargs(name[len(PACKED_PREFIX):])
     if name not in MODELS:
@@ -144,6 +149,11 @@ def check_arch(name: str) -> None:
         if bare.split(".")[0] not in timm.list_models():
             close = timm.list_models(f"*{bare.split('.')[0]}*")[:5]
             raise RobustEnsError(f"timm has no model {bare!r}; close names: {close or 'none'}")
+        return
+    if name.startswith(TORCHVISION_PREFIX):
+        from robust_ens.models.pretrained import torchvision_weights
+
+        torchvision_weights(name)
         return
     MODELS.get(name)
 
@@ -194,10 +204,14 @@ def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool, *
         import timm
     except ImportError as err:  # pragma: no cover - timm is a dependency
         raise RobustEnsError("timm models need the 'timm' package: pip install timm") from err
-    if name not in timm.list_models() and not pretrained:
+    if name.split(".")[0] not in timm.list_models():  # "arch" or "arch.tag"
         close = timm.list_models(f"*{name.split('.')[0]}*")[:5]
         raise RobustEnsError(f"timm has no model {name!r}; close names: {close or 'none'}")
     weights = kwargs.pop("weights_file", None)
+    if pretrained and weights is None:  # the local cache, or a download only when ROBUST_ENS_ONLINE=1
+        from robust_ens.models.pretrained import create_timm_pretrained
+
+        return create_timm_pretrained(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     try:
         net = timm.create_model(name, pretrained=pretrained and weights is None, num_classes=num_classes,
                                 in_chans=in_chans, **kwargs)
@@ -206,6 +220,37 @@ def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: bool, *
     if weights is not None:
         _load_local_weights(net, weights)
     return net
+
+
+def _create_torchvision(name: str, num_classes: int, in_chans: int, pretrained: bool, **kwargs: Any) -> nn.Module:
+    """``torchvision:<arch>[.<WEIGHTS>]``: torchvision's builder, its weights from the local cache when pretrained."""
+    from robust_ens.models.pretrained import create_torchvision_pretrained, torchvision_weights
+
+    if in_chans != 3:
+        raise RobustEnsError(f"torchvision model {name!r} takes 3 input channels, not in_chans={in_chans}")
+    weights = kwargs.pop("weights_file", None)
+    if pretrained and weights is None:
+        return create_torchvision_pretrained(name, num_classes=num_classes, **kwargs)[0]
+    import torchvision.models as tvm
+
+    torchvision_weights(name)  # a known architecture (and weights name)
+    try:
+        net = tvm.get_model(name.split(".")[0], weights=None, num_classes=num_classes, **kwargs)
+    except TypeError as err:
+        raise RobustEnsError(f"torchvision model {name!r} does not take these options {sorted(kwargs)}: {err}") from err
+    if weights is not None:
+        _load_local_weights(net, weights)
+    return net
+
+
+def _pretrained_normalization(name: str, net: nn.Module) -> tuple[Sequence[float], Sequence[float]]:
+    """The mean and std a pretrained network was trained with (timm's pretrained_cfg; torchvision: ImageNet's)."""
+    cfg = getattr(net, "pretrained_cfg", None) or {}
+    if name.startswith(TIMM_PREFIX) and cfg.get("mean") and cfg.get("std"):
+        return tuple(cfg["mean"]), tuple(cfg["std"])
+    from robust_ens.models.pretrained import IMAGENET_MEAN, IMAGENET_STD
+
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def _load_local_weights(net: nn.Module, path: Any) -> None:
@@ -255,12 +300,17 @@ def create(
     """Build a registered architecture (or ``"timm:<name>"``) wrapped to take [0, 1] images.
 
     Args:
-        name: A name from :func:`list_models`, or ``"timm:<timm name>"``.
+        name: A name from :func:`list_models`, ``"timm:<timm name>[.<tag>]"`` or
+            ``"torchvision:<arch>[.<WEIGHTS>]"``.
         num_classes: Number of classes.
         in_chans: Input channels.
-        mean: Per-channel normalization mean applied inside the model (default: none).
-        std: Per-channel normalization std (default: none).
-        pretrained: For timm models only: download/load pretrained weights. Never implied.
+        mean: Per-channel normalization mean applied inside the model (default: none; with
+            ``pretrained=True``, the one the weights were trained with).
+        std: Per-channel normalization std (default: none; pretrained: as ``mean``).
+        pretrained: For ``timm:`` and ``torchvision:`` models only: load the tag's pretrained
+            weights from the local cache (:mod:`robust_ens.models.pretrained`; downloaded only
+            when ``ROBUST_ENS_ONLINE=1``, else a missing file is a one-line error naming the
+            command that fetches it). Never implied.
         **kwargs: Architecture keyword arguments (e.g. ``img_size=32, patch_size=4`` for timm ViTs).
 
     Returns:
@@ -285,6 +335,8 @@ def create(
         raise RobustEnsError(f"{name!r}: packed models need robust_ens.models.packed (import robust_ens.models)")
     if name.startswith(TIMM_PREFIX):
         net = _create_timm(name[len(TIMM_PREFIX) :], num_classes, in_chans, pretrained, **kwargs)
+    elif name.startswith(TORCHVISION_PREFIX):
+        net = _create_torchvision(name[len(TORCHVISION_PREFIX) :], num_classes, in_chans, pretrained, **kwargs)
     else:
         if pretrained:
             raise RobustEnsError(
@@ -295,6 +347,8 @@ def create(
         net = MODELS.create(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     # A local weights file is a one-time initialization, not part of the architecture.
     arch_kwargs = {k: v for k, v in kwargs.items() if k != "weights_file"}
+    if pretrained and mean is None and std is None:
+        mean, std = _pretrained_normalization(name, net)
     return Normalized(
         net, mean, std, arch=name, arch_kwargs=arch_kwargs, num_classes=num_classes, in_chans=in_chans
     )
