@@ -233,6 +233,18 @@ def _read_nips17_rows(src: Path) -> list[dict[str, str]]:
         return list(reader)
 
 
+def _one_based(raw: str, column: str, row: int, where: Path) -> int:
+    """A NIPS 2017 label (1..1000; 0 is TF-slim's background class) shifted to 0-based."""
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise RobustEnsError(f"{where} row {row}: {column} {raw!r} is not an integer") from None
+    if not 1 <= value <= NUM_CLASSES:
+        raise RobustEnsError(f"{where} row {row}: {column} {value} is outside 1..{NUM_CLASSES} "
+                             "(the NIPS 2017 labels are 1-based; 0 is TF-slim's background class)")
+    return value - 1
+
+
 def convert_nips17(src: str | Path, dst: str | Path, *, link: bool = False) -> LabelsTable:
     """Turn the NIPS 2017 development set into this layout (labels shifted to 0-based).
 
@@ -266,9 +278,8 @@ def convert_nips17(src: str | Path, dst: str | Path, *, link: bool = False) -> L
         image = folder / IMAGES_DIR / f"{r['ImageId'].strip()}.png"
         if not image.is_file():
             raise DatasetNotFoundError(f"{folder / 'images.csv'} row {i} names {image}, which does not exist")
-        label = _class_id(str(int(r["TrueLabel"]) - 1), "TrueLabel - 1", i, folder / "images.csv")
-        target = _class_id(str(int(r["TargetClass"]) - 1), "TargetClass - 1", i, folder / "images.csv") \
-            if has_target else None
+        label = _one_based(r["TrueLabel"], "TrueLabel", i, folder / "images.csv")
+        target = _one_based(r["TargetClass"], "TargetClass", i, folder / "images.csv") if has_target else None
         out.append((image.name, label, target))
     (dst / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     for name, _, _ in out:

@@ -191,7 +191,7 @@ def test_convert_nips17_shifts_labels_to_zero_based(tmp_path: Path) -> None:
     with pytest.raises(RobustEnsError, match="already exists"):
         data.convert_nips17(src, tmp_path / "ta")
     (src / "images.csv").write_text(rows[0] + "\nid0,u,0,0,1,1,0,3,u,l,a,p\n")  # 0 is TF-slim's background
-    with pytest.raises(RobustEnsError, match="TrueLabel - 1 -1 is outside") as err:
+    with pytest.raises(RobustEnsError, match="TrueLabel 0 is outside 1..1000") as err:
         data.convert_nips17(src, tmp_path / "ta2")
     one_line(err)
     with pytest.raises(DatasetNotFoundError, match="images.csv") as err:

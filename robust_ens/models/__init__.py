@@ -7,6 +7,7 @@ Example:
 """
 
 from robust_ens.models import architectures as _architectures  # noqa: F401  (registers models)
+from robust_ens.models import pretrained  # pretrained.weight_files, TRANSFERATTACK_MODELS
 from robust_ens.models.checkpoint import load_checkpoint, read_sidecar, save_checkpoint, sha256_file
 from robust_ens.models.packed import PackedEnsemble, pack_network, register_packed_variants
 from robust_ens.models.registry import MODELS, create, list_models, register_model
@@ -25,6 +26,7 @@ __all__ = [
     "load",
     "load_checkpoint",
     "pack_network",
+    "pretrained",
     "read_sidecar",
     "register_model",
     "register_packed_variants",
