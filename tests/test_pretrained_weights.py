@@ -35,10 +35,18 @@ def _offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError(f"a test tried to download: {args}")
 
     import huggingface_hub
+    import timm.models._builder as timm_builder
+    import timm.models._hub as timm_hub
     import torch.hub
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    # timm's own routes to the hub, which loading a cached tag must never take
+    for name in ("hf_hub_download", "download_cached_file"):
+        monkeypatch.setattr(timm_hub, name, no_network)
+    for name in ("load_state_dict_from_url", "load_state_dict_from_hf", "download_cached_file"):
+        monkeypatch.setattr(timm_builder, name, no_network)
 
 
 def one_line(err: pytest.ExceptionInfo[BaseException]) -> str:
@@ -110,6 +118,14 @@ def test_a_missing_tag_is_refused_in_one_line_with_the_fetch_command(tmp_path: P
     with pytest.raises(RobustEnsError, match="not in the local cache") as err:
         pretrained.weight_files("timm:test_vit")  # the default tag is named, not the bare arch
     assert f"'timm:{TAG}'" in one_line(err)
+
+
+def test_a_damaged_cached_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    file = put_in_hf_cache(tmp_path, TAG, random_state())
+    file.write_bytes(file.read_bytes()[:100])
+    with pytest.raises(CheckpointError) as err:
+        models.create(f"timm:{TAG}", num_classes=1000, pretrained=True)
+    assert str(file) in one_line(err)
 
 
 def test_online_opt_in_downloads_into_the_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

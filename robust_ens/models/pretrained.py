@@ -205,8 +205,9 @@ def create_timm_pretrained(tag: str, *, num_classes: int = 1000, in_chans: int =
                                  pretrained_cfg_overlay={"file": str(path)}, **kwargs)
     except TypeError as err:
         raise RobustEnsError(f"timm model {tag!r} does not take these options {sorted(kwargs)}: {err}") from None
-    except RuntimeError as err:
-        raise CheckpointError(f"{path} does not fit timm model {tag!r}: {' '.join(str(err).split())[:300]}") from None
+    except Exception as err:  # noqa: BLE001 - a damaged or unfitting file (safetensors, torch, timm errors)
+        why = " ".join(str(err).split())[:300] or type(err).__name__
+        raise CheckpointError(f"{path} could not be loaded into timm model {tag!r}: {why}") from None
 
 
 # --------------------------------------------------------------------------- torchvision
