@@ -83,6 +83,7 @@ def model_flops(module: nn.Module, input_shape: tuple[int, ...], device: torch.d
     """
     from torch.utils.flop_counter import FlopCounterMode
 
+    module = getattr(module, "_orig_mod", module)  # a torch.compile'd module: measure what it compiles
     dev = torch.device(device) if device is not None else model_device(module)
     arch = _arch_key(module)
     key = (arch, tuple(int(s) for s in input_shape), dev.type)
