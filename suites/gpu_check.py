@@ -113,11 +113,11 @@ def one_line(text: str, limit: int = 400) -> str:
 
 def check_peak(c: Check) -> dict[str, Any]:
     """bf16 and fp32 matmul GFLOP/s on this device, in this run."""
-    from suites.speed.crafting import matmul_peak
+    from suites.speed.crafting import PEAK_N, matmul_peak
 
-    n = 256 if c.tiny else None
+    n = 256 if c.tiny else PEAK_N[c.device.type]
     c.peaks = {"bf16": matmul_peak(c.device, torch.bfloat16, n), "fp32": matmul_peak(c.device, torch.float32, n)}
-    return {"n": n or (8192 if c.cuda else 3072), "bf16_gflops_per_s": c.peaks["bf16"],
+    return {"n": n, "tf32": torch.backends.cuda.matmul.allow_tf32, "bf16_gflops_per_s": c.peaks["bf16"],
             "fp32_gflops_per_s": c.peaks["fp32"]}
 
 
@@ -466,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         c = Check(device, args.tiny, out, Path(work), budget_s=args.budget_s)
         try:
             if c.cuda:
-                torch.cuda.set_device(device)
+                if device.index is not None:  # plain "cuda" is the current device (set_device wants an index)
+                    torch.cuda.set_device(device)
                 torch.zeros(1, device=device).add_(1).cpu()  # the context, now: a broken driver fails here
             c.report = {"format": FORMAT, "ok": False, "reason": "running", "mode": device.type + ("-tiny" if c.tiny else ""), "report": str(out), "environment": environment(device),
                         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
