@@ -224,7 +224,8 @@ def _vit(c: Check, compiled: bool) -> dict[str, Any]:
     x, y = _inputs(cfg, side, c.device)
     model = CostModel.of(members, (3, side, side), cfg["batch"], cfg["steps"], c.device)
     if compiled and c.tiny:  # the same wrapping without inductor's C++ build (minutes on a small CPU)
-        ens = Ensemble([torch.compile(m, backend="eager") for m in members], precision="bf16").eval()
+        wrapped: list[torch.nn.Module] = [torch.compile(m, backend="eager") for m in members]  # type: ignore[misc]
+        ens = Ensemble(wrapped, precision="bf16").eval()
         how = "torch.compile(backend='eager') per member (tiny CPU dry run)"
     else:
         ens = Ensemble(members, precision="bf16", compile=compiled).eval()
@@ -263,7 +264,7 @@ def _engine_plan(c: Check) -> tuple[str, str, list[str], str | None]:
         return "cifar10-attacks", "small", [], None
     return "digits-transfer", "small", [DIGITS_TARGET], (
         f"no CIFAR-10 found (ROBUST_ENS_DATA={os.environ.get('ROBUST_ENS_DATA', '(unset)')}; looked in "
-        f"{len(where)} places): ran digits-transfer's small tier instead of cifar10-attacks'")
+        f"{len(where) if isinstance(where, list) else 1} places): ran digits-transfer's small tier instead of cifar10-attacks'")
 
 
 def check_engine(c: Check) -> dict[str, Any]:

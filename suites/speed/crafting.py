@@ -39,7 +39,7 @@ SIZES: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {
 # Side of a square matmul that reaches the device's peak (CPU: the issue's 3072 at 2 threads).
 PEAK_N = {"cpu": 3072, "cuda": 8192}
 # ViT-B/16's configuration scaled down for a CPU test of the same code path (timm's same class).
-TINY_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
+TINY_VIT: dict[str, Any] = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
 class LoopEnsemble(nn.Module):
