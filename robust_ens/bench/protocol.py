@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,12 @@ PROTOCOL_DIR = Path(__file__).resolve().parent / "protocols"
 TIERS = ("smoke", "small", "full")
 TASKS = ("transfer", "whitebox", "corruptions", "depth")
 KINDS = ("defense", "attack")
+#: An attack suite's success rate per target: over the target's clean-correct examples (default), or
+#: over every example (``1 - accuracy``, TransferAttack's ASR: its clean errors count as successes).
+SUCCESS_RULES = ("clean-correct", "all-images")
+#: Example filters a tier may apply before any attack: ``all-targets-correct`` keeps the examples
+#: every target of the run classifies correctly (TA-Bench's rule).
+FILTERS = ("all-targets-correct",)
 
 
 class ProtocolError(RobustEnsError):
@@ -97,6 +103,7 @@ class Tier:
     Every attack is crafted on every surrogate of ``surrogates``, except the attacks named in
     ``attack_surrogates`` (``[tiers.X.attack_surrogates]``: attack -> its own surrogate list), for
     attacks that need surrogates of another kind (ViT-EnsembleAttack augments ViT blocks).
+    ``filter`` (one of :data:`FILTERS`, or ``None``) restricts the examples before any attack.
     """
 
     name: str
@@ -112,6 +119,7 @@ class Tier:
     severities: tuple[int, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
     attack_surrogates: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    filter: str | None = None
 
     def surrogates_for(self, attack: str) -> tuple[str, ...]:
         """The surrogates ``attack`` is crafted on: its own list in ``attack_surrogates``, else the tier's."""
@@ -147,6 +155,7 @@ class Protocol:
     surrogates: dict[str, SurrogateSpec]
     tiers: dict[str, Tier]
     source: str = ""
+    success: str = "clean-correct"
 
     def tier(self, name: str) -> Tier:
         """The named tier, or an error listing the tiers this suite has."""
@@ -156,11 +165,22 @@ class Protocol:
             )
         return self.tiers[name]
 
+    def with_filter(self, tier: str, rule: str | None) -> Protocol:
+        """This protocol with ``tier``'s example filter set to ``rule`` (``None``: no filter).
+
+        Raises:
+            ProtocolError: ``rule`` is not one of :data:`FILTERS`.
+        """
+        if rule is not None and rule not in FILTERS:
+            raise ProtocolError(f"filter must be one of {', '.join(FILTERS)}, got {rule!r}")
+        return replace(self, tiers={**self.tiers, tier: replace(self.tier(tier), filter=rule)})
+
     def digest(self, tier: str) -> str:
         """sha256 of what defines ``tier``'s numbers; run folders record it and refuse another.
 
         It covers the version, the data, the tier, the surrogates and every attack as built at each
-        eps (its canonical config with every default, and its ``code_version``).
+        eps (its canonical config with every default, and its ``code_version``). The success rule and a
+        tier's filter enter only when set, so the digests of protocols without them never moved.
         """
         t = self.tier(tier)
         return sha256_json({
@@ -172,8 +192,10 @@ class Protocol:
                 {**(atk := self.attacks[a].build(e, steps=t.steps)).config(), "code_version": type(atk).code_version}
                 for e in t.eps]} for a in t.attacks},
             "surrogates": {s: self.surrogates[s].config() for s in t.all_surrogates},
+            **({"success": self.success} if self.success != "clean-correct" else {}),
             # attack_surrogates only when given, so a tier without it keeps the digest it always had
-            "tier": {**{k: v for k, v in vars(t).items() if k not in ("sanity", "attack_surrogates")},
+            "tier": {**{k: v for k, v in vars(t).items() if k not in ("sanity", "attack_surrogates", "filter")},
+                     **({"filter": t.filter} if t.filter is not None else {}),
                      "sanity": vars(t.sanity),
                      **({"attack_surrogates": {a: list(v) for a, v in sorted(t.attack_surrogates.items())}}
                         if t.attack_surrogates else {})},
@@ -251,6 +273,28 @@ def _eps_list(r: _Reader, key: str) -> tuple[float, ...]:
     return tuple(out)
 
 
+def _read_tier(t: _Reader, name: str) -> Tier:
+    """A tier's table as a :class:`Tier` (types checked; references are checked by the caller)."""
+    sn = t.sub("sanity")
+    sanity = Sanity(n=sn.get("n", int, 0), steps=sn.get("steps", int, 10))
+    sn.finish()
+    asub = t.sub("attack_surrogates")
+    per_attack = {a: tuple(asub.get(a, list, item=str)) for a in asub.table}
+    asub.finish()
+    tier = Tier(
+        name=name, n=t.get("n", int), batch_size=t.get("batch_size", int, 100), eps=_eps_list(t, "eps"),
+        attacks=tuple(t.get("attacks", list, [], item=str)),
+        surrogates=tuple(t.get("surrogates", list, [], item=str)),
+        targets=tuple(t.get("targets", list, [], item=str)), steps=t.get("steps", int, None), sanity=sanity,
+        corruptions=tuple(t.get("corruptions", list, [], item=str)),
+        severities=tuple(t.get("severities", list, [], item=int)),
+        options=dict(t.get("options", dict, {})), attack_surrogates=per_attack,
+        filter=t.get("filter", str, None),
+    )
+    t.finish()
+    return tier
+
+
 def parse_protocol(doc: dict[str, Any], source: str) -> Protocol:
     """Validate a parsed TOML document and build the :class:`Protocol`.
 
@@ -297,23 +341,10 @@ def parse_protocol(doc: dict[str, Any], source: str) -> Protocol:
     for name in tt.table:
         if name not in TIERS:
             raise tt._err(name, f"unknown tier; tiers are {', '.join(TIERS)}")
-        t = tt.sub(name)
-        sn = t.sub("sanity")
-        sanity = Sanity(n=sn.get("n", int, 0), steps=sn.get("steps", int, 10))
-        sn.finish()
-        asub = t.sub("attack_surrogates")
-        per_attack = {a: tuple(asub.get(a, list, item=str)) for a in asub.table}
-        asub.finish()
-        tier = Tier(
-            name=name, n=t.get("n", int), batch_size=t.get("batch_size", int, 100), eps=_eps_list(t, "eps"),
-            attacks=tuple(t.get("attacks", list, [], item=str)),
-            surrogates=tuple(t.get("surrogates", list, [], item=str)),
-            targets=tuple(t.get("targets", list, [], item=str)), steps=t.get("steps", int, None), sanity=sanity,
-            corruptions=tuple(t.get("corruptions", list, [], item=str)),
-            severities=tuple(t.get("severities", list, [], item=int)),
-            options=dict(t.get("options", dict, {})), attack_surrogates=per_attack,
-        )
-        t.finish()
+        tier = _read_tier(tt.sub(name), name)
+        per_attack = tier.attack_surrogates
+        if tier.filter is not None and tier.filter not in FILTERS:
+            raise tt._err(f"{name}.filter", f"must be one of {', '.join(FILTERS)}, got {tier.filter!r}")
         if tier.n < 1 or tier.batch_size < 1:
             raise tt._err(name, "n and batch_size must be positive")
         for a_name in tier.attacks:
@@ -342,12 +373,15 @@ def parse_protocol(doc: dict[str, Any], source: str) -> Protocol:
     tt.finish()
     if not tiers:
         raise r._err("tiers", "a protocol needs at least one tier")
+    success = r.get("success", str, "clean-correct")
+    if success not in SUCCESS_RULES:
+        raise r._err("success", f"must be one of {', '.join(SUCCESS_RULES)}, got {success!r}")
     proto = Protocol(
         suite=suite, version=version, kind=kind, task=task, description=r.get("description", str, ""),
         reference=r.get("reference", str, ""), dataset=r.get("dataset", str), split=r.get("split", str, "test"),
         seed=r.get("seed", int, 0), norm=r.get("norm", str, "Linf"),
         metrics=tuple(r.get("metrics", list, [], item=str)), attacks=attacks, surrogates=surrogates,
-        tiers=tiers, source=source,
+        tiers=tiers, source=source, success=success,
     )
     r.finish()
     return proto

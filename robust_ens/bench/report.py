@@ -174,6 +174,29 @@ def _model_config(model: Mapping[str, Any], arg: Any) -> dict[str, Any]:
     return config
 
 
+FILTER_KEYS = ("filter/kept", "filter/of")
+
+
+def _run_notes(rows: Sequence[TargetResult]) -> tuple[dict[str, float], dict[str, Any]]:
+    """What a run's target rows note about its examples and its success rule, for an entry.
+
+    Returns:
+        ``(metrics, config)``: ``filter/kept`` and ``filter/of`` as metrics (``/`` keeps them out of
+        the tables' columns), and ``{"filter": {"kept", "of"}}`` and ``{"success": "all-images"}``
+        for the model's config; both empty for a run without a filter and with the default rule.
+    """
+    metrics: dict[str, float] = {}
+    config: dict[str, Any] = {}
+    row = rows[0] if rows else None
+    if row is not None and all(k in row.metrics for k in FILTER_KEYS):
+        metrics = {k: float(row.metrics[k]) for k in FILTER_KEYS}  # type: ignore[arg-type]
+        config["filter"] = {"rule": "all-targets-correct", "kept": int(metrics["filter/kept"]),
+                            "of": int(metrics["filter/of"])}
+    if row is not None and row.metrics.get("success/all_images"):
+        config["success"] = "all-images"  # TransferAttack's ASR: 1 - accuracy on every example
+    return metrics, config
+
+
 def _defense_entry(r: RunResult, row: TargetResult, arg: Any, proto: Protocol2, cost: Cost2, prov: Any,
                    manifest: dict[str, Any], paper: Paper | None) -> Entry:
     """One target's entry."""
@@ -193,6 +216,8 @@ def _defense_entry(r: RunResult, row: TargetResult, arg: Any, proto: Protocol2, 
     else:
         cells, corr = _transfer_cells(row), []
         worst = _worst(row, cells)
+    notes, _ = _run_notes([row])
+    metrics.update(notes)
     defense, description, zoo_paper = zoo_model_info(record.spec)
     return Entry(
         schema_version="2", kind="defense", name=entry_name(tname),
@@ -237,13 +262,15 @@ def _attack_entries(r: RunResult, proto: Protocol2, cost: Cost2, prov: Any, mani
             lo = min((c for c in cells if c.eps == e), key=lambda c: c.robust_acc)
             worst.append(WorstCase(eps=e, robust_acc=lo.robust_acc, k=lo.k, n=lo.n, ci95=lo.ci95,
                                    min_cell_acc=lo.robust_acc))
+        notes, config = _run_notes([r.targets[t] for t in tnames])
+        metrics.update(notes)
         k = sum(int(r.targets[t].clean.k) for t in tnames)
         n = sum(int(r.targets[t].clean.n) for t in tnames)
         entries.append(Entry(
             schema_version="2", kind="attack", name=entry_name(attack),
             model=ModelInfo2(name=attack, architecture="attack", n_members=1,
                              description=f"attack {attack} from surrogates {', '.join(surs)}",
-                             config={"targets": {t: r.targets[t].model for t in tnames}}),
+                             config={"targets": {t: r.targets[t].model for t in tnames}, **config}),
             protocol=proto.model_copy(update={"attacks": [attack], "surrogates": surs}),
             results=Results2(clean=EntryRate(acc=k / n, k=k, n=n, ci95=list(wilson(k, n))), cells=cells,
                              worst_case=worst, metrics=metrics,

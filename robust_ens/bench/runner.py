@@ -231,6 +231,7 @@ def run_suite(
     progress: bool = True,
     target_option: str = "--target",
     corruption_cache: bool = True,
+    filter: str | None = None,
 ) -> RunResult:
     """Run one tier of a suite on some targets and write the summary into the run folder.
 
@@ -245,6 +246,8 @@ def run_suite(
         progress: Progress bars.
         target_option: The command-line option the targets came from, named in errors about them.
         corruption_cache: Read and write corrupted copies in the data cache (corruptions task).
+        filter: Set the tier's example filter (``"all-targets-correct"``: keep the examples every
+            target classifies correctly); ``None`` keeps the tier's own.
 
     Returns:
         The typed result; it reads like the summary it writes to ``<out>/summary.json``
@@ -253,6 +256,8 @@ def run_suite(
     from robust_ens.atomic import atomic_write_json
 
     proto = suite if isinstance(suite, Protocol) else get_suite(suite)
+    if filter is not None:
+        proto = proto.with_filter(tier, filter)
     if proto.task == "depth":
         raise RobustEnsError(f"{proto.suite} evaluates depth models: use run_depth (robust-ens bench run {proto.suite} --data KITTI_C)")
     args = [a if isinstance(a, TargetArg) else TargetArg(spec=a) for a in targets]

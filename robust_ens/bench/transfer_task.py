@@ -4,7 +4,14 @@ For every (attack, surrogate, eps) cell, the fixed global batches are attacked o
 surrogate (the store caches each batch's uint8 set) and every target is evaluated on them. Each
 target also gets white-box sanity cells (PGD with ``steps`` and ``2 * steps`` at the largest eps
 on the first ``sanity.n`` examples) for the flags. An attack suite (``kind = "attack"``) adds the
-success of each attack on each target (:class:`~.evaluate.AttackEpsView`).
+success of each attack on each target (:class:`~.evaluate.AttackEpsView`): over the target's
+clean-correct examples, or over every example when the protocol says ``success = "all-images"``
+(TransferAttack's ASR, ``1 - accuracy``).
+
+A tier with ``filter = "all-targets-correct"`` (or ``robust-ens bench run --filter``) first keeps
+only the examples every target classifies correctly (TA-Bench's rule, :func:`apply_filter`); the
+kept count and the count it was taken from go into each target's metrics (``filter/kept``,
+``filter/of``) and from there into the entries.
 
 :func:`transfer_table` is the same route for models in memory (the quickstart's table).
 """
@@ -28,7 +35,11 @@ from robust_ens.bench.craft import attack_batch, craft_set
 from robust_ens.bench.evaluate import AttackCell, AttackEpsView, RunContext, RunResult, SanityResult, Success
 from robust_ens.bench.examples import Examples, attack_cell_id, batch_seed
 from robust_ens.bench.targets import Target, module_target
+from robust_ens.errors import RobustEnsError
 from robust_ens.evaluation import accuracy, correct, eval_mode, predict
+
+#: The run folder's record of a filter's kept examples (a pseudo-target: one vector per rule).
+FILTER_RECORD = "(filter)"
 
 
 def transfer_cells(ctx: RunContext) -> list[AttackCell]:
@@ -94,12 +105,57 @@ def sanity(ctx: RunContext, t: Target, eps: float) -> SanityResult | None:
                         whitebox_acc=accs[0], whitebox_acc_2x=accs[1])
 
 
+def apply_filter(ctx: RunContext, targets: Sequence[Target]) -> tuple[int, int] | None:
+    """Keep only the examples every target classifies correctly (the tier's ``filter``); ``(kept, of)``.
+
+    Each target's clean correctness on the tier's examples is a cell of its own (``filter:clean``),
+    so a resumed run reads it back; the kept vector is recorded in the run folder, and a folder
+    filtered with another panel (other kept examples) is refused. ``ctx.ex`` becomes the kept
+    examples (their own fingerprint and batches), so the sets are crafted on them alone.
+
+    Returns:
+        ``None`` when the tier has no filter, else the kept count and the count before filtering.
+
+    Raises:
+        RobustEnsError: the run folder holds another kept set, or no example is kept.
+    """
+    rule = ctx.tier.filter
+    if rule is None:
+        return None
+    full = ctx.ex
+
+    def clean_ok(t: Target, b: int, sl: slice) -> torch.Tensor:
+        x, y = ctx.batch(sl)
+        return correct(t.module, x, y, batch_size=full.batch_size)
+
+    keep = torch.ones(len(full.y), dtype=torch.bool)
+    for t in targets:
+        keep &= ctx.cell(t.name, "filter:clean", lambda b, sl, t=t: clean_ok(t, b, sl))
+    old = ctx.folder.load(FILTER_RECORD, rule)
+    if old is not None and not torch.equal(old, keep):
+        raise RobustEnsError(f"{ctx.folder.root} was filtered ({rule}) with other targets: {int(old.sum())} of {len(old)} "
+                             f"examples kept there, {int(keep.sum())} now; pick a new --out")
+    if not bool(keep.any()):
+        raise RobustEnsError(f"filter {rule}: none of the {len(keep)} examples is classified correctly by every target "
+                             f"({', '.join(t.name for t in targets)}); nothing is left to attack")
+    ctx.folder.save(FILTER_RECORD, rule, keep, full.indices)
+    ctx.ex = Examples.of(full.x_u8[keep], full.y[keep], full.indices[keep], full.label, full.num_classes,
+                         full.batch_size)
+    return int(keep.sum()), len(keep)
+
+
 def attack_view(targets: Sequence[Target], cells: Sequence[AttackCell], cleans: Mapping[str, torch.Tensor],
-                per_target: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, dict[str, AttackEpsView]]:
-    """Per attack: success rate per target at each eps, with their mean and minimum."""
+                per_target: Mapping[str, Mapping[str, torch.Tensor]], *,
+                all_images: bool = False) -> dict[str, dict[str, AttackEpsView]]:
+    """Per attack: success rate per target at each eps, with their mean and minimum.
+
+    ``all_images``: the success rate is over every example (``1 - accuracy``, TransferAttack's
+    ASR) instead of over the target's clean-correct examples.
+    """
     view: dict[str, dict[str, AttackEpsView]] = {}
     for c in cells:
-        rates = {t.name: Success.of(cleans[t.name], per_target[t.name][c.id]) for t in targets}
+        rates = {t.name: Success.of(torch.ones_like(cleans[t.name]) if all_images else cleans[t.name],
+                                    per_target[t.name][c.id]) for t in targets}
         succ = [r.success for r in rates.values()]
         view.setdefault(c.attack, {})[f"{c.eps:.6g}"] = AttackEpsView(c.surrogate, rates, sum(succ) / len(succ),
                                                                         min(succ))
@@ -108,6 +164,7 @@ def attack_view(targets: Sequence[Target], cells: Sequence[AttackCell], cleans: 
 
 def run_transfer(ctx: RunContext, targets: list[Target]) -> RunResult:
     """Run the transfer task on resolved targets."""
+    kept = apply_filter(ctx, targets)
     cells = transfer_cells(ctx)
     result = ctx.result(cells, enforced_eps={f"{e:.6g}": enforced_eps(e) for e in ctx.tier.eps})
     bar = ctx.bar(len(targets) * (len(cells) + 1))
@@ -134,9 +191,14 @@ def run_transfer(ctx: RunContext, targets: list[Target]) -> RunResult:
             transfer_worst = float(w.float().mean())
             row.sanity = SanityResult(**{**san.to_dict(), "transfer_worst": transfer_worst})
             row.flags += agg.whitebox_flags(san.to_dict(), transfer_worst)
+        if kept is not None:
+            row.metrics.update({"filter/kept": float(kept[0]), "filter/of": float(kept[1])})
+        if ctx.protocol.success == "all-images":
+            row.metrics["success/all_images"] = 1.0
         result.targets[t.name] = row
     if ctx.protocol.kind == "attack":
-        result.attack_view = attack_view(targets, cells, cleans, per_target)
+        result.attack_view = attack_view(targets, cells, cleans, per_target,
+                                         all_images=ctx.protocol.success == "all-images")
     return result
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from robust_ens.bench.protocol import FILTERS
 from robust_ens.errors import RobustEnsError
 
 
@@ -52,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "$ROBUST_ENS_CACHE/advsets, shared by every run)")
     r.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     r.add_argument("--entries", action="store_true", help="also write leaderboard entries into <out>/entries/")
+    r.add_argument("--filter", default=None, choices=FILTERS,
+                   help="keep only the examples every target classifies correctly (TA-Bench's rule; the entry records "
+                        "how many were kept); default: the tier's own (default run folder runs/<suite>-<tier>-<filter>)")
     r.add_argument("--data", default=None, help="depth suites: the KITTI-C tree (robust-ens corrupt --preset kittic --clean)")
     r.add_argument("--gt", default=None, help="depth suites: ground-truth depths (default <data>/gt_depths.npz)")
     r.set_defaults(func=run_run, targets=[])
@@ -147,14 +151,15 @@ def run_run(args: argparse.Namespace) -> int:
             check_input_file(t["weights"], "--weights")
     if args.store is not None:
         check_output_folder(args.store, "--store")
-    check_output_folder(args.out or f"runs/{proto.suite}-{args.tier}", "--out")
+    default_out = f"runs/{proto.suite}-{args.tier}" + (f"-{args.filter}" if args.filter else "")
+    check_output_folder(args.out or default_out, "--out")
     targets = [TargetArg(t["spec"], t["weights"], t["name"]) for t in args.targets]
-    out = Path(args.out or f"runs/{proto.suite}-{args.tier}")
+    out = Path(args.out or default_out)
     device = resolve_device(args.device)
     if proto.task == "depth":
         return _run_depth(proto, args, out, device)
     result = run_suite(proto, args.tier, targets, out, device=device, store=args.store,
-                       progress=progress.enabled())
+                       progress=progress.enabled(), filter=args.filter)
     if not distributed.is_main():
         return 0
     if args.entries:

@@ -57,9 +57,16 @@ def schema_files(root: str | Path) -> dict[Path, dict[str, Any]]:
     return {folder / f"entry-{v.split('.')[0]}.json": json_schema(v) for v in SCHEMA_VERSIONS}
 
 
+#: Datasets whose entries live in another dataset's folder: TransferAttack's ImageNet-compatible images
+#: (ImageNet classes, not ImageNet's validation images) sit with the other ImageNet leaderboards; the
+#: entry's own ``protocol.dataset`` still names the data exactly.
+DATASET_FOLDERS = {"imagenet-compatible": "imagenet"}
+
+
 def entry_path(entry: AnyEntry, root: str | Path | None = None) -> Path:
-    """``<root>/<dataset>/<suite>/<name>.json``."""
-    return leaderboard_root(root) / entry.protocol.dataset / entry.protocol.suite / f"{entry.name}.json"
+    """``<root>/<dataset folder>/<suite>/<name>.json`` (the dataset's name, or its :data:`DATASET_FOLDERS` folder)."""
+    folder = DATASET_FOLDERS.get(entry.protocol.dataset, entry.protocol.dataset)
+    return leaderboard_root(root) / folder / entry.protocol.suite / f"{entry.name}.json"
 
 
 def dumps(entry: AnyEntry) -> str:
