@@ -8,7 +8,13 @@ Spec forms (``resolve_target``):
 .json or a folder)                 of ``member*.json`` checkpoints is an ensemble
 ``pkg.module:factory``             ``factory()`` returns an ``nn.Module`` taking [0, 1] images;
                                    ``weights=PATH`` loads safetensors or a tensors-only pickle
-``timm:NAME``                      a timm architecture sized to the dataset, with ``weights``
+``timm:NAME``                      a timm architecture sized to the dataset, with ``weights``;
+                                   on an ImageNet dataset (1,000 classes) ``timm:ARCH.TAG``
+                                   without weights loads the tag's pretrained file from the local
+                                   cache (:mod:`robust_ens.models.pretrained`), as :class:`InputSized`
+``torchvision:ARCH.WEIGHTS``       torchvision's pretrained weights, the same way (ImageNet only)
+``timm-random:NAME@SEED``          a timm ImageNet architecture with random weights drawn from
+                                   ``SEED``, wrapped the same way: tests and timing only
 ``SPEC,SPEC,...``                  the resolved parts joined into one logit-averaging Ensemble
 =================================  ===========================================================
 
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from robust_ens import data
@@ -155,12 +162,119 @@ def _factory_target(spec: str, weights: Path | None) -> Target:
 def _timm_target(spec: str, weights: Path | None, dataset: str | None) -> Target:
     from robust_ens import models
 
+    if data.info(dataset or "cifar10").num_classes == IMAGENET_CLASSES or spec.startswith("torchvision:"):
+        return _pretrained_target(spec, weights)
     if weights is None:
         raise RobustEnsError(f"target {spec!r}: a timm architecture needs --weights PATH (nothing is downloaded)")
     ds = data.info(dataset or "cifar10")
     model = models.create(spec, num_classes=ds.num_classes, in_chans=ds.in_chans, mean=ds.mean, std=ds.std)
     sha = _load_weights(model.net if hasattr(model, "net") else model, weights)
     return Target(spec, spec, model.eval(), {str(weights): sha}, spec)
+
+
+RANDOM_PREFIX = "timm-random:"
+_RANDOM = re.compile(r"^timm-random:([A-Za-z0-9_.]+)@(\d+)$")
+
+
+class InputSized(nn.Module):
+    """Resize [0, 1] images to the model's input size first, as TransferAttack's ``wrap_model`` does.
+
+    TransferAttack resizes every image to a model's input size (224, 299 for Inception-v3) before
+    its normalization; torchvision's ``Resize`` on tensors is bilinear with antialiasing, which is
+    what this does (``F.interpolate``, differentiable, so attacks see the resize). Images already
+    at ``size`` pass unchanged.
+
+    Args:
+        net: The model (normalization inside, e.g. :class:`~robust_ens.models.wrapper.Normalized`).
+        size: The square input size the model was trained at.
+    """
+
+    def __init__(self, net: nn.Module, size: int) -> None:
+        super().__init__()
+        self.net = net
+        self.size = int(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        return self.net(x)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+
+def timm_input_wrapped(name: str, net: nn.Module, arch: str) -> nn.Module:
+    """A timm ImageNet network wrapped like TransferAttack's ``wrap_model``: its input size, then its normalization.
+
+    Mean, std and input size come from the network's ``pretrained_cfg`` (timm's data config).
+    """
+    from robust_ens.models.wrapper import Normalized
+
+    cfg = dict(getattr(net, "pretrained_cfg", None) or {})
+    size = int((cfg.get("input_size") or (3, 224, 224))[-1])
+    wrapped = Normalized(net, cfg.get("mean"), cfg.get("std"), arch=arch, num_classes=int(net.num_classes),
+                         in_chans=3)
+    return InputSized(wrapped, size)
+
+
+IMAGENET_CLASSES = 1000
+
+
+def imagenet_input(spec: str) -> tuple[tuple[float, ...], tuple[float, ...], int]:
+    """``(mean, std, input size)`` a pretrained ImageNet ``spec`` is wrapped with.
+
+    TransferAttack's models (a spec of :data:`~robust_ens.models.pretrained.TRANSFERATTACK_MODELS`)
+    get exactly what its ``wrap_model`` gives them: ImageNet's mean and std at 224 px, Inception-v3
+    mean = std = 0.5 at 299 px (with torchvision's ``transform_input``: TransferAttack's double
+    normalization), timm models their data config at 224. Any other spec gets its weights' own:
+    timm's pretrained config (its test input size where it has one), torchvision's ImageNet mean
+    and std at its weights' crop size.
+    """
+    from robust_ens.models import pretrained as pt
+
+    ref = next((m for m in pt.TRANSFERATTACK_MODELS.values() if m.spec == spec), None)
+    if ref is not None:
+        return tuple(ref.mean), tuple(ref.std), int(ref.input_size)
+    if spec.startswith("torchvision:"):
+        crop = pt.torchvision_weights(spec).transforms.keywords.get("crop_size", 224)
+        return pt.IMAGENET_MEAN, pt.IMAGENET_STD, int(crop)
+    cfg = pt.timm_cfg(spec[len("timm:"):])
+    size = getattr(cfg, "test_input_size", None) or cfg.input_size
+    return tuple(cfg.mean), tuple(cfg.std), int(size[-1])
+
+
+def _pretrained_target(spec: str, weights: Path | None) -> Target:
+    """A pretrained ImageNet model: the tag's cached file (or ``weights``), wrapped by :func:`imagenet_input`."""
+    from robust_ens import models
+    from robust_ens.models import pretrained as pt
+
+    mean, std, size = imagenet_input(spec)
+    if weights is not None and not weights.is_file():
+        raise RobustEnsError(f"--weights {weights} does not exist")
+    extra = {"weights_file": str(weights)} if weights is not None else {}
+    model = models.create(spec, num_classes=IMAGENET_CLASSES, in_chans=3, mean=mean, std=std,
+                          pretrained=weights is None, **extra)
+    files = pt.weight_files(spec, weights)
+    return Target(spec, spec, InputSized(model, size).eval(), files, spec)
+
+
+def _random_timm_target(spec: str) -> Target:
+    """``timm-random:NAME@SEED``: a timm ImageNet architecture with random weights from ``SEED`` (recorded)."""
+    m = _RANDOM.match(spec)
+    if m is None:
+        raise RobustEnsError(f"target {spec!r}: a random-weight timm model is timm-random:NAME@SEED "
+                             "(e.g. timm-random:resnet50@0)")
+    import timm
+
+    name, seed = m.group(1), int(m.group(2))
+    if name.split(".")[0] not in timm.list_models():
+        close = timm.list_models(f"*{name.split('.')[0]}*")[:5]
+        raise RobustEnsError(f"target {spec!r}: timm has no model {name!r}; close names: {close or 'none'}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = timm.create_model(name, pretrained=False)
+    module = timm_input_wrapped(name, net, spec)
+    return Target(spec, spec, module.eval(), {f"{spec}:state_dict": _state_sha(module)}, spec)
 
 
 def _path_target(spec: str) -> Target:
@@ -227,7 +341,11 @@ def resolve_target(
         from robust_ens import models
 
         t = _checkpoint_target(spec, models.load(spec))
-    elif spec.startswith("timm:"):
+    elif spec.startswith(RANDOM_PREFIX):
+        if wpath is not None:
+            raise RobustEnsError(f"--weights goes with timm:NAME; {spec} is random weights by its own spec")
+        t = _random_timm_target(spec)
+    elif spec.startswith(("timm:", "torchvision:")):
         t = _timm_target(spec, wpath, dataset)
     elif _FACTORY.match(spec) and not Path(spec).exists():
         t = _factory_target(spec, wpath)
