@@ -367,16 +367,21 @@ SMOKE_TARGETS = {
     "cifar10-attacks": [],  # its own target panel
     "cifar10-whitebox": ["tests.bench_models:tiny_cifar"],
     "cifar10-corruptions": ["tests.bench_models:tiny_cifar"],
+    "imagenet-transfer": [],  # its own panel of random-weight tiny timm models, on images made here
 }
 
 
 @pytest.mark.parametrize("suite", [s for s in list_suites() if get_suite(s).task != "depth"])
-def test_every_suite_smoke_tier_runs_end_to_end(suite: str, tmp_path: Path) -> None:
+def test_every_suite_smoke_tier_runs_end_to_end(suite: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.conftest import require_cifar10
 
     proto = get_suite(suite)
     if proto.dataset == "cifar10":
         require_cifar10()
+    if proto.dataset == "imagenet-compatible":  # TransferAttack's layout, written here (random PNGs)
+        from tests.imagenet_transfer_data import make_folder
+
+        monkeypatch.setenv("ROBUST_ENS_DATA", str(make_folder(tmp_path / "data", proto.tier("smoke").n)))
     if proto.task == "whitebox":
         pytest.importorskip("pyautoattack")
     with warnings.catch_warnings():
