@@ -26,6 +26,12 @@ check gives a non-zero exit and ONE line on stderr, ``gpu-check: FAIL: <reason>`
 back to the CPU. ``--dry-run`` (``--device cpu --tiny``) runs the same code on the CPU at tiny sizes
 (2 small members, a 2-block ViT, digits-transfer's smoke tier, one entry regressed) in seconds; that
 is what ``tests/test_gpu_check.py`` runs.
+
+It runs from a checkout that is not installed too (``make gpu-check GPU_PYTHON=python3`` on a lent
+GPU machine, whose python has torch and timm but no index): ``robust_ens.attacks`` and
+``robust_ens.defenses`` are mapped to the checkout's folders as pyproject's package-dir would, and a
+missing package (pydantic, for the engine) is one failing line before any work. torchattacks is
+optional (the peer is then reported as not installed).
 """
 
 from __future__ import annotations
@@ -100,6 +106,34 @@ def is_cuda_error(err: BaseException) -> bool:
     text = str(err)
     return any(k in text for k in ("CUDA error", "CUDA driver", "CUBLAS_STATUS", "cuDNN error", "CUDNN_STATUS",
                                    "device-side assert", "illegal memory access"))
+
+
+def project_imports() -> None:
+    """Import what every check needs; on a bare checkout (the project not installed: a lent GPU machine's
+    own python) map ``robust_ens.attacks`` / ``robust_ens.defenses`` to the checkout's folders, as
+    pyproject's package-dir does for an install.
+
+    Raises:
+        ImportError: naming the missing package (pydantic, timm, ...).
+    """
+    import importlib
+    import importlib.util
+
+    import robust_ens
+
+    for name in ("attacks", "defenses"):
+        full = f"robust_ens.{name}"
+        if full in sys.modules or importlib.util.find_spec(full) is not None:
+            continue
+        spec = importlib.util.spec_from_file_location(full, ROOT / name / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT / name)])
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[full] = module
+        setattr(robust_ens, name, module)
+        spec.loader.exec_module(module)
+    for name in ("robust_ens.attacks", "robust_ens.leaderboard", "robust_ens.bench.runner", "timm"):
+        importlib.import_module(name)
 
 
 def one_line(text: str, limit: int = 400) -> str:
@@ -463,6 +497,11 @@ def main(argv: list[str] | None = None) -> int:
                     "the GPU check never falls back to the CPU (--dry-run runs its CPU rehearsal)")
     if device.type != "cuda" and not args.tiny:
         return fail(f"--device {device} runs only as the tiny dry run (--tiny or --dry-run); the check needs CUDA")
+    try:
+        project_imports()
+    except ImportError as err:
+        return fail(f"the project does not import here ({type(err).__name__}: {err}); install it (make gpu-check does) "
+                    "or, on a machine without an index, carry the missing wheels")
     with tempfile.TemporaryDirectory(prefix="robust-ens-gpu-check-") as work:
         c = Check(device, args.tiny, out, Path(work), budget_s=args.budget_s)
         try:

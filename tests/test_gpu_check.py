@@ -50,6 +50,40 @@ def test_the_cpu_runs_only_as_the_tiny_dry_run(tmp_path: Path, capsys: pytest.Ca
     assert "unknown checks ['nope']" in _fail_line(capsys.readouterr().err)
 
 
+BARE = """
+import sys
+# the project as a bare checkout: no editable install's finder (a lent GPU machine's own python)
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path_importer_cache.clear()
+sys.path.insert(0, ".")
+import importlib.util
+bare = importlib.util.find_spec("robust_ens.attacks") is None
+from suites import gpu_check
+rc = gpu_check.main(["--dry-run", "--only", "peak", "--out", sys.argv[1]])
+import robust_ens.attacks, robust_ens.defenses
+print(bare, rc, robust_ens.attacks.__file__, robust_ens.defenses.__file__)
+"""
+
+
+def test_a_bare_checkout_imports_its_attacks_and_defenses_as_the_install_would(tmp_path: Path) -> None:
+    got = subprocess.run([sys.executable, "-c", BARE, str(tmp_path / "r.json")], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    bare, rc, attacks, defenses = got.stdout.splitlines()[-1].split()
+    assert (bare, rc) == ("True", "0"), got.stderr
+    assert Path(attacks) == ROOT / "attacks" / "__init__.py" and Path(defenses) == ROOT / "defenses" / "__init__.py"
+
+
+def test_a_missing_package_fails_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    def missing() -> None:
+        raise ModuleNotFoundError("No module named 'pydantic'", name="pydantic")
+
+    monkeypatch.setattr(gpu_check, "project_imports", missing)
+    assert gpu_check.main(["--dry-run", "--out", str(tmp_path / "r.json")]) == 1
+    assert "No module named 'pydantic'" in _fail_line(capsys.readouterr().err)
+    assert not (tmp_path / "r.json").exists()
+
+
 def _assert_run(row: dict[str, Any]) -> None:
     for key in ("seconds_per_round", "img_per_s", "gflops_per_s", "flops_per_round", "warmup_seconds"):
         assert isinstance(row[key], float) and row[key] > 0, key
