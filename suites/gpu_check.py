@@ -96,7 +96,18 @@ class Check:
         from robust_ens.atomic import atomic_write_json
 
         self.report["seconds"] = round(self.elapsed(), 3)
-        atomic_write_json(self.out, self.report)
+        atomic_write_json(self.out, _finite(self.report))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float as ``None`` (JSON has no NaN; a report must still be written)."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def is_cuda_error(err: BaseException) -> bool:
@@ -515,7 +526,11 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # noqa: BLE001 - no CUDA context: nothing to measure
             return fail(f"CUDA could not start on {device}: {type(err).__name__}: {err}")
         print(f"gpu-check on {c.report['environment']['card']} (torch {torch.__version__}); report {out}", flush=True)
-        ok, reason = run_checks(c, only)
+        try:
+            c.write()  # an unwritable --out fails here, before any work
+            ok, reason = run_checks(c, only)
+        except Exception as err:  # noqa: BLE001 - outside a check (the report itself): still one line
+            return fail(f"{type(err).__name__}: {err}")
     if not ok:
         return fail(f"{reason} (report {out})")
     print(f"gpu-check: PASS on {c.report['environment']['card']} in {c.elapsed():.0f} s; report {out}", flush=True)

@@ -124,6 +124,14 @@ def test_the_tiny_dry_run_writes_the_whole_report(tmp_path: Path, capsys: pytest
     assert reg["exact_same_device"] + reg["across_devices"] == 1
 
 
+def test_an_unwritable_report_fails_in_one_line_before_any_work(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("")
+    assert gpu_check.main(["--dry-run", "--out", str(tmp_path / "file" / "r.json")]) == 1
+    err = capsys.readouterr()
+    assert _fail_line(err.err) and "[peak]" not in err.out
+
+
 def _fake_checks(monkeypatch: pytest.MonkeyPatch, error: Exception) -> list[str]:
     ran: list[str] = []
 
@@ -165,6 +173,7 @@ def test_errors_are_told_apart_and_the_report_goes_to_out(monkeypatch: pytest.Mo
     assert gpu_check.is_cuda_error(torch.cuda.OutOfMemoryError("CUDA out of memory"))
     assert gpu_check.is_cuda_error(RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED when calling cublasGemmEx"))
     assert not gpu_check.is_cuda_error(ValueError("bad shape"))
+    assert gpu_check._finite({"a": float("nan"), "b": (float("inf"), 1.0)}) == {"a": None, "b": [None, 1.0]}
     monkeypatch.setenv("OUT", "/some/out")
     assert gpu_check.default_out() == Path("/some/out/gpu-check.json")
     monkeypatch.delenv("OUT")
