@@ -125,3 +125,28 @@ def test_cost_round_trips_and_names_its_rates() -> None:
     assert Cost.from_dict(c.to_dict()) == c
     assert c.to_dict()["gflops_per_s"] == pytest.approx(2.0) and c.to_dict()["eval_gflops_per_s"] == pytest.approx(2.0)
     assert c.speed_text() == "crafting 6 GFLOP at 2.0 GFLOP/s, evaluation 4 GFLOP at 2.0 GFLOP/s"
+
+
+def test_a_crafted_sets_record_carries_its_flops(tmp_path: Path) -> None:
+    """``robust-ens attack``'s record: the FLOPs each batch cost when it was made (as its attack seconds: a
+    batch read back from the store reports what making it cost)."""
+    from robust_ens import Ensemble
+    from robust_ens.attacks import PGD
+    from robust_ens.bench.advsets import AdvSetStore
+    from robust_ens.bench.craft import attack_set
+    from robust_ens.bench.examples import Examples
+    from robust_ens.bench.targets import module_target
+
+    torch.manual_seed(0)
+    members = [models.create("small_cnn", in_chans=1, width=8) for _ in range(2)]
+    sur = module_target(Ensemble(members).eval(), "surrogate")
+    x = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
+    ex = Examples.of(x, torch.arange(6) % 10, torch.arange(6), "tensors", 10, 4)
+    store = AdvSetStore(tmp_path / "store")
+    _, rec = attack_set(PGD(eps=0.1, alpha=0.05, steps=3), sur, ex, store=store, device=torch.device("cpu"),
+                        progress=False)
+    step = sum(f + b for f, b in (_counted(m, (1, 8, 8)) for m in members))  # both members, one image
+    assert rec["cost"]["flops"] == pytest.approx(6 * 3 * step) and rec["cost"]["gflops_per_s"] > 0
+    _, again = attack_set(PGD(eps=0.1, alpha=0.05, steps=3), sur, ex, store=store, device=torch.device("cpu"),
+                          progress=False)
+    assert again["cost"]["batches_from_store"] == 2 and again["cost"]["flops"] == rec["cost"]["flops"]
