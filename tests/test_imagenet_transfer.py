@@ -264,6 +264,16 @@ def test_an_uncached_pretrained_tag_is_one_line_with_the_fetch_command(tmp_path:
     assert not (tmp_path / "r").exists()
 
 
+def test_a_robustbench_target_without_its_extra_or_checkpoint_is_one_line(rule_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(RobustEnsError) as err:
+        run_suite(str(rule_data), "smoke", ["robustbench:imagenet/Linf/Wong2020Fast"], tmp_path / "r",
+                  store=tmp_path / "s", progress=False)
+    msg = str(err.value)
+    assert "\n" not in msg and "robustbench:imagenet/Linf/Wong2020Fast" in msg
+    assert "pip install" in msg or "no checkpoint at" in msg  # the extra missing, or its file
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_bad_random_spec_is_one_line() -> None:
     with pytest.raises(RobustEnsError, match="timm-random:NAME@SEED"):
         resolve_target("timm-random:test_resnet")
