@@ -212,7 +212,7 @@ def timm_input_wrapped(name: str, net: nn.Module, arch: str) -> nn.Module:
 
     cfg = dict(getattr(net, "pretrained_cfg", None) or {})
     size = int((cfg.get("input_size") or (3, 224, 224))[-1])
-    wrapped = Normalized(net, cfg.get("mean"), cfg.get("std"), arch=arch, num_classes=int(net.num_classes),
+    wrapped = Normalized(net, cfg.get("mean"), cfg.get("std"), arch=arch, num_classes=int(getattr(net, "num_classes", 1000)),
                          in_chans=3)
     return InputSized(wrapped, size)
 

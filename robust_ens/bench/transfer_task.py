@@ -18,6 +18,7 @@ kept count and the count it was taken from go into each target's metrics (``filt
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from collections.abc import Mapping, Sequence
@@ -130,7 +131,7 @@ def apply_filter(ctx: RunContext, targets: Sequence[Target]) -> tuple[int, int] 
 
     keep = torch.ones(len(full.y), dtype=torch.bool)
     for t in targets:
-        keep &= ctx.cell(t.name, "filter:clean", lambda b, sl, t=t: clean_ok(t, b, sl))
+        keep &= ctx.cell(t.name, "filter:clean", functools.partial(clean_ok, t))
     old = ctx.folder.load(FILTER_RECORD, rule)
     if old is not None and not torch.equal(old, keep):
         raise RobustEnsError(f"{ctx.folder.root} was filtered ({rule}) with other targets: {int(old.sum())} of {len(old)} "
