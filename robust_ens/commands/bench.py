@@ -113,6 +113,11 @@ def run_show(args: argparse.Namespace) -> int:
     print(f"dataset {proto.dataset} {proto.split}, seed {proto.seed}, threat model {proto.norm}")
     if proto.reference:
         print(f"reference: {proto.reference}")
+    if proto.success == "all-images":
+        print("success rate: over every example (1 - accuracy, TransferAttack's ASR), not over the clean-correct ones")
+    for t in proto.tiers.values():
+        if t.filter:
+            print(f"tier {t.name}: filter {t.filter} (only the examples every target classifies correctly)")
     rows = [[t.name, t.n, t.batch_size, ", ".join(f"{e:.4g}" for e in t.eps) or "-",
              ", ".join(t.attacks) or ", ".join(t.corruptions) or "-", _surrogates(t),
              ", ".join(t.targets) or "(--target)", t.steps or "-", t.sanity.n or "-"]
