@@ -61,6 +61,9 @@ def test_summary_records_flops_of_every_member_image_step(pgd_run: tuple[Path, P
     assert cost["flops"] > 0 and cost["flops"] == pytest.approx(expected, rel=1e-12)
     assert cost["gflops_per_s"] == pytest.approx(cost["flops"] / cost["attack_seconds"] / 1e9)
     assert set(DERIVED) <= set(cost) and cost == summary["_result_cost"]
+    # evaluation: the target's forward on every adversarial image of every cell (plus nothing else counted)
+    target = _counted(models.load(DIGITS), (1, 8, 8))[0]
+    assert cost["eval_flops"] == pytest.approx(N * len(EPS) * target, rel=1e-12)
 
 
 def test_input_gradient_is_measured_not_assumed() -> None:

@@ -35,6 +35,7 @@ from robust_ens.bench.advsets import AdvSetStore, enforced_eps
 from robust_ens.bench.craft import attack_batch, craft_set
 from robust_ens.bench.evaluate import AttackCell, AttackEpsView, RunContext, RunResult, SanityResult, Success
 from robust_ens.bench.examples import Examples, attack_cell_id, batch_seed
+from robust_ens.bench.flops import ensemble_forward_flops
 from robust_ens.bench.targets import Target, module_target
 from robust_ens.errors import RobustEnsError
 from robust_ens.evaluation import accuracy, correct, eval_mode, predict
@@ -70,7 +71,9 @@ def transfer(ctx: RunContext, t: Target, cell: AttackCell) -> torch.Tensor:
         adv = advset(ctx, cell, b, sl)
         t0 = time.perf_counter()
         ok = correct(t.module, adv.to(ctx.device), ctx.ex.y[sl].to(ctx.device), batch_size=ctx.ex.batch_size)
-        ctx.cost.eval_seconds += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        # counted after the forward, on one image, cached per architecture: the result is untouched
+        ctx.cost.add_eval(seconds, len(adv) * ensemble_forward_flops(t.module, tuple(adv.shape[1:]), ctx.device))
         return ok
     return ctx.cell(t.name, cell.id, compute)
 
