@@ -224,6 +224,44 @@ def test_a_run_folder_filtered_with_another_panel_is_refused(rule_data: Path, tm
                   filter="all-targets-correct")
 
 
+def test_regress_reruns_a_filtered_entry_under_its_filter(rule_data: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # a registered attack suite whose tier has its own panel: regress re-runs it, filtered as recorded
+    from robust_ens.bench import protocol
+    from robust_ens.bench.regress import filter_rule, regress
+
+    toml = tmp_path / "imagenet-mini.toml"
+    toml.write_text(rule_data.read_text() + f'targets = ["{ALWAYS7}", "{BRIGHT7}"]\n')
+    monkeypatch.setitem(protocol.SUITES._entries, "imagenet-mini", toml)
+    rc = cli.main(["--quiet", "bench", "run", "imagenet-mini", "--tier", "smoke", "--filter", "all-targets-correct",
+                   "--out", str(tmp_path / "b"), "--store", str(tmp_path / "s"), "--entries"])
+    assert rc == 0
+    files = sorted((tmp_path / "b" / "entries").glob("*.json"))
+    e = Entry.model_validate_json(files[0].read_text())
+    assert filter_rule(e) == "all-targets-correct" and e.protocol.n_examples == 3
+    rep = regress(files, store=tmp_path / "s", progress=False)
+    assert rep.ok and rep.checked and rep.exact == len(rep.checked), rep.table()
+
+
+def test_data_option_names_the_folder_and_a_run_folder_refuses_other_images(rule_data: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    # --data finds TransferAttack's layout without $ROBUST_ENS_DATA
+    other = make_folder(tmp_path / "other", 6, size=32, labels=LABELS, seed=1)
+    monkeypatch.setenv("ROBUST_ENS_DATA", str(tmp_path / "nothing-here"))
+    run = ["--quiet", "bench", "run", str(rule_data), "--tier", "smoke", "--target", ALWAYS7, "--out",
+           str(tmp_path / "r"), "--store", str(tmp_path / "s")]
+    assert cli.main([*run, "--data", str(tmp_path / "data")]) == 0
+    first = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert first["n"] == 6
+    capsys.readouterr()
+    # the same --out on other images: refused in one line, never resumed on the old cells
+    assert cli.main([*run, "--data", str(other)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds a run on other images" in err and "pick a new --out" in err
+    assert cli.main([*run, "--data", str(tmp_path / "data")]) == 0  # the first folder again: resumes
+
+
 def test_without_the_filter_every_image_counts(rule_data: Path, tmp_path: Path) -> None:
     s = run_suite(str(rule_data), "smoke", [ALWAYS7, BRIGHT7], tmp_path / "r", store=tmp_path / "s", progress=False)
     assert s["n"] == 6 and "filter/kept" not in s["targets"][BRIGHT7]

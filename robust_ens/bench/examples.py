@@ -9,6 +9,7 @@ which order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -77,9 +78,9 @@ def dataset_label(name: str) -> str:
     return name
 
 
-def load_examples(protocol: Protocol, tier: Tier) -> Examples:
-    """The tier's examples (the same ``(n, seed)`` always gives the same ones)."""
-    xu, y = data.load_uint8(protocol.dataset, protocol.split)
+def load_examples(protocol: Protocol, tier: Tier, root: str | Path | None = None) -> Examples:
+    """The tier's examples (the same ``(n, seed)`` always gives the same ones); ``root`` is searched first."""
+    xu, y = data.load_uint8(protocol.dataset, protocol.split, root=root)
     if tier.n > len(y):
         raise RobustEnsError(
             f"tier {tier.name!r} of {protocol.suite} needs n={tier.n} examples but {protocol.dataset} {protocol.split} "

@@ -136,6 +136,22 @@ def _compare(old: lb.Entry, new: lb.Entry, same: bool, report: RegressReport) ->
                                   ",".join(s[:12] for s in new.model.checkpoint_sha256), "exact"))
 
 
+def compare_entries(recorded: lb.Entry, now: lb.Entry, *, same_device: bool) -> RegressReport:
+    """Compare every number of ``now`` with ``recorded`` as :func:`regress` does (exact, or a binomial bound).
+
+    Args:
+        recorded: The committed entry.
+        now: The same model under the same protocol tier, measured again.
+        same_device: Exactness (and equal per-example sha256s) demanded; else the binomial bound.
+
+    Returns:
+        A report whose ``moved`` lists the numbers out of tolerance and ``numbers`` counts the compared.
+    """
+    report = RegressReport()
+    _compare(recorded, now, same_device, report)
+    return report
+
+
 def regress(
     paths: Sequence[str | Path] = (),
     *,
@@ -178,17 +194,23 @@ def regress(
     dev = resolve_device(device)
     with tempfile.TemporaryDirectory(prefix="robust-ens-regress-") as tmp:
         base = Path(out) if out is not None else Path(tmp)
-        for (suite, tier_name), group in sorted(groups.items()):
+        for (suite, tier_name, rule), group in sorted(groups.items(), key=lambda kv: (kv[0][:2], kv[0][2] or "")):
             _rerun_group(suite, tier_name, group, base, dev, progress, report,
-                         _Where(store, homes, [Path(d) for d in weights_dirs]))
+                         _Where(store, homes, [Path(d) for d in weights_dirs]), rule)
     report.seconds = time.perf_counter() - t0
     return report
 
 
+def filter_rule(e: lb.Entry) -> str | None:
+    """The example filter an entry was measured under (``model.config.filter.rule``), or ``None``."""
+    rec = e.model.config.get("filter") if isinstance(e.model.config, dict) else None
+    return rec.get("rule") if isinstance(rec, dict) else None
+
+
 def _groups(files: Sequence[Path], entries: Sequence[object], tier: str | None,
-            report: RegressReport) -> dict[tuple[str, str], list[lb.Entry]]:
-    """The entries that can be re-run, by (suite, tier); the others are listed as skipped with the reason."""
-    groups: dict[tuple[str, str], list[lb.Entry]] = {}
+            report: RegressReport) -> dict[tuple[str, str, str | None], list[lb.Entry]]:
+    """The entries that can be re-run, by (suite, tier, filter); the others are listed as skipped with the reason."""
+    groups: dict[tuple[str, str, str | None], list[lb.Entry]] = {}
     for path, e in zip(files, entries, strict=True):
         if not isinstance(e, lb.Entry):
             report.skip(path, "schema 1 records no target to re-run", "schema-1 entries")
@@ -197,7 +219,7 @@ def _groups(files: Sequence[Path], entries: Sequence[object], tier: str | None,
         elif tier is not None and e.protocol.tier != tier and e.kind in ("attack", "defense"):
             report.skip(path, f"tier {e.protocol.tier}, not {tier}", "at other tiers")
         elif e.kind == "attack":  # the protocol's own target panel: re-run the suite, compare per attack
-            groups.setdefault((e.protocol.suite, e.protocol.tier), []).append(e)
+            groups.setdefault((e.protocol.suite, e.protocol.tier, filter_rule(e)), []).append(e)
         elif e.kind != "defense":
             report.skip(path, f"a {e.kind} entry", f"{e.kind} entries")
         elif e.model.target is None:
@@ -206,7 +228,7 @@ def _groups(files: Sequence[Path], entries: Sequence[object], tier: str | None,
             report.skip(path, f"tier {e.protocol.tier!r} is not one of the suite's (a run made from command-line "
                         "options, e.g. corruptions evaluate); re-run it with its command", "made by another command")
         else:
-            groups.setdefault((e.protocol.suite, e.protocol.tier), []).append(e)
+            groups.setdefault((e.protocol.suite, e.protocol.tier, filter_rule(e)), []).append(e)
     return groups
 
 
@@ -260,13 +282,19 @@ class _Where:
 
 
 def _rerun_group(suite: str, tier_name: str, group: list[lb.Entry], base: Path, dev: torch.device, progress: bool,
-                 report: RegressReport, where: _Where) -> None:
-    """Re-run one (suite, tier) with all its targets and compare every entry of the group."""
+                 report: RegressReport, where: _Where, rule: str | None = None) -> None:
+    """Re-run one (suite, tier) with all its targets and compare every entry of the group.
+
+    Entries measured under an example filter (``bench run --filter``) are re-run under the same filter:
+    their digest is that of the filtered protocol.
+    """
     from robust_ens.bench.report import to_entries
     from robust_ens.bench.runner import TargetArg, run_suite
 
     try:
         proto = get_suite(suite)
+        if rule is not None and proto.tier(tier_name).filter != rule:
+            proto = proto.with_filter(tier_name, rule)
     except RobustEnsError as err:
         for e in group:
             report.moved.append(Moved(e.name, "suite", suite, f"unknown ({err})", "-"))
@@ -287,7 +315,7 @@ def _rerun_group(suite: str, tier_name: str, group: list[lb.Entry], base: Path, 
             if sha256_file(Path(a.weights)) != rec.weights_sha256:
                 report.moved.append(Moved(e.name, "weights sha256", rec.weights_sha256[:16],
                                           sha256_file(Path(a.weights))[:16], "exact"))
-    run_dir = base / f"{suite}-{tier_name}"
+    run_dir = base / (f"{suite}-{tier_name}" + (f"-{rule}" if rule else ""))
     result = run_suite(proto, tier_name, args, run_dir, device=dev, store=where.store, progress=progress)
     fresh = {n.model.name: n for n in to_entries(result, "robust-ens regress", run_dir=run_dir, targets=args)}
     here = _device_name(dev)

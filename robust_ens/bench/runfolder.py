@@ -78,6 +78,27 @@ class RunFolder:
                 warnings.warn(f"{self._manifest_path} is unreadable; finished cells will be recomputed",
                               RuntimeWarning, stacklevel=2)
 
+    def check_examples(self, fingerprint: str) -> None:
+        """Refuse a folder whose finished cells were measured on other images; record these otherwise.
+
+        The protocol digest names the dataset, not its files: a data folder swapped between two runs
+        into one ``--out`` (another ``$ROBUST_ENS_DATA`` or ``--data``) would resume on the old cells.
+        Folders written before the fingerprint was recorded are accepted as they are.
+        """
+        run_json = self.root / "run.json"
+        old: Any = {}
+        if run_json.is_file():
+            try:
+                old = json.loads(run_json.read_text(encoding="utf-8"))
+            except (OSError, ValueError, UnicodeDecodeError):
+                old = {}
+        recorded = old.get("examples") if isinstance(old, dict) else None
+        if recorded is not None and recorded != fingerprint:
+            raise RobustEnsError(
+                f"{self.root} holds a run on other images (examples {str(recorded)[:12]}, now {fingerprint[:12]}): "
+                "the data changed since; pick a new --out or point the data back")
+        self._info["examples"] = fingerprint
+
     def open(self) -> None:
         """Create the folder and its ``run.json`` (called once the targets resolved: bad input leaves nothing)."""
         run_json = self.root / "run.json"

@@ -134,11 +134,12 @@ class Engine:
         progress: Show progress bars.
         target_option: The command-line option the targets came from, named in errors about them.
         corruption_cache: Read and write corrupted copies in the data cache (corruptions task).
+        data_root: A folder searched first for the protocol's dataset (``bench run --data``).
     """
 
     def __init__(self, protocol: Protocol, tier: str, out: str | Path, *, device: str | torch.device = "cpu",
                  store: str | Path | None = None, progress: bool = True, target_option: str = "--target",
-                 corruption_cache: bool = True) -> None:
+                 corruption_cache: bool = True, data_root: str | Path | None = None) -> None:
         self.protocol = protocol
         self.target_option = target_option
         self.tier = protocol.tier(tier)
@@ -146,7 +147,8 @@ class Engine:
         dd.init_from_env(self.device)
         self.folder = RunFolder(out, protocol, tier, write=dd.is_main())
         self.progress = progress and dd.is_main()
-        self.ex = load_examples(protocol, self.tier)
+        self.ex = load_examples(protocol, self.tier, root=data_root)
+        self.folder.check_examples(self.ex.fingerprint)
         self._surrogates: dict[str, Target] = {}
         self.ctx = _EngineContext(protocol, self.tier, self.ex, self.folder, AdvSetStore(store), self.device,
                                   self.surrogate, self.progress, corruption_cache=corruption_cache)
@@ -232,6 +234,7 @@ def run_suite(
     target_option: str = "--target",
     corruption_cache: bool = True,
     filter: str | None = None,
+    data_root: str | Path | None = None,
 ) -> RunResult:
     """Run one tier of a suite on some targets and write the summary into the run folder.
 
@@ -248,6 +251,8 @@ def run_suite(
         corruption_cache: Read and write corrupted copies in the data cache (corruptions task).
         filter: Set the tier's example filter (``"all-targets-correct"``: keep the examples every
             target classifies correctly); ``None`` keeps the tier's own.
+        data_root: A folder searched first for the protocol's dataset (``bench run --data``); the
+            images' fingerprint, not the folder, enters the sets' keys and the run folder's record.
 
     Returns:
         The typed result; it reads like the summary it writes to ``<out>/summary.json``
@@ -262,7 +267,7 @@ def run_suite(
         raise RobustEnsError(f"{proto.suite} evaluates depth models: use run_depth (robust-ens bench run {proto.suite} --data KITTI_C)")
     args = [a if isinstance(a, TargetArg) else TargetArg(spec=a) for a in targets]
     engine = Engine(proto, tier, out, device=device, store=store, progress=progress, target_option=target_option,
-                    corruption_cache=corruption_cache)
+                    corruption_cache=corruption_cache, data_root=data_root)
     result = engine.run(args)
     if dd.is_main():
         atomic_write_json(Path(out) / "summary.json", result.to_summary())

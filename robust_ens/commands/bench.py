@@ -56,7 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--filter", default=None, choices=FILTERS,
                    help="keep only the examples every target classifies correctly (TA-Bench's rule; the entry records "
                         "how many were kept); default: the tier's own (default run folder runs/<suite>-<tier>-<filter>)")
-    r.add_argument("--data", default=None, help="depth suites: the KITTI-C tree (robust-ens corrupt --preset kittic --clean)")
+    r.add_argument("--data", default=None, help="a folder searched first for the suite's dataset (imagenet-transfer: "
+                   "TransferAttack's images/ + labels.csv); depth suites: the KITTI-C tree (robust-ens corrupt "
+                   "--preset kittic --clean)")
     r.add_argument("--gt", default=None, help="depth suites: ground-truth depths (default <data>/gt_depths.npz)")
     r.set_defaults(func=run_run, targets=[])
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -145,12 +147,13 @@ def run_run(args: argparse.Namespace) -> int:
     with for_option("--tier"):
         proto.tier(args.tier)
     check_device(args.device)
-    if proto.task != "depth" and (args.data is not None or args.gt is not None):
-        raise RobustEnsError(f"--data and --gt are for depth suites (kitti-c); {proto.suite} uses {proto.dataset}")
+    if proto.task != "depth" and args.gt is not None:
+        raise RobustEnsError(f"--gt is for depth suites (kitti-c); {proto.suite} uses {proto.dataset}")
     if args.gt is not None:
         check_input_file(args.gt, "--gt")
     if args.data is not None and not Path(args.data).is_dir():
-        raise RobustEnsError(f"--data {args.data} is not a folder (a KITTI-C tree)")
+        what = "a KITTI-C tree" if proto.task == "depth" else f"holding {proto.dataset}"
+        raise RobustEnsError(f"--data {args.data} is not a folder ({what})")
     for t in args.targets:
         if t["weights"] is not None:
             check_input_file(t["weights"], "--weights")
@@ -164,7 +167,7 @@ def run_run(args: argparse.Namespace) -> int:
     if proto.task == "depth":
         return _run_depth(proto, args, out, device)
     result = run_suite(proto, args.tier, targets, out, device=device, store=args.store,
-                       progress=progress.enabled(), filter=args.filter)
+                       progress=progress.enabled(), filter=args.filter, data_root=args.data)
     if not distributed.is_main():
         return 0
     if args.entries:
