@@ -13,7 +13,13 @@ On a machine with CUDA it runs, within about 10 minutes on one H100/H200, and wr
    cifar10-attacks' small tier when CIFAR-10 is found (``$ROBUST_ENS_DATA``), else digits-transfer's
    small tier, and the report says why (``fallback``); its summary's FLOPs and GFLOP/s;
 5. ``regress``: ``robust-ens regress --tier smoke`` of the committed (CPU-made) entries on the GPU,
-   within the binomial tolerance across devices.
+   within the binomial tolerance across devices;
+6. ``imagenet_smoke`` and ``imagenet_slice`` (``suites/gpu_check_imagenet.py``, issue 24): the
+   imagenet-transfer smoke tier end to end through the engine on a generated ImageNet-compatible
+   folder, and a slice of its full tier on random weights (MI-FGSM from ResNet-50 and Ens from the
+   4 CNNs, ViT-B/16 the target, 32 images at 224 px) crafted in fp32 and in bf16, whose success
+   rates must agree within a binomial bound; the pixels' agreement, times and GFLOP/s reported.
+   ``vit_compile`` runs last (a slow compile cannot starve the rest).
 
 Report layout: ``{"format", "ok", "reason", "mode", "report", "environment": {"device", "card",
 "torch", "cuda", "cudnn", "tf32_matmul", "tf32_cudnn", "robust_ens", "git_commit", "timm",
@@ -24,8 +30,9 @@ The report is rewritten after every check, so a killed run still leaves what it 
 It fails loudly: no CUDA, a CUDA error (the check stops at once: the context is gone) or any failed
 check gives a non-zero exit and ONE line on stderr, ``gpu-check: FAIL: <reason>``. It never falls
 back to the CPU. ``--dry-run`` (``--device cpu --tiny``) runs the same code on the CPU at tiny sizes
-(2 small members, a 2-block ViT, digits-transfer's smoke tier, one entry regressed) in seconds; that
-is what ``tests/test_gpu_check.py`` runs.
+(2 small members, a 2-block ViT, digits-transfer's smoke tier, one entry regressed, imagenet-transfer's
+smoke tier, the slice on timm's tiny test models with 4 images and 2 steps) in seconds; that is
+what ``tests/test_gpu_check.py`` runs.
 
 It runs from a checkout that is not installed too (``make gpu-check GPU_PYTHON=python3`` on a lent
 GPU machine, whose python has torch and timm but no index): ``robust_ens.attacks`` and
@@ -55,6 +62,8 @@ if __package__ in (None, ""):  # run as a file (python suites/gpu_check.py): the
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+
+from suites.gpu_check_imagenet import check_imagenet_slice, check_imagenet_smoke
 
 ROOT = Path(__file__).resolve().parents[1]
 FORMAT = "robust-ens gpu-check 1"
@@ -353,7 +362,8 @@ def check_regress(c: Check) -> dict[str, Any]:
 # (name, function, seconds it needs at CUDA size, at most; the budget skips a check that cannot fit)
 CHECKS: list[tuple[str, Callable[[Check], dict[str, Any]], float]] = [
     ("peak", check_peak, 15), ("crafting", check_crafting, 60), ("vit", check_vit, 60),
-    ("engine", check_engine, 150), ("regress", check_regress, 90), ("vit_compile", check_vit_compile, 200),
+    ("engine", check_engine, 150), ("regress", check_regress, 90), ("imagenet_smoke", check_imagenet_smoke, 60),
+    ("imagenet_slice", check_imagenet_slice, 90), ("vit_compile", check_vit_compile, 200),
 ]
 
 
