@@ -20,7 +20,7 @@ import torch
 from suites import gpu_check
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKS = {"peak", "crafting", "vit", "engine", "regress", "vit_compile"}
+CHECKS = {"peak", "crafting", "vit", "engine", "regress", "imagenet_smoke", "imagenet_slice", "vit_compile"}
 
 
 def _run_script(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -122,6 +122,39 @@ def test_the_tiny_dry_run_writes_the_whole_report(tmp_path: Path, capsys: pytest
     reg = checks["regress"]
     assert reg["entries"] == ["cnn-s0"] and reg["moved"] == [] and reg["numbers"] > 0
     assert reg["exact_same_device"] + reg["across_devices"] == 1
+    _assert_imagenet(checks["imagenet_smoke"], checks["imagenet_slice"])
+    assert list(checks).index("imagenet_slice") < list(checks).index("vit_compile")  # before the compile
+    assert os.environ.get("ROBUST_ENS_DATA") == env["data"]  # pointed at the generated folder for its run only
+
+
+def _assert_imagenet(smoke: dict[str, Any], sl: dict[str, Any]) -> None:
+    """The ImageNet track's two checks: the smoke tier through the engine, the full tier's slice in fp32 and bf16."""
+    from robust_ens.bench import get_suite
+
+    tier = get_suite("imagenet-transfer").tier("smoke")
+    assert (smoke["suite"], smoke["tier"], smoke["dataset"], smoke["n"]) == ("imagenet-transfer", "smoke",
+                                                                           "imagenet-compatible", tier.n)
+    assert smoke["attacks"] == list(tier.attacks) and set(smoke["success"]) == set(tier.attacks)
+    assert all(0 <= v <= 1 for v in smoke["success"].values()) and smoke["cells"] > 0 and len(smoke["targets"]) == 2
+    assert smoke["cost"]["advsets_made"] > 0 and smoke["cost"]["flops"] > 0 and smoke["cost"]["gflops_per_s"] > 0
+    assert (sl["images"], sl["steps"], sl["image"]) == (4, 2, [3, 224, 224]) and sl["target"].startswith("timm-random:")
+    assert set(sl["attacks"]) == {"mifgsm", "ens"} and sl["flops"] > 0 and sl["gflops_per_s"] > 0 and sl["summary"]
+    assert sl["bn_statistics"]["recomputed_on_the_images"] and "tolerance" in sl["tolerance_rule"]
+    for row in sl["attacks"].values():
+        assert row["problems"] == [] and all(s.startswith("timm-random:test_") for s in row["surrogate"])
+        assert row["attack"]["steps"] == 2 and row["attack"]["eps"] == pytest.approx(16 / 255)
+        for p in ("fp32", "bf16"):
+            run = row["runs"][p]
+            assert run["seconds"] > 0 and run["flops"] > 0 and run["gflops_per_s"] > 0 and f"share_of_{p}_peak" in run
+            assert run["forward"] == run["backward"] == 2 * 4 * len(row["surrogate"])  # steps x images x members
+            assert set(row["success"][p]) == {"surrogate", "target"} and 0 < row["max_change_levels"][p] <= 16
+        assert set(row["loss"]) == {"clean", "fp32", "bf16"}
+        for k in ("surrogate", "target"):
+            assert row["difference"][k] == pytest.approx(row["success"]["bf16"][k] - row["success"]["fp32"][k])
+            assert abs(row["difference"][k]) <= row["tolerance"][k]
+        assert set(row["agree"]) == {"pixels_equal", "pixels_within_1_level", "perturbation_sign", "examples_equal",
+                                     "outcome_surrogate", "outcome_target", "clean_prediction"}
+        assert all(0 <= v <= 1 for v in row["agree"].values())
 
 
 def test_an_unwritable_report_fails_in_one_line_before_any_work(tmp_path: Path,
@@ -178,3 +211,20 @@ def test_errors_are_told_apart_and_the_report_goes_to_out(monkeypatch: pytest.Mo
     assert gpu_check.default_out() == Path("/some/out/gpu-check.json")
     monkeypatch.delenv("OUT")
     assert gpu_check.default_out() == ROOT / "runs" / "gpu-check.json"
+
+
+def test_the_imagenet_slice_fails_loudly_out_of_tolerance_and_runs_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from robust_ens.bench import regress
+
+    monkeypatch.setenv("ROBUST_ENS_DATA", str(tmp_path / "the-users-data"))
+    monkeypatch.setattr(regress, "tolerance", lambda p, n, same_device: -1.0)  # nothing can agree
+    out = tmp_path / "r.json"
+    assert gpu_check.main(["--dry-run", "--only", "imagenet_slice", "--out", str(out)]) == 1
+    printed = capsys.readouterr()
+    line = _fail_line(printed.err)
+    assert "imagenet_slice: ImageNetCheckError: mifgsm: surrogate success" in line and "> tolerance -1.000" in line
+    assert "[imagenet_slice] figures: {" in printed.out  # the figures stay in the log
+    r = json.loads(out.read_text())
+    assert list(r["checks"]) == ["imagenet_slice"] and r["checks"]["imagenet_slice"]["status"] == "fail"
+    assert os.environ["ROBUST_ENS_DATA"] == str(tmp_path / "the-users-data")  # restored after the check's folder
