@@ -33,8 +33,10 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest suites --benchmark -q
 
 # The prepared GPU check (issue 27): on a CUDA machine, in under 10 minutes, the crafting benchmark at
-# its CUDA size, 4x ViT-B/16 with and without torch.compile, a small-tier engine run and a regress of
-# the committed entries across devices; ONE JSON report ($OUT/gpu-check.json, else runs/gpu-check.json).
+# its CUDA size, 4x ViT-B/16 with and without torch.compile, a small-tier engine run, a regress of
+# the committed entries across devices and the ImageNet track (issue 24: imagenet-transfer's smoke tier,
+# and a slice of its full tier on random weights crafted in fp32 and bf16); ONE JSON report
+# ($OUT/gpu-check.json, else runs/gpu-check.json).
 # Without CUDA it fails in one line (never on the CPU); GPU_CHECK_ARGS=--dry-run rehearses it on the CPU.
 # GPU_PYTHON=python3 skips the venv (a machine without an index whose python has torch and timm: the
 # script imports the checkout as it is; pydantic, needed by the engine, may have to be carried as wheels).
