@@ -29,7 +29,7 @@ from robust_ens.overrides import PIXEL_BUDGET, OutOfRange
 from robust_ens.registry import Registry
 
 PROTOCOL_DIR = Path(__file__).resolve().parent / "protocols"
-TIERS = ("smoke", "small", "full")
+TIERS = ("smoke", "demo", "small", "full")
 TASKS = ("transfer", "whitebox", "corruptions", "depth")
 KINDS = ("defense", "attack")
 #: An attack suite's success rate per target: over the target's clean-correct examples (default), or
@@ -217,9 +217,18 @@ def _relative(value: str | float, eps: float) -> float:
 
 
 def _accepted(attack: str) -> set[str]:
+    """The keyword arguments ``attack`` takes; a factory's ``**kw`` counts as what its attack's ``config()`` names.
+
+    A factory such as ``mdi2fgsm(**kw)`` hides its attack's parameters from its signature; reading
+    only the signature once let such an attack keep its own step count where a tier set another.
+    """
     import inspect
 
-    return set(inspect.signature(ATTACKS.get(attack)).parameters)
+    params = inspect.signature(ATTACKS.get(attack)).parameters
+    named = {k for k, v in params.items() if v.kind is not inspect.Parameter.VAR_KEYWORD}
+    if any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values()):
+        named |= set(create_attack(attack, eps=8 / 255).config())
+    return named
 
 
 class _Reader:
