@@ -101,4 +101,4 @@ def test_a_model_no_suite_takes_is_refused_in_one_line(tmp_path: Path, capsys: p
 def test_a_bad_tier_with_all_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = cli.main(["--quiet", "submit", "--model", DIGITS, "--suite", "all", "--tier", "huge", "--name", "x",
                    "--out", str(tmp_path / "all")])
-    assert rc == 2 and "--tier 'huge': use smoke, small or full" in one_error_line(capsys)
+    assert rc == 2 and "--tier 'huge': use smoke, demo, small, full" in one_error_line(capsys)

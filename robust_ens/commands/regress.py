@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("regress", help="re-run committed leaderboard entries; exit 1 with a table when a number moved",
                        description=__doc__.split("Example:")[0].strip() if __doc__ else None)
     p.add_argument("paths", nargs="*", default=[], help="entry files or folders (default: every entry under --root)")
-    p.add_argument("--tier", default=None, help="only entries recorded at this tier (smoke, small, full)")
+    p.add_argument("--tier", default=None, help="only entries recorded at this tier (smoke, demo, small, full)")
     p.add_argument("--root", default=None, help="leaderboard folder (default: $ROBUST_ENS_LEADERBOARD, else ./leaderboards)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--out", default=None, help="keep the re-runs' folders here (default: a temporary folder)")
@@ -53,10 +53,12 @@ def run(args: argparse.Namespace) -> int:
 
             raise RobustEnsError(f"--weights-dir {folder} is not a folder")
 
-    if args.tier is not None and args.tier not in ("smoke", "small", "full"):
+    from robust_ens.bench.protocol import TIERS
+
+    if args.tier is not None and args.tier not in TIERS:
         from robust_ens.errors import RobustEnsError
 
-        raise RobustEnsError(f"--tier {args.tier!r}: use smoke, small or full")
+        raise RobustEnsError(f"--tier {args.tier!r}: use {', '.join(TIERS)}")
     rep = regress(args.paths, root=args.root, tier=args.tier, device=args.device, out=args.out,
                   progress=progress.enabled(), store=args.store, weights_dirs=args.weights_dir)
     if not progress.quiet():  # the details; under --quiet only the summary line (and what moved)

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--suite", required=True,
                    help="a suite that ranks defenses (see 'robust-ens bench list'), or 'all': every such suite "
                         "that takes the model's data, one entry each (resumable)")
-    p.add_argument("--tier", default="small", help="smoke, small (default) or full")
+    p.add_argument("--tier", default="small", help="smoke, demo, small (default) or full")
     p.add_argument("--name", required=True, help="the entry's name, unique within the suite")
     p.add_argument("--paper-url", default=None, help="the paper's URL")
     p.add_argument("--paper-title", default="", help="the paper's title")
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``submit``: evaluate, write the entry, re-render, print the row and what to commit."""
     from robust_ens import leaderboard as lb
     from robust_ens import progress
-    from robust_ens.bench.protocol import get_suite
+    from robust_ens.bench.protocol import TIERS, get_suite
     from robust_ens.bench.submit import ALL, recorded_path, submit, submit_all
     from robust_ens.commands.common import check_device, check_input_file, check_output_folder, for_option
 
@@ -60,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
             proto = get_suite(args.suite)
         with for_option("--tier"):
             proto.tier(args.tier)
-    elif args.tier not in ("smoke", "small", "full"):
+    elif args.tier not in TIERS:
         from robust_ens.errors import RobustEnsError
 
-        raise RobustEnsError(f"--tier {args.tier!r}: use smoke, small or full")
+        raise RobustEnsError(f"--tier {args.tier!r}: use {', '.join(TIERS)}")
     check_device(args.device)
     if args.weights is not None:
         check_input_file(args.weights, "--weights")

@@ -16,6 +16,7 @@ from typing import Any
 
 from robust_ens.errors import RobustEnsError
 from robust_ens.leaderboard.schema import AnyEntry, Entry, eps_key, eps_label
+from robust_ens.leaderboard.store import subfolder_tier
 from robust_ens.leaderboard.tables import GENERATED, digest, ranked
 
 PLOT_SIZE = (6.4, 4.0)  # inches: every plot but robust-vs-eps
@@ -40,11 +41,23 @@ def plot_size(name: str) -> tuple[float, float]:
     return WIDE_SIZE if name == "robust-vs-eps.png" else PLOT_SIZE
 
 
+def matrix_name(e: Entry) -> str:
+    """The file of an entry's transferability matrix: ``<name>-transfer.png`` (``<name>-<tier>-transfer.png``
+    for a tier with its own names, e.g. ``demo``)."""
+    tier = subfolder_tier(e)
+    return f"{slug(e.name)}{'-' + tier if tier else ''}-transfer.png"
+
+
+def _on_eps_plot(v2: Sequence[Entry]) -> list[Entry]:
+    """The entries the robust-vs-eps plot draws: those with worst cases, not of a subfolder tier (one eps)."""
+    return [e for e in v2 if e.results.worst_case and not subfolder_tier(e)]
+
+
 def plot_names(entries: Sequence[AnyEntry]) -> list[str]:
     """The file names of a suite's plots (what :func:`plots` makes), without drawing them."""
     v2 = [e for e in entries if isinstance(e, Entry)]
-    names = ["robust-vs-eps.png"] if any(len(e.results.worst_case) > 0 for e in v2) else []
-    names += [f"{slug(e.name)}-transfer.png" for e in v2 if e.kind == "defense" and e.results.cells]
+    names = ["robust-vs-eps.png"] if _on_eps_plot(v2) else []
+    names += [matrix_name(e) for e in v2 if e.kind == "defense" and e.results.cells]
     return names
 
 
@@ -166,10 +179,10 @@ def plots(suite: str, entries: Sequence[AnyEntry]) -> dict[str, bytes]:
         raise RobustEnsError("leaderboard render needs matplotlib for its plots: pip install matplotlib") from None
     out: dict[str, bytes] = {}
     v2 = [e for e in entries if isinstance(e, Entry)]
-    with_eps = [e for e in v2 if e.results.worst_case]
+    with_eps = _on_eps_plot(v2)
     if with_eps:
         out["robust-vs-eps.png"] = _png(_robust_vs_eps(plt, suite, with_eps), digest(entries))
     for e in v2:
         if e.kind == "defense" and e.results.cells:
-            out[f"{slug(e.name)}-transfer.png"] = _png(_transfer_matrix(plt, e), digest([e]))  # its own entry: no churn
+            out[matrix_name(e)] = _png(_transfer_matrix(plt, e), digest([e]))  # its own entry: no churn
     return out

@@ -63,10 +63,27 @@ def schema_files(root: str | Path) -> dict[Path, dict[str, Any]]:
 DATASET_FOLDERS = {"imagenet-compatible": "imagenet"}
 
 
+#: Tiers whose entries rank the same models as a suite's main tier, under the same names: they live in
+#: a folder of their own (``<suite>/<tier>/<name>.json``), so a model's demo entry and its small entry
+#: are two files.
+SUBFOLDER_TIERS = frozenset({"demo"})
+
+
 def entry_path(entry: AnyEntry, root: str | Path | None = None) -> Path:
-    """``<root>/<dataset folder>/<suite>/<name>.json`` (the dataset's name, or its :data:`DATASET_FOLDERS` folder)."""
-    folder = DATASET_FOLDERS.get(entry.protocol.dataset, entry.protocol.dataset)
-    return leaderboard_root(root) / folder / entry.protocol.suite / f"{entry.name}.json"
+    """``<root>/<dataset folder>/<suite>/<name>.json`` (the dataset's name, or its :data:`DATASET_FOLDERS` folder).
+
+    Entries of a tier in :data:`SUBFOLDER_TIERS` go one folder down: ``<suite>/<tier>/<name>.json``.
+    """
+    folder = leaderboard_root(root) / DATASET_FOLDERS.get(entry.protocol.dataset, entry.protocol.dataset)
+    folder = folder / entry.protocol.suite
+    tier = subfolder_tier(entry)
+    return (folder / tier if tier else folder) / f"{entry.name}.json"
+
+
+def subfolder_tier(entry: AnyEntry) -> str:
+    """The entry's tier when it is one of :data:`SUBFOLDER_TIERS` (its own folder and names), else ``""``."""
+    tier = getattr(entry.protocol, "tier", None)
+    return str(tier) if tier in SUBFOLDER_TIERS else ""
 
 
 def dumps(entry: AnyEntry) -> str:
@@ -136,18 +153,19 @@ def iter_json(paths: Iterable[str | Path]) -> Iterable[Path]:
 
 
 def validate_tree(files: Sequence[Path]) -> list[AnyEntry]:
-    """Validate files one by one, then across them: a name appears once within a suite.
+    """Validate files one by one, then across them: a name appears once within a suite (and a subfolder tier).
 
     Raises:
         RobustEnsError: naming the file and field of the first problem.
     """
     entries = [validate(p) for p in files]
-    seen: dict[tuple[str, str, str], Path] = {}
+    seen: dict[tuple[str, str, str, str], Path] = {}
     for path, e in zip(files, entries, strict=True):
-        key = (e.protocol.dataset, e.protocol.suite, e.name)
+        key = (e.protocol.dataset, e.protocol.suite, subfolder_tier(e), e.name)
         if key in seen:
+            where = f" tier {key[2]}" if key[2] else ""
             raise RobustEnsError(f"{path}: name: {e.name!r} is already the name of {seen[key]} in suite "
-                                 f"{e.protocol.suite} ({e.protocol.dataset}); names are unique within a suite")
+                                 f"{e.protocol.suite}{where} ({e.protocol.dataset}); names are unique within a suite")
         seen[key] = path
     return entries
 

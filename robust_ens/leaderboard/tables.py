@@ -22,7 +22,7 @@ from robust_ens.leaderboard.compare import mcnemar_bounds, overlaps, p_text, pai
 from robust_ens.leaderboard.schema import AnyEntry, EntryV1, eps_label
 
 GENERATED = "Generated from the JSON entries by `robust-ens leaderboard render`; do not edit."
-TIER_ORDER = ("full", "small", "smoke")
+TIER_ORDER = ("full", "small", "demo", "smoke")
 NOT_ORDERED = "≈"
 COLUMN_NOTES = (
     ("#", "1 + the rows whose 95% interval of the ranking number (the worst case over eps) lies wholly above "
