@@ -74,16 +74,18 @@ def test_the_cifar_demo_tier_is_the_small_tier_cut_to_one_eps_and_surrogate() ->
     assert demo.CIFAR_TARGET in committed
 
 
-def test_a_models_demo_and_small_entries_are_two_files_and_two_plots(tmp_path: Path) -> None:
+def test_a_models_demo_and_small_entries_are_two_files_and_one_plot(tmp_path: Path) -> None:
     from robust_ens.leaderboard import entry_path
-    from robust_ens.leaderboard.plots import matrix_name, plot_names
+    from robust_ens.leaderboard.plots import plot_names
     from robust_ens.leaderboard.store import validate_tree
 
     small = next(e for e in lb.load_entries() if e.protocol.suite == demo.CIFAR_SUITE and e.name == demo.CIFAR_TARGET
                  and e.protocol.tier == "small")
     mine = _committed(demo.CIFAR_SUITE, "demo")
     assert entry_path(mine, tmp_path).parent.name == "demo" and entry_path(small, tmp_path).parent.name == demo.CIFAR_SUITE
-    assert matrix_name(mine) != matrix_name(small) and "robust-vs-eps.png" in plot_names([small, mine])
+    # the demo entry repeats a slice of the small entry's matrix: one plot, the small tier's
+    assert plot_names([small, mine]) == ["robust-vs-eps.png", f"{small.name}-transfer.png"]
+    assert plot_names([mine]) == []
     paths = lb.write_entries([small, mine], tmp_path)
     assert len(validate_tree(paths)) == 2  # one name, two tiers: allowed
     twin = tmp_path / "twin.json"

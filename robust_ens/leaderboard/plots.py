@@ -41,23 +41,22 @@ def plot_size(name: str) -> tuple[float, float]:
     return WIDE_SIZE if name == "robust-vs-eps.png" else PLOT_SIZE
 
 
-def matrix_name(e: Entry) -> str:
-    """The file of an entry's transferability matrix: ``<name>-transfer.png`` (``<name>-<tier>-transfer.png``
-    for a tier with its own names, e.g. ``demo``)."""
-    tier = subfolder_tier(e)
-    return f"{slug(e.name)}{'-' + tier if tier else ''}-transfer.png"
-
-
 def _on_eps_plot(v2: Sequence[Entry]) -> list[Entry]:
     """The entries the robust-vs-eps plot draws: those with worst cases, not of a subfolder tier (one eps)."""
     return [e for e in v2 if e.results.worst_case and not subfolder_tier(e)]
+
+
+def _with_matrix(v2: Sequence[Entry]) -> list[Entry]:
+    """The entries that get a transferability matrix: defenses with cells, not of a subfolder tier (its
+    entry repeats a slice of the same model's main-tier matrix; the page's cells table holds it)."""
+    return [e for e in v2 if e.kind == "defense" and e.results.cells and not subfolder_tier(e)]
 
 
 def plot_names(entries: Sequence[AnyEntry]) -> list[str]:
     """The file names of a suite's plots (what :func:`plots` makes), without drawing them."""
     v2 = [e for e in entries if isinstance(e, Entry)]
     names = ["robust-vs-eps.png"] if _on_eps_plot(v2) else []
-    names += [matrix_name(e) for e in v2 if e.kind == "defense" and e.results.cells]
+    names += [f"{slug(e.name)}-transfer.png" for e in _with_matrix(v2)]
     return names
 
 
@@ -182,7 +181,6 @@ def plots(suite: str, entries: Sequence[AnyEntry]) -> dict[str, bytes]:
     with_eps = _on_eps_plot(v2)
     if with_eps:
         out["robust-vs-eps.png"] = _png(_robust_vs_eps(plt, suite, with_eps), digest(entries))
-    for e in v2:
-        if e.kind == "defense" and e.results.cells:
-            out[matrix_name(e)] = _png(_transfer_matrix(plt, e), digest([e]))  # its own entry: no churn
+    for e in _with_matrix(v2):
+        out[f"{slug(e.name)}-transfer.png"] = _png(_transfer_matrix(plt, e), digest([e]))  # its own entry: no churn
     return out
