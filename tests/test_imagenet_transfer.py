@@ -26,20 +26,14 @@ from robust_ens.bench.targets import InputSized, resolve_target
 from robust_ens.errors import RobustEnsError
 from robust_ens.leaderboard import entry_path, validate
 from robust_ens.leaderboard.schema import Entry
+from tests.attack_fixtures import single_thread  # noqa: F401
 from tests.imagenet_transfer_data import make_folder
 
 SUITE = "imagenet-transfer"
 EPS_LEVELS = 16  # 16/255
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests.attack_fixtures: one torch thread
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ these ever flipped a sign step on these inputs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -44,6 +43,7 @@ from robust_ens.attacks import (
     create_attack,
 )
 from robust_ens.attacks.mba import SWAGPosterior
+from tests.attack_fixtures import single_thread  # noqa: F401
 from tests.fixtures.transferattack.make_fixtures import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -56,14 +56,7 @@ ROUNDING = 4 * 2.0**-23  # 4 float32 ulps of 1.0; a sign step of TA's alpha is 6
 EPS, ALPHA = 16 / 255, 1.6 / 255
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests.attack_fixtures: one torch thread
 
 
 def wrapped(arch: str, state: dict[str, torch.Tensor]) -> nn.Module:

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -216,7 +217,8 @@ def _relative(value: str | float, eps: float) -> float:
     raise RobustEnsError(f"alpha must be a number, 'eps/K' or 'eps*K', got {value!r}")
 
 
-def _accepted(attack: str) -> set[str]:
+@functools.cache  # build() asks for every batch of every cell
+def _accepted(attack: str) -> frozenset[str]:
     """The keyword arguments ``attack`` takes; a factory's ``**kw`` counts as what its attack's ``config()`` names.
 
     A factory such as ``mdi2fgsm(**kw)`` hides its attack's parameters from its signature; reading
@@ -228,7 +230,7 @@ def _accepted(attack: str) -> set[str]:
     named = {k for k, v in params.items() if v.kind is not inspect.Parameter.VAR_KEYWORD}
     if any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values()):
         named |= set(create_attack(attack, eps=8 / 255).config())
-    return named
+    return frozenset(named)
 
 
 class _Reader:
