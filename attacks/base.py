@@ -134,6 +134,10 @@ class Attack:
     """
 
     ensemble_only: ClassVar[bool] = False
+    #: Whether a bf16 call attacks an Ensemble through its BatchNorm-folded view
+    #: (:meth:`robust_ens.Ensemble.folded`: the same function in fewer passes). False for an attack
+    #: that edits or samples its members' modules (Ghost, MBA); calls with model hooks (SGM) never fold.
+    folds_batchnorm: ClassVar[bool] = True
     norms: ClassVar[tuple[str, ...]] = NORMS
     #: Bump when a change to the attack's code moves its output; part of every adversarial-set key.
     code_version: ClassVar[int] = 1
@@ -344,6 +348,7 @@ class Attack:
             generator.manual_seed(used_seed)
         else:
             used_seed = None
+        surrogate = self._fast_surrogate(surrogate, x)
         run = AttackRun(surrogate, labels, is_targeted, generator, num_classes, n)
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         if n == 0:
@@ -357,6 +362,14 @@ class Attack:
         log.debug("%r on %d examples: %.1f forward / %.1f backward passes per example, %.3f s",
                   self, n, cost.forward, cost.backward, cost.seconds)
         return AttackResult(out, cost, used_seed)
+
+    def _fast_surrogate(self, surrogate: nn.Module, x: torch.Tensor) -> nn.Module:
+        """The Ensemble's BatchNorm-folded view for a bf16 call that may use it; else ``surrogate``.
+        fp32 (the reference precision of every committed number) always runs the members as given."""
+        if (self.folds_batchnorm and isinstance(surrogate, Ensemble) and not self.model_hooks()
+                and surrogate.resolved_precision(x.device) == "bf16"):
+            return surrogate.folded(x)
+        return surrogate
 
     @staticmethod
     def _num_classes(surrogate: nn.Module, x: torch.Tensor) -> int:

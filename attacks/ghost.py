@@ -122,6 +122,8 @@ class Ghost(MIFGSM):
         torch.Size([2, 3, 32, 32])
     """
 
+    folds_batchnorm = False  # it rewires the residual blocks of the modules it is given
+
     random_range: float
 
     def __init__(

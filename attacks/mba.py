@@ -172,6 +172,8 @@ class MBA(MIFGSM):
         (6.0, 6.0)
     """
 
+    folds_batchnorm = False  # its surrogate samples weights at every forward
+
     code_version = 1
     n_samples: int
     scale: float

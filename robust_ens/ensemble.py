@@ -13,6 +13,7 @@ from torch import nn
 from robust_ens import precision as _precision
 from robust_ens.errors import RobustEnsError
 from robust_ens.evaluation import predict
+from robust_ens.models.folding import fold_batchnorm, weights_signature
 
 Combine = Literal["logits", "probs", "vote"]
 COMBINES = ("logits", "probs", "vote")
@@ -41,6 +42,11 @@ def check_images(x: torch.Tensor, what: str = "x") -> None:
             f"{what} must hold images in [0, 1] (got min {x.min().item():.4g}, max {x.max().item():.4g}); "
             "models normalize inputs themselves, so pass un-normalized images"
         )
+
+
+def _param_dtype(m: nn.Module) -> torch.dtype:
+    p = next(m.parameters(), None)
+    return p.dtype if p is not None and p.is_floating_point() else torch.float32
 
 
 def _num_classes(m: nn.Module) -> int | None:
@@ -164,6 +170,38 @@ class Ensemble(nn.Module):
         # Own registries (the same modules and tensors in them), so the view never edits the original's.
         view.__dict__.update(_modules=dict(self._modules), _parameters=dict(self._parameters),
                              _buffers=dict(self._buffers), _chosen_precision=chosen)
+        return view
+
+    def folded(self, probe: torch.Tensor) -> Ensemble:
+        """A view whose members are eval-mode copies with BatchNorm folded into the convolutions
+        (:func:`robust_ens.models.folding.fold_batchnorm`): the same function, fewer passes. Attacks
+        in bf16 use it (:class:`robust_ens.attacks.Attack`); it has no parameter gradients.
+
+        The copies are cached and rebuilt when any member's weights or buffers change (a training
+        step, a load, a move). A member that cannot be folded (no conv -> BatchNorm pair, not
+        traceable by fx, or different logits on ``probe[:2]``) is used as it is; an ensemble with
+        nothing to fold, a compiled one or one of views of a shared network returns itself.
+
+        Args:
+            probe: An input batch of the shape the members take (two images are used).
+        """
+        if self._compiled is not None or not isinstance(self.members, nn.ModuleList):
+            return self
+        members = list(self.members)
+        key = (weights_signature(members), probe.device, tuple(probe.shape[1:]))
+        cached = self.__dict__.get("_fold_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        sample = probe[:2].detach().float()
+        copies = [fold_batchnorm(m, sample.to(_param_dtype(m))) for m in members]
+        view = self
+        if any(c is not None for c in copies):
+            view = copy.copy(self)
+            chosen = [c if c is not None else m for c, m in zip(copies, members, strict=True)]
+            view.__dict__.update(_modules={**self._modules, "members": nn.ModuleList(chosen)},
+                                 _parameters=dict(self._parameters), _buffers=dict(self._buffers),
+                                 _layout_device=None, _fold_cache=None)
+        self.__dict__["_fold_cache"] = (key, view)
         return view
 
     def resolved_precision(self, device: torch.device | str) -> str:
