@@ -74,8 +74,16 @@ def fixture(name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], torch.T
 def members(t: dict[str, torch.Tensor], rec: dict[str, Any], x: torch.Tensor) -> list[nn.Module]:
     ms = [wrapped(m["arch"], state_with_prefix(t, m["prefix"])) for m in rec["models"]]
     with torch.no_grad():
-        assert torch.equal(torch.stack([m(x) for m in ms]), t["logits.clean"]), "models not rebuilt as TA ran them"
+        assert_rounding_only(torch.stack([m(x) for m in ms]), t["logits.clean"], "models not rebuilt as TA ran them")
     return ms
+
+
+def assert_rounding_only(value: torch.Tensor, recorded: torch.Tensor, what: str) -> None:
+    """``value`` equals the fixture's ``recorded`` up to rounding: fp32 convolutions round differently on
+    another CPU (1e-7 relative seen between an Intel AMX and an AMD EPYC machine); a wrong rebuild or
+    step is off by far more."""
+    off = float((value - recorded).abs().max()) / max(float(recorded.abs().max()), 1e-30)
+    assert off <= 1e-5, f"{what} (off by {off:.2e} relative)"
 
 
 def ensemble(ms: list[nn.Module]) -> Ensemble:
@@ -182,18 +190,22 @@ def test_ghost_at_zero_range_is_its_base_attack() -> None:
 def _posterior(t: dict[str, torch.Tensor], rec: dict[str, Any], x: torch.Tensor) -> SWAGPosterior:
     post = SWAGPosterior(wrapped(rec["models"][0]["arch"], state_with_prefix(t, "mean")), state_with_prefix(t, "sqmean"))
     with torch.no_grad():
-        assert torch.equal(post(x), t["logits.clean"][0])
+        assert_rounding_only(post(x), t["logits.clean"][0], "posterior mean not rebuilt as TA ran it")
     return post
 
 
-def test_mba_draws_ta_samples_bit_for_bit() -> None:
+def test_mba_draws_ta_samples_to_rounding() -> None:
+    # The same normal draws in the same order: bit for bit on the machine that made the fixture, 1 ulp
+    # apart on another CPU (its vectorized log/sqrt round differently); a wrong draw order is off by O(1).
     t, rec, x, _ = fixture("mba")
     post = _posterior(t, rec, x)
     g = torch.Generator().manual_seed(0)
     samples = [post.sample(g) for _ in range(rec["n_samples"])]
     for i in (0, 1, 19):
         ref = {"1." + k: v for k, v in state_with_prefix(t, f"sample{i}").items() if "1." + k in samples[i]}
-        assert len(ref) == len(samples[i]) and all(torch.equal(samples[i][k], v) for k, v in ref.items()), i
+        assert len(ref) == len(samples[i]), i
+        for k, v in ref.items():
+            assert_rounding_only(samples[i][k], v, f"sample {i}, {k}")
 
 
 def test_mba_agrees_with_ta_with_its_preset() -> None:
@@ -226,7 +238,8 @@ def test_smer_agrees_with_ta_given_its_orders() -> None:
     assert atk.hparams == create_attack("smer_ta").hparams  # the preset is TA's behaviour
     res = atk(ensemble(members(t, rec, x)), x, y, seed=0)
     assert atk._options == [] and beyond_rounding(res.x_adv, x, t["delta"]) == 0
-    assert atk.final_weights is not None and torch.equal(atk.final_weights, t["smer.final_weights"])
+    assert atk.final_weights is not None
+    assert_rounding_only(atk.final_weights, t["smer.final_weights"], "SMER's final weights differ from TA's")
 
 
 # --------------------------------------------------------------------------- the authors' defaults
