@@ -9,6 +9,7 @@ from robust_ens.train import (
     TrainConfig,
     accuracy,
     augment_batch,
+    cross_entropy_step,
     fit,
     train_classifier,
 )
@@ -80,6 +81,18 @@ def test_augment_batch_crops_and_flips_deterministically():
     flipped = augment_batch(x, 0, True, torch.Generator().manual_seed(1))
     for i in range(2):
         assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(-1))
+
+
+def test_fit_without_a_progress_bar_reads_no_loss_per_step(digits, monkeypatch):
+    # no .item() per step when the bar is off: on CUDA each one waits for the device's queue
+    xtr, ytr, _, _ = digits
+    calls = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: calls.append(t) or item(t))
+    m = new_model()
+    res = fit({"m": m}, cross_entropy_step(m), xtr[:64], ytr[:64], TrainConfig(epochs=1, batch_size=8, precision="fp32"),
+              progress=False)
+    assert calls == [] and res.history[0]["loss"] > 0
 
 
 def test_schedules():
