@@ -56,7 +56,7 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor | None = None) -> nn.Mo
 
     source = copy.deepcopy(model).eval()
     try:
-        folded = fuse(source)
+        folded = fuse(source, inplace=True)  # source is already a copy
     except Exception as err:  # noqa: BLE001 - any tracing failure: keep the original network
         log.debug("BatchNorm folding skipped for %s: %s", type(model).__name__, err)
         return None
