@@ -90,7 +90,8 @@ def setup(request: pytest.FixtureRequest, full_benchmark: bool, threads: int) ->
 
 @pytest.fixture(scope="module")
 def peaks(full_benchmark: bool, threads: int) -> dict[str, float]:
-    """GFLOP/s of a bf16 and an fp32 matmul on this device, measured in this run (the cost model's ceiling)."""
+    """GFLOP/s of a bf16 and an fp32 matmul on this device, measured in this run (the cost model's ceiling);
+    each test raises them to what it measures after its runs."""
     n = None if full_benchmark else SMOKE_PEAK_N
     return {"bf16": matmul_peak(DEVICE, torch.bfloat16, n), "fp32": matmul_peak(DEVICE, torch.float32, n)}
 
@@ -144,6 +145,11 @@ def test_pgd10_ensemble_vs_torchattacks(benchmark: Any, setup: dict[str, Any], p
         "speedup_vs_torchattacks": ratio,
         "target": f">= {cfg.get('target', 2.0)}x" if precision != "fp32" else ">= 0.95x",
     })
+    # The peak is the best the machine does: measured again after the runs (a shared CPU's speed moves
+    # by 20-40% within minutes), keeping the higher figure, so a share of it is never flattered.
+    n_peak = None if full_benchmark else SMOKE_PEAK_N
+    peaks.update({k: max(v, matmul_peak(DEVICE, torch.bfloat16 if k == "bf16" else torch.float32, n_peak))
+                  for k, v in peaks.items()})
     cost: CostModel = setup["cost"]
     peak_kind = "fp32" if precision == "fp32" else "bf16"
     benchmark.extra_info.update({
