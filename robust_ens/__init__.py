@@ -10,6 +10,10 @@ Example:
 
 __version__ = "0.1.0"
 
+from robust_ens.allocator import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # glibc: reuse freed tensor memory instead of a page fault per activation (ROBUST_ENS_MALLOC=0: off)
+
 from robust_ens import data, models  # noqa: E402
 from robust_ens.ensemble import Ensemble  # noqa: E402
 
