@@ -178,7 +178,7 @@ class Ensemble(nn.Module):
         in bf16 use it (:class:`robust_ens.attacks.Attack`); it has no parameter gradients.
 
         The copies are cached and rebuilt when any member's weights or buffers change (a training
-        step, a load, a move). A member that cannot be folded (no conv -> BatchNorm pair, not
+        step, a load, a move); they hold one more copy of the members' weights. A member that cannot be folded (no conv -> BatchNorm pair, not
         traceable by fx, or different logits on ``probe[:2]``) is used as it is; an ensemble with
         nothing to fold, a compiled one or one of views of a shared network returns itself.
 
