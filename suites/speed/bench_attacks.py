@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -54,19 +53,6 @@ SMOKE_PEAK_N = 256  # smoke size: the same measurement, at a size that takes mil
 
 def _sync() -> None:
     sync(DEVICE)
-
-
-@pytest.fixture(scope="module")
-def threads(full_benchmark: bool) -> Iterator[int]:
-    """Smoke size runs on one torch thread (tiny work; on a shared CPU OpenMP threads spin);
-    full size uses torch's default (``OMP_NUM_THREADS`` chooses)."""
-    before = torch.get_num_threads()
-    if not full_benchmark:
-        torch.set_num_threads(1)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module", params=["resnet20", "vit_b16"])

@@ -31,7 +31,7 @@ import copy
 import math
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -77,18 +77,6 @@ def test_resnet20_train_throughput(benchmark, full_benchmark, precision):
 
 
 # --------------------------------------------------------------------------- fit vs the plain loop
-
-
-@pytest.fixture(scope="module")
-def threads(full_benchmark: bool) -> Iterator[int]:
-    """Smoke size runs on one torch thread; full size uses torch's default (``OMP_NUM_THREADS`` chooses)."""
-    before = torch.get_num_threads()
-    if not full_benchmark:
-        torch.set_num_threads(1)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
