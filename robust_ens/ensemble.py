@@ -178,9 +178,10 @@ class Ensemble(nn.Module):
         in bf16 use it (:class:`robust_ens.attacks.Attack`); it has no parameter gradients.
 
         The copies are cached and rebuilt when any member's weights or buffers change (a training
-        step, a load, a move); they hold one more copy of the members' weights. A member that cannot be folded (no conv -> BatchNorm pair, not
-        traceable by fx, or different logits on ``probe[:2]``) is used as it is; an ensemble with
-        nothing to fold, a compiled one or one of views of a shared network returns itself.
+        step, a load, a move); they hold one more copy of the members' weights. A member that
+        cannot be folded (no conv -> BatchNorm pair, not traceable by fx, or different logits on
+        ``probe[:2]``) is used as it is; an ensemble with nothing to fold, a compiled one or one of
+        views of a shared network returns itself.
 
         Args:
             probe: An input batch of the shape the members take (two images are used).
@@ -191,10 +192,10 @@ class Ensemble(nn.Module):
         key = (weights_signature(members), probe.device, tuple(probe.shape[1:]))
         cached = self.__dict__.get("_fold_cache")
         if cached is not None and cached[0] == key:
-            return cached[1]
+            return cached[1] if cached[1] is not None else self
         sample = probe[:2].detach().float()
         copies = [fold_batchnorm(m, sample.to(_param_dtype(m))) for m in members]
-        view = self
+        view = None  # nothing folded: the ensemble itself (not cached as a reference to itself)
         if any(c is not None for c in copies):
             view = copy.copy(self)
             chosen = [c if c is not None else m for c, m in zip(copies, members, strict=True)]
@@ -202,7 +203,7 @@ class Ensemble(nn.Module):
                                  _parameters=dict(self._parameters), _buffers=dict(self._buffers),
                                  _layout_device=None, _fold_cache=None)
         self.__dict__["_fold_cache"] = (key, view)
-        return view
+        return view if view is not None else self
 
     def resolved_precision(self, device: torch.device | str) -> str:
         """``"fp32"`` or ``"bf16"``: what ``precision`` means on ``device``."""
