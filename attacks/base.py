@@ -40,6 +40,7 @@ from torch import nn
 from robust_ens.canonical import canonical_json, to_jsonable
 from robust_ens.ensemble import Ensemble, check_images
 from robust_ens.errors import RobustEnsError
+from robust_ens.evaluation import model_dtype
 from robust_ens.overrides import L2_BUDGET, PIXEL_BUDGET, Count, Step, check_call
 from robust_ens.registry import Registry
 
@@ -380,9 +381,7 @@ class Attack:
         surrogate.eval()
         try:
             with torch.no_grad():
-                param = next(surrogate.parameters(), None)
-                dt = param.dtype if param is not None and param.is_floating_point() else torch.float32
-                return int(surrogate(x[:1].to(dt)).shape[-1])
+                return int(surrogate(x[:1].to(model_dtype(surrogate))).shape[-1])
         finally:
             surrogate.train(was)
 

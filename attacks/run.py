@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust_ens.ensemble import Ensemble
+from robust_ens.evaluation import model_dtype
 
 
 @dataclass
@@ -86,8 +87,7 @@ class AttackRun:
         self.n = n
         self._fwd = 0  # example-passes
         self._bwd = 0
-        param = next(surrogate.parameters(), None)
-        self.model_dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        self.model_dtype = model_dtype(surrogate)
 
     # ---- members
     @property

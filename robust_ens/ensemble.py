@@ -12,7 +12,7 @@ from torch import nn
 
 from robust_ens import precision as _precision
 from robust_ens.errors import RobustEnsError
-from robust_ens.evaluation import predict
+from robust_ens.evaluation import model_dtype, predict
 from robust_ens.models.folding import fold_batchnorm, weights_signature
 
 Combine = Literal["logits", "probs", "vote"]
@@ -42,11 +42,6 @@ def check_images(x: torch.Tensor, what: str = "x") -> None:
             f"{what} must hold images in [0, 1] (got min {x.min().item():.4g}, max {x.max().item():.4g}); "
             "models normalize inputs themselves, so pass un-normalized images"
         )
-
-
-def _param_dtype(m: nn.Module) -> torch.dtype:
-    p = next(m.parameters(), None)
-    return p.dtype if p is not None and p.is_floating_point() else torch.float32
 
 
 def _num_classes(m: nn.Module) -> int | None:
@@ -194,7 +189,7 @@ class Ensemble(nn.Module):
         if cached is not None and cached[0] == key:
             return cached[1] if cached[1] is not None else self
         sample = probe[:2].detach().float()
-        copies = [fold_batchnorm(m, sample.to(_param_dtype(m))) for m in members]
+        copies = [fold_batchnorm(m, sample.to(model_dtype(m))) for m in members]
         view = None  # nothing folded: the ensemble itself (not cached as a reference to itself)
         if any(c is not None for c in copies):
             view = copy.copy(self)

@@ -47,6 +47,12 @@ def model_device(model: nn.Module, default: torch.device | str = "cpu") -> torch
     return torch.device(default)
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype inputs are cast to for ``model``: its first parameter's, if floating, else float32."""
+    param = next(model.parameters(), None)
+    return param.dtype if param is not None and param.is_floating_point() else torch.float32
+
+
 def as_float_images(x: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1]; float images unchanged."""
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
@@ -88,8 +94,7 @@ def predict(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise RobustEnsError(f"batch_size must be a positive integer, got {batch_size!r}")
     dev = torch.device(device) if device is not None else model_device(model)
-    param = next(model.parameters(), None)
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    dtype = model_dtype(model)
     outs: list[torch.Tensor] = []
     with eval_mode(model):
         for i in range(0, len(x), batch_size):
