@@ -175,13 +175,15 @@ class Ensemble(nn.Module):
         The copies are cached and rebuilt when any member's weights or buffers change (a training
         step, a load, a move); they hold one more copy of the members' weights. A member that
         cannot be folded (no conv -> BatchNorm pair, not traceable by fx, or different logits on
-        ``probe[:2]``) is used as it is; an ensemble with nothing to fold, a compiled one or one of
-        views of a shared network returns itself.
+        ``probe[:2]``) is used as it is; an ensemble with nothing to fold or one of views of a
+        shared network returns itself. A compiled ensemble (``compile=True``) compiles the folded
+        copies in its view: inductor then fuses what folding leaves between the convolutions (ReLU,
+        residual adds, ReLU's backward, gradient accumulation) into a few kernels.
 
         Args:
             probe: An input batch of the shape the members take (two images are used).
         """
-        if self._compiled is not None or not isinstance(self.members, nn.ModuleList):
+        if not isinstance(self.members, nn.ModuleList):
             return self
         members = list(self.members)
         key = (weights_signature(members), probe.device, tuple(probe.shape[1:]))
@@ -194,9 +196,10 @@ class Ensemble(nn.Module):
         if any(c is not None for c in copies):
             view = copy.copy(self)
             chosen = [c if c is not None else m for c, m in zip(copies, members, strict=True)]
+            compiled = None if self._compiled is None else [torch.compile(m) for m in chosen]
             view.__dict__.update(_modules={**self._modules, "members": nn.ModuleList(chosen)},
                                  _parameters=dict(self._parameters), _buffers=dict(self._buffers),
-                                 _layout_device=None, _fold_cache=None)
+                                 _layout_device=None, _fold_cache=None, _compiled=compiled)
         self.__dict__["_fold_cache"] = (key, view)
         return view if view is not None else self
 

@@ -134,3 +134,14 @@ def test_a_bf16_attack_on_the_folded_view_matches_the_fp32_attack_in_effect() ->
     with torch.no_grad():
         loss = [float(nn.functional.cross_entropy(ref(a), y)) for a in (x, fp32, bf16)]
     assert loss[2] > loss[0] and loss[2] > 0.9 * loss[1]  # the folded bf16 attack ascends like the fp32 one
+
+
+def test_a_compiled_ensemble_compiles_its_folded_copies_not_the_originals() -> None:
+    ens = Ensemble([_member(0), _member(1)], precision="bf16", compile=True)
+    x = torch.rand(2, 3, 32, 32)
+    view = ens.folded(x)  # torch.compile is lazy: nothing is compiled until a call
+    assert view is not ens
+    runners = view._runners()
+    assert [r._orig_mod for r in runners] == list(view.members)  # the folded copies, compiled
+    assert not any(has_batchnorm(m) for m in view.members)
+    assert [r._orig_mod for r in ens._runners()] == list(ens.members)  # the ensemble's own stay as they were
