@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 from pathlib import Path
 
@@ -131,6 +132,34 @@ def test_regress_fails_with_a_table_when_a_committed_number_is_edited(board: Pat
     d["cost"]["device"] = "NVIDIA H200"
     path.write_text(json.dumps(d))
     assert main(["--quiet", "regress", str(path)]) == 0
+    # recorded on a CPU it does not name (entries before the model was recorded): exact if it can, else the bound
+    d["cost"]["device"] = "cpu (x86_64)"
+    path.write_text(json.dumps(d))
+    capsys.readouterr()
+    assert main(["--quiet", "regress", "--device", "cpu", str(path)]) == 0
+    assert "1 recorded on a CPU the entry does not name and not exact here, so held to the bound" in capsys.readouterr().out
+
+
+def test_an_entry_from_an_unnamed_cpu_that_reproduces_exactly_counts_as_exact(board: Path, tmp_path: Path,
+                                                                              capsys) -> None:
+    root = tmp_path / "lb"
+    shutil.copytree(board, root)
+    path = root / "digits" / "digits-transfer" / "cnn-s2.json"
+    d = json.loads(path.read_text())
+    d["cost"]["device"] = "cpu (x86_64)"
+    path.write_text(json.dumps(d))
+    assert main(["--quiet", "regress", "--device", "cpu", str(path)]) == 0
+    assert "(all exact: same device and seed)" in capsys.readouterr().out
+
+
+def test_runs_name_the_cpu_model_and_its_vector_instructions() -> None:
+    from robust_ens.bench.craft import device_name
+    from robust_ens.bench.regress import names_the_cpu
+
+    name = device_name(torch.device("cpu"))
+    assert name.startswith(f"cpu ({platform.machine()}; ") and torch.backends.cpu.get_cpu_capability() in name
+    assert names_the_cpu(name) and names_the_cpu("NVIDIA H200")
+    assert not names_the_cpu("cpu (x86_64)") and not names_the_cpu("cpu")
 
 
 def test_regress_fails_when_an_attack_step_size_is_zero(board: Path, monkeypatch, capsys) -> None:

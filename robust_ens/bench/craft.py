@@ -37,11 +37,37 @@ from robust_ens.errors import RobustEnsError
 from robust_ens.evaluation import accuracy, correct, predict
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux: ``/proc/cpuinfo``), else what ``platform`` knows, else ``""``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() if platform.processor() != platform.machine() else ""
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+    except OSError:
+        return False
+
+
 def device_name(device: torch.device) -> str:
-    """The device as runs record it (``cost.device``; "the same device" for regress): the GPU's name, or the CPU."""
+    """The device as runs record it (``cost.device``; "the same device" for regress): the GPU's name, or
+    the CPU's architecture, model and the vector instructions torch dispatches to, e.g. ``cpu (x86_64;
+    AMD EPYC; AVX512)``. Two CPU models round some float32 kernels differently (seen: Intel with AMX
+    against AMD EPYC, one ulp), so "the same device", where regress demands exact numbers, names the
+    model; entries recorded before (``cpu (x86_64)``) name no model (see :mod:`robust_ens.bench.regress`)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{device.type} ({platform.processor() or platform.machine()})"
+    isa = torch.backends.cpu.get_cpu_capability() + ("+AMX" if _cpu_has_amx() else "")
+    parts = [platform.machine(), _cpu_model(), isa]
+    return f"{device.type} ({'; '.join(p for p in parts if p)})"
 
 
 _SOURCE_DIGEST: str | None = None
