@@ -10,6 +10,7 @@ quantization cost on the surrogate. The engine's transfer task calls it per batc
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ from robust_ens.errors import RobustEnsError
 from robust_ens.evaluation import accuracy, correct, predict
 
 
+@functools.cache
 def _cpu_model() -> str:
     """The CPU's model name (Linux: ``/proc/cpuinfo``), else what ``platform`` knows, else ``""``."""
     try:
@@ -49,6 +51,7 @@ def _cpu_model() -> str:
     return platform.processor() if platform.processor() != platform.machine() else ""
 
 
+@functools.cache
 def _cpu_has_amx() -> bool:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
