@@ -153,8 +153,7 @@ def test_an_entry_from_an_unnamed_cpu_that_reproduces_exactly_counts_as_exact(bo
 
 
 def test_runs_name_the_cpu_model_and_its_vector_instructions() -> None:
-    from robust_ens.bench.craft import device_name
-    from robust_ens.bench.regress import names_the_cpu
+    from robust_ens.bench.craft import device_name, names_the_cpu
 
     name = device_name(torch.device("cpu"))
     assert name.startswith(f"cpu ({platform.machine()}; ") and torch.backends.cpu.get_cpu_capability() in name

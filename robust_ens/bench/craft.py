@@ -39,25 +39,23 @@ from robust_ens.evaluation import accuracy, correct, predict
 
 
 @functools.cache
-def _cpu_model() -> str:
-    """The CPU's model name (Linux: ``/proc/cpuinfo``), else what ``platform`` knows, else ``""``."""
+def _cpu_description() -> str:
+    """``x86_64; AMD EPYC; AVX512``: architecture, model (Linux: ``/proc/cpuinfo``) and the vector
+    instructions torch dispatches to (``+AMX`` where the CPU has AMX); read once per process."""
+    model, amx = "", False
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if line.startswith("model name") and not model:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    amx = amx or " amx_bf16" in line
     except OSError:
         pass
-    return platform.processor() if platform.processor() != platform.machine() else ""
-
-
-@functools.cache
-def _cpu_has_amx() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
-    except OSError:
-        return False
+    if not model and platform.processor() != platform.machine():
+        model = platform.processor()
+    isa = torch.backends.cpu.get_cpu_capability() + ("+AMX" if amx else "")
+    return "; ".join(p for p in (platform.machine(), model, isa) if p)
 
 
 def device_name(device: torch.device) -> str:
@@ -65,12 +63,16 @@ def device_name(device: torch.device) -> str:
     the CPU's architecture, model and the vector instructions torch dispatches to, e.g. ``cpu (x86_64;
     AMD EPYC; AVX512)``. Two CPU models round some float32 kernels differently (seen: Intel with AMX
     against AMD EPYC, one ulp), so "the same device", where regress demands exact numbers, names the
-    model; entries recorded before (``cpu (x86_64)``) name no model (see :mod:`robust_ens.bench.regress`)."""
+    model; entries recorded before (``cpu (x86_64)``) name no model (:func:`names_the_cpu`)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    isa = torch.backends.cpu.get_cpu_capability() + ("+AMX" if _cpu_has_amx() else "")
-    parts = [platform.machine(), _cpu_model(), isa]
-    return f"{device.type} ({'; '.join(p for p in parts if p)})"
+    return f"{device.type} ({_cpu_description()})"
+
+
+def names_the_cpu(recorded_device: str) -> bool:
+    """Whether a recorded ``cost.device`` identifies its device: a GPU's name, or a CPU with its model
+    as :func:`device_name` writes it (``cpu (x86_64; AMD EPYC; AVX512)``); ``cpu`` and ``cpu (x86_64)`` do not."""
+    return not recorded_device.startswith("cpu") or ";" in recorded_device
 
 
 _SOURCE_DIGEST: str | None = None

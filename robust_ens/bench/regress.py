@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from robust_ens import leaderboard as lb
+from robust_ens.bench.craft import names_the_cpu
 from robust_ens.bench.protocol import Protocol, get_suite
 from robust_ens.device import resolve_device
 from robust_ens.errors import RobustEnsError
@@ -113,12 +114,6 @@ def tolerance(p: float, n: int, same_device: bool) -> float:
     if same_device:
         return 0.0
     return Z * math.sqrt(2 * max(p * (1 - p), 0.25 / n) / n) + 1.0 / n
-
-
-def names_the_cpu(recorded_device: str) -> bool:
-    """Whether an entry's ``cost.device`` identifies its device: a GPU's name, or a CPU with its model
-    (``cpu (x86_64; AMD EPYC; AVX512)``); ``cpu`` and ``cpu (x86_64)`` do not."""
-    return not recorded_device.startswith("cpu") or ";" in recorded_device
 
 
 def _device_name(device: torch.device) -> str:
