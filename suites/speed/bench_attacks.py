@@ -21,7 +21,10 @@ Each test runs the peer and robust-ens alternately (the peer in pytest-benchmark
 setup) and records the median images/s of both and their ratio in ``benchmark.extra_info``, with
 the cost model (:mod:`suites.speed.crafting`), also printed (``-s``): FLOPs per member-image-step
 (a forward and an input gradient, measured), the achieved GFLOP/s of both, and the bf16 and fp32
-matmul peaks measured in the same run on the same device.
+matmul peaks measured in the same run on the same device. On the CPU one more run of robust-ens's
+attack goes under ``torch.profiler`` (:func:`suites.speed.crafting.dense_split`): the share of its
+time in convolution and matmul kernels, their own share of the peak, and so the ceiling any change
+outside those kernels can reach (every other pass at zero cost).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from suites.speed.crafting import (
     SIZES,
     CostModel,
     LoopEnsemble,
+    dense_split,
     image_side,
     matmul_peak,
     member,
@@ -152,6 +156,13 @@ def test_pgd10_ensemble_vs_torchattacks(benchmark: Any, setup: dict[str, Any], p
     })
     print(f"\n{cost.line(f'robust-ens {precision}', ours, peaks[peak_kind], peak_kind)}"
           f"\n{cost.line('torchattacks fp32', peer, peaks['fp32'], 'fp32')}; speed-up {ratio:.2f}x")
+    if DEVICE == "cpu":
+        split = dense_split(lambda: atk(ens, x, y, seed=0))
+        assert 0 < split.dense_s <= split.wall_s, split
+        kernels = split.gflops_per_s(cost.flops) / peaks[peak_kind]
+        benchmark.extra_info.update({"dense_kernel_share": split.share, "dense_kernel_share_of_peak": kernels})
+        print(f"under torch.profiler: convolutions and matmuls {100 * split.share:.0f}% of the attack's time, at "
+              f"{100 * kernels:.0f}% of the {peak_kind} peak: the ceiling with every other pass at zero cost")
     if precision == "fp32" and not full_benchmark and setup["arch"] == "resnet20":
         # the same images as torchattacks when the random start is off (fp32, same members)
         ref = torchattacks.PGD(setup["loop"], eps=EPS, alpha=ALPHA, steps=cfg["steps"], random_start=False)(x, y)

@@ -18,6 +18,10 @@
   ``fit / peer`` (> 1: fit is faster), training FLOPs per member-image (forward + backward with
   weight gradients, measured with FlopCounterMode on one training step), the GFLOP/s of both and
   their share of a bf16 matmul's GFLOP/s measured in the same run (:func:`suites.speed.crafting.matmul_peak`).
+  Then one more epoch of ``fit`` runs under ``torch.profiler`` (:func:`suites.speed.crafting.dense_split`):
+  the share of it spent in convolution and matmul kernels, their own GFLOP/s, and the ceiling that
+  split sets: the plain loop's time over the kernels' time, what ``fit`` would reach against the
+  plain loop if BatchNorm, ReLU, adds, casts and the optimizer cost nothing.
   No assertion on time; at smoke size it also checks, in fp32, that the plain loop trains the very
   same weights as ``fit`` (so the two do the same work).
 
@@ -44,7 +48,7 @@ from robust_ens import models
 from robust_ens.defenses.base import DEFENSES, make_params
 from robust_ens.precision import resolve
 from robust_ens.train import TrainConfig, _epoch_generator, augment_batch, cross_entropy_step, fit
-from suites.speed.crafting import matmul_peak
+from suites.speed.crafting import DenseSplit, dense_split, matmul_peak
 
 _RESULTS: dict[str, float] = {}
 SMOKE_PEAK_N = 256  # smoke size: the same peak measurement, at a size that takes milliseconds
@@ -191,14 +195,19 @@ def test_fit_vs_plain_loop(benchmark: Any, full_benchmark: bool, threads: int, b
 
     res = benchmark.pedantic(ours, setup=run_peer, rounds=rounds, iterations=1, warmup_rounds=0)
     assert res.history[0]["loss"] > 0
+    profiled = copy.deepcopy(start)
+    split = dense_split(lambda: _fit(profiled, x, y, cfg))
+    assert 0 < split.dense_s <= split.wall_s, split
     _record(benchmark, members, n, batch, statistics.median(fit_times), statistics.median(peer_times),
-            train_flops_per_image(start[0]), bf16_peak, threads)
+            train_flops_per_image(start[0]), bf16_peak, threads, split)
 
 
 def _record(benchmark: Any, members: int, n: int, batch: int, fit_s: float, peer_s: float, flops: float,
-            peak: float, threads: int) -> None:
-    """Images/s, the ratio, GFLOP/s and share of the bf16 matmul peak of both, in extra_info and printed."""
+            peak: float, threads: int, split: DenseSplit) -> None:
+    """Images/s, the ratio, GFLOP/s and share of the bf16 matmul peak of both, the dense-kernel split
+    of ``fit`` and the ceiling it sets, in extra_info and printed."""
     rate = {k: flops * members * n / s / 1e9 for k, s in (("fit", fit_s), ("peer", peer_s))}
+    kernels = split.gflops_per_s(flops * members * n)
     benchmark.extra_info.update({
         "model": f"{members}x resnet20", "precision": "bf16+channels_last", "device": "cpu", "torch_threads": threads,
         "images": n, "batch": batch, "fit_img_per_s": n / fit_s, "plain_loop_img_per_s": n / peer_s,
@@ -206,6 +215,8 @@ def _record(benchmark: Any, members: int, n: int, batch: int, fit_s: float, peer
         "train_flops_per_member_image": flops, "bf16_matmul_peak_gflops_per_s": peak,
         "fit_gflops_per_s": rate["fit"], "plain_loop_gflops_per_s": rate["peer"],
         "fit_share_of_bf16_peak": rate["fit"] / peak, "plain_loop_share_of_bf16_peak": rate["peer"] / peak,
+        "fit_dense_kernel_share": split.share, "dense_kernel_gflops_per_s": kernels,
+        "dense_kernel_share_of_bf16_peak": kernels / peak, "ceiling_over_plain_loop": peer_s / split.dense_s,
     })
     print(f"\n{members}x ResNet-20, bf16+channels_last, batch {batch}, {n} images, {threads} thread(s); "
           f"{flops / 1e6:.1f} MFLOP per member-image (forward + backward)")
@@ -213,3 +224,6 @@ def _record(benchmark: Any, members: int, n: int, batch: int, fit_s: float, peer
         print(f"  {name}: {n / s:.1f} img/s, {rate[key]:.1f} GFLOP/s "
               f"({100 * rate[key] / peak:.0f}% of the bf16 matmul peak {peak:.1f} GFLOP/s)")
     print(f"  fit / plain loop: {peer_s / fit_s:.2f}x (target >= 1.3x)")
+    print(f"  fit under torch.profiler: convolutions and matmuls {100 * split.share:.0f}% of its time "
+          f"({split.dense_s:.3f} of {split.wall_s:.3f} s), at {kernels:.1f} GFLOP/s ({100 * kernels / peak:.0f}% of the "
+          f"peak); with every other pass at zero cost, fit would be at most {peer_s / split.dense_s:.2f}x the plain loop")

@@ -7,11 +7,16 @@ check) both measure PGD on an ensemble with these, so their figures mean the sam
   member, measured with :mod:`robust_ens.bench.flops` (FlopCounterMode; the input-gradient backward
   is measured, about 1x the forward: ResNet-20 at 32 px is 81.6 + 81.6 MFLOP);
 - **achieved GFLOP/s** = those FLOPs x members x images x steps / the attack's seconds;
-- **the peak**: a square matmul in the same dtype, measured in the same run on the same device.
+- **the peak**: a square matmul in the same dtype, measured in the same run on the same device;
+- **the dense-kernel split** (CPU): the share of a call's wall time spent inside convolution and
+  matmul ops (the only ops whose FLOPs the cost model counts), from ``torch.profiler``'s self times.
+  It bounds what any change outside those kernels can give: with every other pass (BatchNorm, ReLU,
+  residual adds, casts, the loop's bookkeeping) at zero cost, the call would take the kernels' time.
 """
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -20,6 +25,7 @@ from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 from robust_ens import models
 from robust_ens.bench import flops as _flops
@@ -145,5 +151,44 @@ class CostModel:
         return out
 
 
-__all__ = ["ALPHA", "EPS", "PEAK_N", "SIZES", "TINY_VIT", "CostModel", "LoopEnsemble", "image_side", "matmul_peak",
-           "median_seconds", "member", "sync", "timed"]
+# Convolution and matmul ops (aten's and the oneDNN fusions inductor calls), wrappers included: the
+# wrappers' self time is their dispatch, the kernels' self time the compute.
+DENSE_OP = re.compile(r"(aten|mkldnn)::(\w*(convolution|conv[123]d|conv_dilated[23]d)\w*|addmm|mm|bmm|matmul|linear"
+                      r"|_linear_pointwise)")
+
+
+@dataclass(frozen=True)
+class DenseSplit:
+    """A call's wall seconds under ``torch.profiler`` and the self seconds of its convolution and matmul ops."""
+
+    dense_s: float
+    wall_s: float
+
+    @property
+    def share(self) -> float:
+        """The part of the wall time spent in convolution and matmul ops."""
+        return self.dense_s / self.wall_s
+
+    def gflops_per_s(self, flops: float) -> float:
+        """The dense kernels' own rate when the call does ``flops`` (all of them in those kernels)."""
+        return flops / self.dense_s / 1e9
+
+
+def dense_split(fn: Callable[[], Any]) -> DenseSplit:
+    """Run ``fn`` once on the CPU under ``torch.profiler``: its wall time and the dense ops' self time.
+
+    Raises:
+        RuntimeError: no op matched :data:`DENSE_OP` (torch renamed its convolution ops: the split
+            would read 0%, a number that looks like a finding).
+    """
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        wall, _ = timed(fn, "cpu")
+    dense = sum(e.self_cpu_time_total for e in prof.key_averages() if DENSE_OP.fullmatch(e.key)) / 1e6
+    if dense <= 0:
+        names = sorted({e.key for e in prof.key_averages()})[:20]
+        raise RuntimeError(f"no convolution or matmul op under the profiler; update DENSE_OP (ops seen: {names})")
+    return DenseSplit(dense, wall)
+
+
+__all__ = ["ALPHA", "DENSE_OP", "EPS", "PEAK_N", "SIZES", "TINY_VIT", "CostModel", "DenseSplit", "LoopEnsemble",
+           "dense_split", "image_side", "matmul_peak", "median_seconds", "member", "sync", "timed"]
