@@ -24,7 +24,7 @@ PACKAGES = {"robust_ens": ROOT / "robust_ens", "robust_ens.attacks": ROOT / "att
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("robust_ens.errors", "robust_ens.registry", "robust_ens.canonical", "robust_ens.atomic",
                     "robust_ens.progress", "robust_ens.precision", "robust_ens.device", "robust_ens.overrides",
-                    "robust_ens.threads", "robust_ens.allocator")),
+                    "robust_ens.threads", "robust_ens.streams", "robust_ens.allocator")),
     ("data and models", ("robust_ens.data", "robust_ens.imagenet_data", "robust_ens.models", "robust_ens.ensemble", "robust_ens.evaluation",
                          "robust_ens.leaderboard")),
     ("libraries", ("robust_ens.attacks", "robust_ens.defenses", "robust_ens.train", "robust_ens.corruptions",

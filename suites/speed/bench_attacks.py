@@ -5,7 +5,8 @@ averages their logits (how a torchattacks user attacks an ensemble), in fp32. ro
 same attack on an :class:`~robust_ens.Ensemble` in fp32, in bf16 autocast + channels_last and in
 bf16 + ``torch.compile`` (``Ensemble(compile=True)``: the BatchNorm-folded copies compiled, so
 inductor fuses the ReLU, residual-add and gradient passes left between the convolutions; on the CPU
-at full size only, since its compile takes 15-30 s on 2 cores).
+at full size only, since its compile takes 15-30 s on 2 cores), and on the CPU in bf16 + streams
+(``Ensemble(streams=True)``: the members on parallel single-threaded streams, for a shared machine).
 
 Full size (``pytest suites/speed/bench_attacks.py --benchmark``), 10 steps, eps 8/255, alpha 2/255:
 
@@ -88,7 +89,7 @@ def peaks(full_benchmark: bool, threads: int) -> dict[str, float]:
     return {"bf16": matmul_peak(DEVICE, torch.bfloat16, n), "fp32": matmul_peak(DEVICE, torch.float32, n)}
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16+compile"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16+compile", "bf16+streams"])
 def test_pgd10_ensemble_vs_torchattacks(benchmark: Any, setup: dict[str, Any], peaks: dict[str, float],
                                         full_benchmark: bool, precision: str) -> None:
     from robust_ens.attacks import PGD
@@ -97,8 +98,10 @@ def test_pgd10_ensemble_vs_torchattacks(benchmark: Any, setup: dict[str, Any], p
         pytest.skip("torch.compile on CPU is benchmarked at full size only (its compile, 15-30 s on 2 cores, "
                     "is too slow for make test's smoke size)")
     cfg, x, y = setup["cfg"], setup["x"], setup["y"]
+    if precision.endswith("streams") and DEVICE != "cpu":
+        pytest.skip("streams are a CPU path")
     ens = Ensemble(copy.deepcopy(setup["members"]), combine="logits", precision=precision.split("+")[0],
-                   compile=precision.endswith("compile")).eval()
+                   compile=precision.endswith("compile"), streams=precision.endswith("streams")).eval()
     atk = PGD(eps=EPS, alpha=ALPHA, steps=cfg["steps"], random_start=True)
     PGD(eps=EPS, alpha=ALPHA, steps=2)(ens, x, y, seed=0)  # warm-up (oneDNN/cuDNN primitives, layout, compile)
     times: list[float] = []
@@ -129,7 +132,8 @@ def test_pgd10_ensemble_vs_torchattacks(benchmark: Any, setup: dict[str, Any], p
         "attack": f"PGD-{cfg['steps']}",
         "ensemble": f"{cfg['members']}x {setup['arch']}",
         "batch": n,
-        "precision": {"fp32": "fp32", "bf16": "bf16+channels_last"}.get(precision, "bf16+channels_last+compile"),
+        "precision": {"fp32": "fp32", "bf16": "bf16+channels_last"}.get(precision,
+                                                                          "bf16+channels_last+" + precision[5:]),
         "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
         "torch_threads": setup["torch_threads"],
         "rounds": len(times),
@@ -156,7 +160,7 @@ def test_pgd10_ensemble_vs_torchattacks(benchmark: Any, setup: dict[str, Any], p
     })
     print(f"\n{cost.line(f'robust-ens {precision}', ours, peaks[peak_kind], peak_kind)}"
           f"\n{cost.line('torchattacks fp32', peer, peaks['fp32'], 'fp32')}; speed-up {ratio:.2f}x")
-    if DEVICE == "cpu":
+    if DEVICE == "cpu" and not ens.streams:  # the profiler sees the calling thread's ops, not the streams'
         split = dense_split(lambda: atk(ens, x, y, seed=0))
         assert 0 < split.dense_s <= split.wall_s, split
         kernels = split.gflops_per_s(cost.flops) / peaks[peak_kind]
