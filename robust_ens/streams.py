@@ -28,7 +28,7 @@ fixed order. A run is therefore deterministic, but its float rounding may differ
 unstreamed path. That is why this is opt-in, like ``compile=True``. Committed benchmark numbers are
 fp32 and never use it.
 
-The worker threads persist for the process, one pool per stream count. Each worker sets its own
+The worker threads persist for the process, one pool per stream count (a forked child starts its own). Each worker sets its own
 OpenMP count to 1 once. torch also records that count for threads started later, so the calling
 thread's count is put back right after the pool starts.
 """
@@ -52,6 +52,8 @@ _ON, _OFF = ("1", "on", "true", "yes"), ("", "0", "off", "false", "no")
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
+# A forked child has none of the parent's worker threads: it starts its own pools when it needs them.
+os.register_at_fork(after_in_child=_POOLS.clear)
 
 Runner = Callable[[int, torch.Tensor], torch.Tensor]
 

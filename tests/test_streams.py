@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import multiprocessing
+import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -127,3 +130,30 @@ def test_streams_are_part_of_an_adversarial_sets_key_and_leave_other_keys_as_the
     plain, streamed = Ensemble(members, streams=False), Ensemble(members, streams=True)
     assert "streams" not in repr(plain)
     assert module_fingerprint(plain) != module_fingerprint(streamed)
+
+
+def _pools_in_child(queue: Any) -> None:
+    from robust_ens import streams
+
+    queue.put(len(streams._POOLS))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_inherit_the_parents_stream_workers(two_threads: None) -> None:
+    """A child holds none of the parent's threads: a pool it inherited would take tasks and never run them.
+
+    (The child only reports its pools: torch itself cannot run OpenMP work with 2 threads in a
+    forked child of a parent that did, since libgomp does not survive fork.)
+    """
+    from robust_ens import streams
+
+    ens = Ensemble(_frozen_members(2), precision="fp32", streams=True)
+    ens(torch.rand(2, 1, 8, 8, requires_grad=True)).sum().backward()
+    assert streams._POOLS  # the parent's pool exists now
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_pools_in_child, args=(queue,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert queue.get(timeout=10) == 0
