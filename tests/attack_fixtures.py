@@ -11,6 +11,7 @@ step 100x slower.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -26,15 +27,22 @@ def load_digits_model(seed: int) -> nn.Module:
     return models.load_checkpoint(single_path(seed)).eval()
 
 
-@pytest.fixture(autouse=False)
-def single_thread() -> Iterator[None]:
-    """One torch thread for the duration of a test (restored afterwards)."""
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """``n`` torch threads in the calling thread for the duration of the block (restored afterwards)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=False)
+def single_thread() -> Iterator[None]:
+    """One torch thread for the duration of a test (restored afterwards)."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

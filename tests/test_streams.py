@@ -17,17 +17,14 @@ from robust_ens import Ensemble, models
 from robust_ens.attacks import PGD
 from robust_ens.errors import RobustEnsError
 from robust_ens.streams import stream_groups
+from tests.attack_fixtures import torch_threads
 
 
 @pytest.fixture
 def two_threads() -> Iterator[None]:
     """Streams need two or more torch threads in the calling thread (any machine can run two)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _frozen_members(k: int, seed: int = 0) -> list[nn.Module]:
