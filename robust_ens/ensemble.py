@@ -257,11 +257,7 @@ class Ensemble(nn.Module):
         runners = self._runners()
         if self.streams and _streams.applies(runners, x, self._compiled is not None):
             return _streams.streamed_logits(lambda k, xk: self._run(runners[k], xk, bf16), len(runners), x)
-        outs = [self._run(m, x, bf16) for m in runners]
-        shapes = {tuple(o.shape) for o in outs}
-        if len(shapes) != 1:
-            raise RobustEnsError(f"ensemble members returned different output shapes: {sorted(shapes)}")
-        return torch.stack(outs)
+        return _streams.stack_logits([self._run(m, x, bf16) for m in runners])
 
     def combine_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Combine member logits ``[M, N, K]`` into ensemble scores ``[N, K]`` per ``combine``."""

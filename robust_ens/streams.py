@@ -97,6 +97,14 @@ def _pool(n: int) -> ThreadPoolExecutor:
         return pool
 
 
+def stack_logits(outs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The members' logits stacked ``[M, N, K]``, or one clear error when their shapes differ."""
+    shapes = {tuple(o.shape) for o in outs}
+    if len(shapes) != 1:
+        raise RobustEnsError(f"ensemble members returned different output shapes: {sorted(shapes)}")
+    return torch.stack(list(outs))
+
+
 def stream_groups(n_members: int, n_streams: int) -> list[list[int]]:
     """Members split into ``min(n_streams, n_members)`` contiguous groups of near-equal size, in order."""
     s = max(1, min(n_streams, n_members))
@@ -130,11 +138,7 @@ class _Streamed(torch.autograd.Function):
 
         parts = list(pool.map(part, groups))
         ctx.parts, ctx.groups, ctx.pool = parts, groups, pool
-        outs = [out.detach() for _, group_outs in parts for out in group_outs]
-        shapes = {tuple(o.shape) for o in outs}
-        if len(shapes) != 1:
-            raise RobustEnsError(f"ensemble members returned different output shapes: {sorted(shapes)}")
-        return torch.stack(outs)
+        return stack_logits([out.detach() for _, group_outs in parts for out in group_outs])
 
     @staticmethod
     @once_differentiable
@@ -159,4 +163,4 @@ def streamed_logits(run: Runner, n_members: int, x: torch.Tensor) -> torch.Tenso
     return out
 
 
-__all__ = ["ENV_STREAMS", "applies", "default_streams", "stream_groups", "streamed_logits"]
+__all__ = ["ENV_STREAMS", "applies", "default_streams", "stack_logits", "stream_groups", "streamed_logits"]
